@@ -1,0 +1,53 @@
+"""Helpers shared by op modules: attribute access, fused activations, broadcasting shapes."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from core.errors import ShapeInferenceError, UnsupportedOperatorError
+from core.ir.graph import Node, TensorInfo
+
+
+def attr(node: Node, key: str, default: Any = None) -> Any:
+    return node.attrs.get(key, default)
+
+
+def const_input(node: Node, infos: list, idx: int, what: str) -> np.ndarray | None:
+    """The constant value of optional input ``idx`` (None if omitted); error if it is not constant."""
+    if idx >= len(infos) or infos[idx] is None:
+        return None
+    v = infos[idx].value
+    if v is None:
+        raise UnsupportedOperatorError(node.op, node.source_name or node.name, f"{what} (input {idx}) must be a constant")
+    return v
+
+
+def broadcast_shape(node: Node, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeInferenceError(f"{node.describe()}: shapes {list(shapes)} do not broadcast") from None
+
+
+# Fused activations: conv/gemm nodes may carry attrs["activation"] after fusion, as
+# {"kind": "relu"} or {"kind": "clip", "min": float, "max": float}.
+def apply_activation(x: np.ndarray, node: Node) -> np.ndarray:
+    act = node.attrs.get("activation")
+    if not act:
+        return x
+    kind = act["kind"]
+    if kind == "relu":
+        return np.maximum(x, 0, out=x)
+    if kind == "clip":
+        return np.clip(x, act.get("min", -np.inf), act.get("max", np.inf), out=x)
+    raise UnsupportedOperatorError(node.op, node.name, f"fused activation {kind!r}")
+
+
+def activation_suffix(node: Node) -> str:
+    act = node.attrs.get("activation")
+    return f"_{act['kind']}" if act else ""
+
+
+def same(info: TensorInfo, shape=None, dtype=None, value=None) -> TensorInfo:
+    return TensorInfo(info.shape if shape is None else shape, info.dtype if dtype is None else dtype, value)
