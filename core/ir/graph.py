@@ -181,6 +181,8 @@ class Graph:
                 if i and t is None:
                     raise ShapeInferenceError(f"{n.describe()}: input tensor {i!r} is unknown")
             try:
+                if opdef.check is not None:
+                    opdef.check(n, ins)
                 outs = opdef.infer(n, ins)
             except MixqError:
                 raise

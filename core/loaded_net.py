@@ -1,0 +1,146 @@
+"""``load_model`` and ``LoadedNet``: an imported, optimized, partitioned float model."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from core.errors import InputError, ModelLoadError
+from core.importers.sources import ImporterParams
+from core.ir.graph import Graph
+
+log = logging.getLogger("mixq")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One row of ``LoadedNet.nodes()``: what users need to pick nodes for mixed precision."""
+
+    name: str
+    op: str
+    segment: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    output_shapes: tuple[tuple[int, ...], ...]
+    source_name: str
+
+
+def load_model(params: ImporterParams, *, log_level: Optional[int] = logging.NOTSET) -> "LoadedNet":
+    """Import a model, run mixq's graph passes and partition it into MLA/APU segments."""
+    if log_level:
+        log.setLevel(log_level)
+    if not isinstance(params, ImporterParams):
+        raise ModelLoadError(f"load_model expects ImporterParams (from onnx_source(...)), got {type(params).__name__}")
+    if params.format == "onnx":
+        from core.importers.onnx import import_onnx
+
+        graph = import_onnx(params)
+    else:
+        raise ModelLoadError(f"unknown model format {params.format!r}")
+    from core.ir.passes import optimize
+
+    graph = optimize(graph)
+    log.info("loaded %s: %d nodes", params.model_path, len(graph.nodes))
+    return LoadedNet(graph, params)
+
+
+class LoadedNet:
+    """A float model in mixq's IR. ``execute`` runs it; later stages quantize it."""
+
+    def __init__(self, graph: Graph, params: Optional[ImporterParams] = None):
+        self.graph = graph
+        self.params = params
+
+    # ---- description -----------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.graph.inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.graph.outputs)
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: self.graph.tensors[n].shape for n in self.graph.inputs}
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node with its mixq name (``MLA_0/conv2d_add_relu_0``), op, segment and shapes."""
+        t = self.graph.tensors
+        return [
+            NodeInfo(
+                n.name,
+                n.op,
+                n.segment,
+                tuple(t[i].shape for i in n.inputs if i and i in t and i not in self.graph.constants),
+                tuple(t[o].shape for o in n.outputs if o in t),
+                n.source_name,
+            )
+            for n in self.graph.nodes
+        ]
+
+    def node_table(self) -> str:
+        """The node list as a fixed-width text table."""
+        rows = [("name", "op", "segment", "input shapes", "output shapes", "source node")]
+        fmt = lambda shapes: " ".join("x".join(map(str, s)) for s in shapes)  # noqa: E731
+        for n in self.nodes():
+            rows.append((n.name, n.op, n.segment, fmt(n.input_shapes), fmt(n.output_shapes), n.source_name))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def print_nodes(self) -> None:
+        print(self.node_table())
+
+    def segments(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for n in self.graph.nodes:
+            out.setdefault(n.segment, []).append(n.name)
+        return out
+
+    def __repr__(self) -> str:
+        segs = self.segments()
+        return f"LoadedNet({self.graph.name!r}, {len(self.graph.nodes)} nodes, segments={list(segs)})"
+
+    # ---- execution -------------------------------------------------------
+    def check_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Validate one set of inputs; returns them as arrays of the model's dtypes."""
+        if not isinstance(inputs, Mapping):
+            raise InputError(f"inputs must be a dict of input name -> array, got {type(inputs).__name__}")
+        expected = self.graph.inputs
+        unknown = [k for k in inputs if k not in expected]
+        if unknown:
+            raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {expected}")
+        missing = [k for k in expected if k not in inputs]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model's inputs are {expected}")
+        feeds = {}
+        for name in expected:
+            info = self.graph.tensors[name]
+            try:
+                value = np.asarray(inputs[name])
+            except Exception as e:
+                raise InputError(f"input {name!r} cannot be converted to an array: {e}") from None
+            feeds[name] = _conform(name, value, info.shape, info.dtype)
+        return feeds
+
+    def execute(self, inputs: Mapping[str, np.ndarray], *, log_level: Optional[int] = logging.NOTSET) -> list[np.ndarray]:
+        """Run the float model on one set of inputs (any batch size); outputs in graph-output order."""
+        from core.runtime.float_interpreter import run_graph
+
+        feeds = self.check_inputs(inputs)
+        env = run_graph(self.graph, feeds)
+        return [env[o] for o in self.graph.outputs]
+
+
+def _conform(name: str, value: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    kinds = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}
+    if kinds.get(value.dtype.kind) != kinds.get(dtype.kind):
+        raise InputError(f"input {name!r} expects {dtype.name}, got {value.dtype.name} array")
+    if value.ndim != len(shape):
+        raise InputError(f"input {name!r} expects shape {shape} (rank {len(shape)}), got shape {value.shape}")
+    # Dimension 0 is the batch: any size runs; every other dimension must match.
+    if value.shape[1:] != tuple(shape[1:]) or (value.ndim and value.shape[0] < 1):
+        raise InputError(f"input {name!r} expects shape {shape} (any batch size), got shape {value.shape}")
+    return value.astype(dtype, copy=False)
