@@ -16,6 +16,7 @@ from core.errors import (
 from core.importers.sources import ImporterParams, onnx_source
 from core.loaded_net import LoadedNet, NodeInfo, load_model
 from core.types import ScalarType
+from core import zoo  # noqa: E402  (light: numpy only until a model is built)
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,5 @@ __all__ = [
     "ZooError",
     "load_model",
     "onnx_source",
+    "zoo",
 ]
