@@ -44,3 +44,12 @@ class ZooError(MixqError):
 
 class CheckpointError(ZooError):
     """A PyTorch checkpoint is malformed or asks to load something other than tensors."""
+
+
+class QuantizationConfigError(MixqError, ValueError):
+    """A quantization configuration (scheme, calibration method, custom per-node config,
+    requantization parameter) is invalid; the message names the field or node at fault."""
+
+
+class CalibrationError(MixqError):
+    """Calibration cannot run or its statistics are unusable (no data, unreadable statistics file, unknown tensor)."""
