@@ -43,21 +43,34 @@ histogram method never returns a range beyond the observed min/max.
   ``(hi - lo) / (2**bits - 1)`` (asymmetric; every (lo, hi) pair of the candidate grid is tried).
   At 16 bits the rounding term is 256**2 times smaller, so MSE keeps wider ranges.
 * ``HistogramEntropyMethod(num_bins)``: TensorRT's KL-divergence calibration on the histogram
-  re-binned to ``num_bins`` bins over ``[0, max|x|]`` (symmetric, ``2**(bits-1)`` levels) or over
-  ``[min, max]`` (asymmetric, ``2**bits`` levels, windows shrinking proportionally towards 0). For
+  re-binned to ``num_bins`` bins over ``[0, max|x|]`` (symmetric, ``2**(bits-1)`` levels). For
   every candidate window of ``i >= levels`` bins, P = the window with the clipped mass added to its
   end bins, Q = the window merged into ``levels`` groups and spread back over its non-empty bins;
-  the window with the smallest KL(P || Q) wins. When ``levels >= num_bins`` (16 bits with the
-  default 2048 bins) every bin is its own level, so rounding costs nothing at this resolution and any
-  clipping costs KL > 0: the full range is the KL optimum, and that is what is returned (the same as
-  MinMax); use MSE to trade clipping against 16-bit rounding.
+  the window with the smallest KL(P || Q) wins. Asymmetric (``2**bits`` levels): the histogram is
+  re-binned over ``[min, max]`` at the same bin width (``max|x| / num_bins``, 0 on a bin edge);
+  the search starts from the best window shrinking towards 0 in proportion to the two sides, then
+  moves one end at a time while KL drops, so an outlier on one side does not force clipping of
+  the other. When ``levels >= num_bins`` (16 bits with the default 2048 bins) every bin is its own
+  level, so rounding costs nothing at this resolution while any clipping costs KL > 0: the full
+  observed range is the KL optimum and is returned (the same as MinMax); use MSE to trade clipping
+  against 16-bit rounding.
 * ``HistogramPercentileMethod(p, num_bins)``: the p-th percentile of ``|x|`` (symmetric) or the
   (100-p)-th and p-th percentiles of x (asymmetric), read from the fine histogram by linear
-  interpolation within a bin (error at most one fine bin, no coarser than a ``num_bins`` histogram
-  would give; ``num_bins`` is accepted for the specification's signature).
+  interpolation within a bin: within one fine bin of the sample quantile (the smallest value with
+  at least p% of the values at or below it), at least as fine as a ``num_bins`` histogram would
+  give; ``num_bins`` is accepted for the specification's signature.
 
 Results are cached on the observer per (method, bits, asymmetric) until it observes more data, so
 a quantizer can call :func:`compute_range` per tensor and per candidate configuration cheaply.
+
+Use (what ``LoadedNet.calibrate`` does: one float pass, every tensor that needs a range)::
+
+    stats = CalibrationStatistics(metadata={"model": name})
+    for feeds in iter_calibration_batches(data, input_names, input_shapes, input_dtypes):
+        env = run_graph(graph, feeds)                      # every tensor's float value
+        stats.record_sample({t: env[t] for t in tensors_needing_ranges})
+    stats.save("calibration.npz")                          # optional; CalibrationStatistics.load
+    lo, hi = compute_range(stats[t], HistogramMSEMethod(), scheme)
 """
 from __future__ import annotations
 
@@ -122,6 +135,11 @@ def _is_pow2(x: float) -> bool:
     return x > 0 and math.isfinite(x) and math.frexp(x)[0] == 0.5
 
 
+def _doublings(r_from: float, r_to: float) -> int:
+    """log2(r_to / r_from) for powers of two (exponent difference: no overflow)."""
+    return math.frexp(r_to)[1] - math.frexp(r_from)[1]
+
+
 def _double_range(hist: np.ndarray, times: int) -> np.ndarray:
     """``hist`` over [-R, R] re-expressed over [-R*2**times, R*2**times], exactly."""
     n = hist.size
@@ -175,7 +193,7 @@ class TensorObserver:
         if amax > self.half_range:
             target = _pow2_at_least(amax)
             if self.half_range > 0:
-                times = int(round(math.log2(target / self.half_range)))
+                times = _doublings(self.half_range, target)
                 self.histogram = _double_range(self.histogram, times)
             # While R was 0 every count sat in bin num_bins/2 ([0, w)), where zero stays at any R.
             self.half_range = target
@@ -230,7 +248,7 @@ class TensorObserver:
     def _regridded(self, half_range: float) -> np.ndarray:
         if self.half_range == 0 or half_range == self.half_range:
             return self.histogram.copy()
-        return _double_range(self.histogram, int(round(math.log2(half_range / self.half_range))))
+        return _double_range(self.histogram, _doublings(self.half_range, half_range))
 
     # ---- views -----------------------------------------------------------
     @property
@@ -402,50 +420,53 @@ def _rebin(cum_at_edges: np.ndarray, edges: np.ndarray, new_edges: np.ndarray) -
     return np.diff(np.interp(new_edges, edges, cum_at_edges))
 
 
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
+
+
 def _kl_divergences(hist: np.ndarray, starts: np.ndarray, lengths: np.ndarray, levels: int) -> np.ndarray:
     """KL(P || Q) for each window ``hist[start:start+length]`` (TensorRT's entropy calibration).
 
     P: the window, with the mass outside it added to its first/last bin (clipping).
-    Q: the window (without that mass) merged into ``levels`` contiguous groups, each group's count
-    spread evenly over its non-empty bins. Windows with P > 0 where Q == 0 get inf.
+    Q: the window (without that mass) merged into ``levels`` contiguous groups (column j of a
+    window of n bins in group ``j * levels // n``), each group's count spread evenly over its
+    non-empty bins. Windows where P > 0 and Q == 0 (clipped mass landing on an empty end bin)
+    get inf. Every length must be >= levels.
+
+    Computed from prefix sums of h, [h > 0] and h*log(h): O(levels) per window, not O(length):
+    Q is constant over a group's non-empty bins, so sum_j P_j log Q_j needs only group sums.
     """
-    n = hist.size
     total = float(hist.sum())
+    log_total = math.log(total)
     prefix = np.concatenate(([0.0], np.cumsum(hist)))
-    width = int(lengths.max())
-    cols = np.arange(width)
+    nz_prefix = np.concatenate(([0.0], np.cumsum(hist > 0)))
+    xl_prefix = np.concatenate(([0.0], np.cumsum(_xlogx(hist))))
     out = np.empty(lengths.size)
-    block = max(1, _PAIR_BUDGET // (4 * width))
+    groups = np.arange(levels + 1)
+    block = max(1, _PAIR_BUDGET // (levels + 1))
     for b0 in range(0, lengths.size, block):
-        st = starts[b0:b0 + block, None]
-        ln = lengths[b0:b0 + block, None]
-        rows = np.arange(st.shape[0])
-        valid = cols[None, :] < ln
-        window = np.where(valid, hist[np.minimum(st + cols[None, :], n - 1)], 0.0)
-        p = window.copy()
-        p[:, 0] += prefix[st[:, 0]]
-        p[rows, ln[:, 0] - 1] += total - prefix[st[:, 0] + ln[:, 0]]
-        lv = np.minimum(levels, ln)  # a window never has fewer bins than levels except in the fallback
-        nonzero = window > 0
-        # Group g holds columns [ceil(g*len/lv), ceil((g+1)*len/lv)); column j is in group j*lv // len.
-        g_edges = np.minimum((np.arange(int(lv.max()) + 1)[None, :] * ln + lv - 1) // lv, ln)
-        csum = np.concatenate((np.zeros((rows.size, 1)), np.cumsum(window, axis=1)), axis=1)
-        cnz = np.concatenate((np.zeros((rows.size, 1)), np.cumsum(nonzero, axis=1)), axis=1)
-        g_sum = np.diff(np.take_along_axis(csum, g_edges, axis=1), axis=1)
-        g_cnt = np.diff(np.take_along_axis(cnz, g_edges, axis=1), axis=1)
-        group = np.minimum((cols[None, :] * lv) // ln, g_sum.shape[1] - 1)
-        q = np.where(
-            nonzero,
-            np.take_along_axis(g_sum, group, axis=1) / np.maximum(np.take_along_axis(g_cnt, group, axis=1), 1.0),
-            0.0,
-        )
-        p_sum = p.sum(axis=1, keepdims=True)
-        q_sum = q.sum(axis=1, keepdims=True)
+        s = starts[b0:b0 + block].astype(np.intp)
+        n = lengths[b0:b0 + block].astype(np.intp)
+        e = s + n
+        edges = s[:, None] + (groups[None, :] * n[:, None] + levels - 1) // levels
+        g_sum = np.diff(prefix[edges], axis=1)
+        g_cnt = np.diff(nz_prefix[edges], axis=1)
+        inside = prefix[e] - prefix[s]
+        left, right = prefix[s], total - prefix[e]
+        first, last = hist[s], hist[e - 1]
         with np.errstate(divide="ignore", invalid="ignore"):
-            pn = p / p_sum
-            qn = q / np.where(q_sum > 0, q_sum, 1.0)
-            terms = np.where(pn > 0, pn * np.log(pn / qn), 0.0)  # pn > 0 with qn == 0 gives inf
-        out[b0:b0 + block] = terms.sum(axis=1)
+            # log Q_j for the bins of each group (Q normalised by the window's own mass).
+            log_q = np.where(g_sum > 0, np.log(g_sum / (np.maximum(g_cnt, 1.0) * inside[:, None])), 0.0)
+
+        def f(x):  # x * log(x / total), the P log P term of a bin holding x counts (0 for x = 0)
+            return _xlogx(x) - x * log_total
+
+        p_log_p = (xl_prefix[e] - xl_prefix[s]) - inside * log_total - f(first) - f(last) + f(first + left) + f(last + right)
+        p_log_q = (g_sum * log_q).sum(axis=1) + left * log_q[:, 0] + right * log_q[:, -1]
+        kl = (p_log_p - p_log_q) / total
+        impossible = (inside <= 0) | ((left > 0) & (first == 0)) | ((right > 0) & (last == 0))
+        out[b0:b0 + block] = np.where(impossible, np.inf, np.maximum(kl, 0.0))
     return out
 
 
@@ -453,34 +474,53 @@ def _entropy(obs: TensorObserver, method: HistogramEntropyMethod, bits: int, asy
     nb = method.num_bins
     width = obs.bin_width
     n = obs.num_bins
+    levels = 1 << (bits - (0 if asymmetric else 1))
+    if levels >= nb:
+        # Every bin is its own level: KL sees no rounding loss, only clipping loss, so the full
+        # observed range is optimal (KL = 0). compute_range clamps to the observed min/max.
+        return obs.min, obs.max
     if not asymmetric:
-        pos = obs.histogram[n // 2:].astype(np.float64)
-        neg = obs.histogram[:n // 2][::-1].astype(np.float64)
-        folded = pos + neg  # zeros stay in bin 0: KL sees them as mass near 0, as TensorRT does
+        folded = obs.histogram[n // 2:] + obs.histogram[:n // 2][::-1]  # zeros stay in bin 0, as TensorRT has them
         amax = obs.abs_max / width
-        cum = np.concatenate(([0.0], np.cumsum(folded)))
+        cum = np.concatenate(([0.0], np.cumsum(folded, dtype=np.float64)))
         hist = _rebin(cum, np.arange(n // 2 + 1, dtype=np.float64), np.linspace(0.0, amax, nb + 1))
-        levels = 1 << (bits - 1)
-        lengths = np.arange(min(levels, nb), nb + 1)
+        lengths = np.arange(levels, nb + 1)
         kl = _kl_divergences(hist, np.zeros_like(lengths), lengths, levels)
         a = amax * lengths[int(np.argmin(kl))] / nb * width
         return -a, a
+    # Two-sided: re-bin [min, max] with 0 on an edge (index k_neg), at the symmetric case's bin
+    # width (max|x| / num_bins), so the shortest window (levels bins) spans as little as there.
     a0, b0 = -min(obs.min, 0.0) / width, max(obs.max, 0.0) / width
-    bin_w = (a0 + b0) / nb
+    bin_w = max(a0, b0) / nb
     k_neg = int(math.ceil(a0 / bin_w - 1e-9)) if a0 > 0 else 0
     k_pos = int(math.ceil(b0 / bin_w - 1e-9)) if b0 > 0 else 0
     total_bins = k_neg + k_pos
-    cum = np.concatenate(([0.0], np.cumsum(obs.histogram.astype(np.float64))))
+    cum = np.concatenate(([0.0], np.cumsum(obs.histogram, dtype=np.float64)))
     fine_edges = np.arange(n + 1, dtype=np.float64) - n // 2
     hist = _rebin(cum, fine_edges, (np.arange(total_bins + 1, dtype=np.float64) - k_neg) * bin_w)
-    levels = 1 << bits
-    lengths = np.arange(min(levels, total_bins), total_bins + 1)
-    # Windows shrink towards 0 in proportion to the two sides (a one-parameter family, as in
-    # the symmetric case), and always contain 0.
+    # Start from the best window shrinking towards 0 in proportion to the two sides (the
+    # symmetric family), then move one end at a time while KL drops (an outlier on one side
+    # must not force clipping on the other). Windows always contain 0 and >= levels bins.
+    lengths = np.arange(levels, total_bins + 1)
     neg_part = np.rint(lengths * (k_neg / total_bins)).astype(np.intp)
     kl = _kl_divergences(hist, k_neg - neg_part, lengths, levels)
-    best = int(np.argmin(kl))
-    return -neg_part[best] * bin_w * width, (lengths[best] - neg_part[best]) * bin_w * width
+    i = int(np.argmin(kl))
+    start, end, best = k_neg - int(neg_part[i]), k_neg - int(neg_part[i]) + int(lengths[i]), float(kl[i])
+    for _ in range(16 if k_neg and k_pos else 0):  # one-sided: the sweep above was already exhaustive
+        moved = False
+        ends = np.arange(max(k_neg, start + levels), total_bins + 1)
+        kl = _kl_divergences(hist, np.full(ends.size, start), ends - start, levels)
+        j = int(np.argmin(kl))
+        if kl[j] < best:
+            end, best, moved = int(ends[j]), float(kl[j]), True
+        starts = np.arange(0, min(k_neg, end - levels) + 1)
+        kl = _kl_divergences(hist, starts, end - starts, levels)
+        j = int(np.argmin(kl))
+        if kl[j] < best:
+            start, best, moved = int(starts[j]), float(kl[j]), True
+        if not moved:
+            break
+    return (start - k_neg) * bin_w * width, (end - k_neg) * bin_w * width
 
 
 def _quantile(counts: np.ndarray, zero_edge: int, zeros: float, q: float) -> float:
@@ -627,18 +667,23 @@ class CalibrationStatistics:
             "batch_maxs": np.concatenate([o.batch_maxs for o in observers] + [np.zeros(0)]),
         }
         directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+        except OSError as e:
+            raise CalibrationError(f"cannot write calibration statistics file {path!r}: {e}") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez_compressed(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+            if isinstance(e, OSError):
+                raise CalibrationError(f"cannot write calibration statistics file {path!r}: {e}") from e
             raise
 
     @classmethod
@@ -646,7 +691,7 @@ class CalibrationStatistics:
         """Read a file written by :meth:`save`; any other content raises CalibrationError naming it."""
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise CalibrationError(f"calibration statistics file {path!r} does not exist")
+            raise CalibrationError(f"calibration statistics file {path!r} does not exist or is not a file")
 
         def bad(why: str) -> CalibrationError:
             return CalibrationError(f"{path!r} is not a valid mixq calibration statistics file: {why}")
