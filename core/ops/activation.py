@@ -1,0 +1,100 @@
+"""Elementwise activations and Softmax."""
+from __future__ import annotations
+
+import numpy as np
+
+from core.ir.graph import Node, TensorInfo
+from core.ops.registry import OpDef, register
+
+
+def _same(node: Node, infos):
+    return [TensorInfo(infos[0].shape, infos[0].dtype)]
+
+
+def _unary(fn):
+    def run(node: Node, inputs):
+        x = inputs[0]
+        return [np.asarray(fn(node, x)).astype(x.dtype, copy=False)]
+    return run
+
+
+def _sigmoid(node, x):
+    # split by sign so exp never overflows
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _hard_sigmoid(node, x):
+    a, b = node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5)
+    return np.clip(x * np.asarray(a, x.dtype) + np.asarray(b, x.dtype), 0, 1)
+
+
+def _hard_swish(node, x):
+    return x * np.clip(x * np.asarray(1 / 6, x.dtype) + np.asarray(0.5, x.dtype), 0, 1)
+
+
+def _leaky(node, x):
+    return np.where(x >= 0, x, x * np.asarray(node.attrs.get("alpha", 0.01), x.dtype))
+
+
+register(OpDef("Relu", _same, _unary(lambda n, x: np.maximum(x, 0)), mla=True, kind="relu", doc="fused into a preceding conv/dense"))
+register(OpDef("LeakyRelu", _same, _unary(_leaky), doc="alpha"))
+register(OpDef("Sigmoid", _same, _unary(_sigmoid), doc=""))
+register(OpDef("Tanh", _same, _unary(lambda n, x: np.tanh(x)), doc=""))
+register(OpDef("HardSigmoid", _same, _unary(_hard_sigmoid), kind="hard_sigmoid", doc="alpha, beta"))
+register(OpDef("HardSwish", _same, _unary(_hard_swish), kind="hard_swish", doc=""))
+
+
+def _clip_run(node: Node, inputs):
+    x = inputs[0]
+    lo = inputs[1] if len(inputs) > 1 else None
+    hi = inputs[2] if len(inputs) > 2 else None
+    y = x
+    if lo is not None:
+        y = np.maximum(y, lo.astype(x.dtype))
+    if hi is not None:
+        y = np.minimum(y, hi.astype(x.dtype))
+    return [np.asarray(y, dtype=x.dtype)]
+
+
+def _clip_upgrade(node: Node, graph) -> None:
+    # opset < 11: min/max were attributes
+    if graph.opset < 11 and ("min" in node.attrs or "max" in node.attrs):
+        dtype = graph.tensors[node.inputs[0]].dtype
+        names = []
+        for key in ("min", "max"):
+            if key in node.attrs:
+                names.append(graph.add_constant(graph.unique_name(f"{node.name}_{key}"), np.asarray(node.attrs.pop(key), dtype)))
+            else:
+                names.append("")
+        node.inputs = [node.inputs[0], *names]
+
+
+register(OpDef("Clip", _same, _clip_run, mla=True, kind="clip", upgrade=_clip_upgrade,
+               doc="min/max inputs (attributes before opset 11); fused into a preceding conv/dense"))
+
+
+def _softmax_run(node: Node, inputs):
+    x = inputs[0]
+    axis = node.attrs.get("axis", -1)
+    if node.attrs.get("_coerce_2d"):
+        # opset < 13: flatten to 2-D at axis, softmax over the second dimension
+        axis = axis % x.ndim if x.ndim else 0
+        shape = x.shape
+        x2 = x.reshape(int(np.prod(shape[:axis], dtype=np.int64)), -1)
+        return [_softmax(x2, 1).reshape(shape)]
+    return [_softmax(x, axis)]
+
+
+def _softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype, copy=False)
+
+
+def _softmax_upgrade(node: Node, graph) -> None:
+    if graph.opset < 13:
+        node.attrs.setdefault("axis", 1)
+        node.attrs["_coerce_2d"] = 1
+
+
+register(OpDef("Softmax", _same, _softmax_run, upgrade=_softmax_upgrade, doc="axis (opset < 13 semantics kept)"))

@@ -1,0 +1,398 @@
+"""Shape and data-movement ops: Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Concat, Split,
+Slice, Pad, Gather, Shape, ConstantOfShape, Constant, Range, Cast, Identity, Dropout."""
+from __future__ import annotations
+
+import numpy as np
+
+from core.errors import ShapeInferenceError, UnsupportedOperatorError
+from core.ir.graph import Node, TensorInfo
+from core.ops.common import const_input
+from core.ops.registry import OpDef, register
+
+
+def _where(node: Node) -> str:
+    return node.source_name or node.name
+
+
+def _attr_to_input(node: Node, graph, key: str, index: int, dtype=np.int64) -> None:
+    """Older opsets carried some inputs as attributes; move them to a constant input."""
+    if key in node.attrs:
+        name = graph.add_constant(graph.unique_name(f"{node.name}_{key}"), np.asarray(node.attrs.pop(key), dtype))
+        inputs = list(node.inputs) + [""] * max(0, index + 1 - len(node.inputs))
+        inputs[index] = name
+        node.inputs = inputs
+
+
+def _shape_of_run(node: Node, fn):
+    """Infer by running the kernel on zero-stride dummies (cheap: no data touched)."""
+    def infer(n: Node, infos):
+        args = [None if i is None else (i.value if i.value is not None else np.broadcast_to(np.zeros((), i.dtype), i.shape))
+                for i in infos]
+        out = fn(n, args)
+        return [TensorInfo(o.shape, o.dtype) for o in out]
+    return infer
+
+
+# ---- Reshape ----
+def _reshape_target(node: Node, in_shape, shape):
+    shape = [int(s) for s in shape]
+    allowzero = node.attrs.get("allowzero", 0)
+    out = [in_shape[i] if (s == 0 and not allowzero) else s for i, s in enumerate(shape)]
+    total = int(np.prod(in_shape, dtype=np.int64))
+    if out.count(-1) > 1:
+        raise ShapeInferenceError(f"{node.describe()}: more than one -1 in target shape {shape}")
+    if -1 in out:
+        known = int(np.prod([s for s in out if s != -1], dtype=np.int64))
+        if known == 0 or total % known:
+            raise ShapeInferenceError(f"{node.describe()}: cannot reshape {tuple(in_shape)} to {shape}")
+        out[out.index(-1)] = total // known
+    if int(np.prod(out, dtype=np.int64)) != total:
+        raise ShapeInferenceError(f"{node.describe()}: cannot reshape {tuple(in_shape)} to {shape}")
+    return out
+
+
+def _reshape_infer(node: Node, infos):
+    shape = const_input(node, infos, 1, "shape")
+    return [TensorInfo(_reshape_target(node, infos[0].shape, shape), infos[0].dtype)]
+
+
+def _reshape_run(node: Node, inputs):
+    return [inputs[0].reshape(_reshape_target(node, inputs[0].shape, inputs[1]))]
+
+
+register(OpDef("Reshape", _reshape_infer, _reshape_run, mla=True, kind="reshape", doc="0 and -1, allowzero; static shape input"))
+
+
+# ---- Flatten ----
+def _flatten_shape(node, shape):
+    axis = node.attrs.get("axis", 1) % (len(shape) + 1) if shape else 0
+    return (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
+
+
+register(OpDef("Flatten", lambda n, i: [TensorInfo(_flatten_shape(n, i[0].shape), i[0].dtype)],
+               lambda n, x: [x[0].reshape(_flatten_shape(n, x[0].shape))], mla=True, kind="flatten", doc="axis"))
+
+
+# ---- Transpose ----
+def _perm(node, rank):
+    return node.attrs.get("perm") or list(range(rank))[::-1]
+
+
+register(OpDef("Transpose", lambda n, i: [TensorInfo(tuple(i[0].shape[p] for p in _perm(n, len(i[0].shape))), i[0].dtype)],
+               lambda n, x: [np.ascontiguousarray(np.transpose(x[0], _perm(n, x[0].ndim)))], mla=True, kind="transpose",
+               doc="perm"))
+
+
+# ---- Squeeze / Unsqueeze ----
+def _squeeze_axes(node, infos, shape):
+    axes = const_input(node, infos, 1, "axes") if len(infos) > 1 else None
+    if axes is None:
+        return [d for d, s in enumerate(shape) if s == 1]
+    axes = [int(a) % len(shape) for a in axes]
+    for a in axes:
+        if shape[a] != 1:
+            raise ShapeInferenceError(f"{node.describe()}: cannot squeeze axis {a} of shape {tuple(shape)}")
+    return axes
+
+
+def _squeeze_infer(node, infos):
+    axes = _squeeze_axes(node, infos, infos[0].shape)
+    return [TensorInfo(tuple(s for d, s in enumerate(infos[0].shape) if d not in axes), infos[0].dtype)]
+
+
+def _squeeze_run(node, inputs):
+    infos = [TensorInfo.of(v) if v is not None else None for v in inputs]
+    return [np.squeeze(inputs[0], axis=tuple(_squeeze_axes(node, infos, inputs[0].shape)))]
+
+
+def _unsqueeze_shape(node, infos, shape):
+    axes = const_input(node, infos, 1, "axes")
+    if axes is None:
+        raise ShapeInferenceError(f"{node.describe()}: Unsqueeze needs axes")
+    rank = len(shape) + len(axes)
+    axes = sorted(int(a) % rank for a in axes)
+    out = list(shape)
+    for a in axes:
+        out.insert(a, 1)
+    return out
+
+
+def _unsqueeze_run(node, inputs):
+    infos = [TensorInfo.of(v) if v is not None else None for v in inputs]
+    return [inputs[0].reshape(_unsqueeze_shape(node, infos, inputs[0].shape))]
+
+
+def _axes_upgrade(node, graph):
+    if graph.opset < 13:
+        _attr_to_input(node, graph, "axes", 1)
+
+
+register(OpDef("Squeeze", _squeeze_infer, _squeeze_run, mla=True, kind="squeeze", upgrade=_axes_upgrade,
+               doc="axes (attribute before opset 13)"))
+register(OpDef("Unsqueeze", lambda n, i: [TensorInfo(_unsqueeze_shape(n, i, i[0].shape), i[0].dtype)], _unsqueeze_run,
+               mla=True, kind="expand_dims", upgrade=_axes_upgrade, doc="axes (attribute before opset 13)"))
+
+
+# ---- Concat / Split ----
+def _concat_infer(node, infos):
+    ins = [i for i in infos if i is not None]
+    rank = len(ins[0].shape)
+    axis = node.attrs.get("axis", 0) % max(rank, 1)
+    for i in ins[1:]:
+        if len(i.shape) != rank or any(a != b for d, (a, b) in enumerate(zip(i.shape, ins[0].shape)) if d != axis):
+            raise ShapeInferenceError(f"{node.describe()}: inputs {[x.shape for x in ins]} do not concatenate on axis {axis}")
+    shape = list(ins[0].shape)
+    shape[axis] = sum(i.shape[axis] for i in ins)
+    return [TensorInfo(shape, ins[0].dtype)]
+
+
+register(OpDef("Concat", _concat_infer, lambda n, x: [np.concatenate([v for v in x if v is not None], axis=n.attrs.get("axis", 0))],
+               mla=True, kind="concatenate", doc="axis"))
+
+
+def _split_sizes(node, infos, shape):
+    axis = node.attrs.get("axis", 0) % len(shape)
+    split = const_input(node, infos, 1, "split") if len(infos) > 1 else None
+    n_out = len(node.outputs)
+    if split is None:
+        n = node.attrs.get("num_outputs", n_out)
+        chunk = -(-shape[axis] // n)
+        split = [chunk] * (n - 1) + [shape[axis] - chunk * (n - 1)]
+    split = [int(s) for s in split]
+    if sum(split) != shape[axis]:
+        raise ShapeInferenceError(f"{node.describe()}: split {split} does not sum to {shape[axis]}")
+    return axis, split
+
+
+def _split_infer(node, infos):
+    axis, split = _split_sizes(node, infos, infos[0].shape)
+    outs = []
+    for s in split:
+        shape = list(infos[0].shape)
+        shape[axis] = s
+        outs.append(TensorInfo(shape, infos[0].dtype))
+    return outs
+
+
+def _split_run(node, inputs):
+    infos = [TensorInfo.of(v) if v is not None else None for v in inputs]
+    axis, split = _split_sizes(node, infos, inputs[0].shape)
+    return np.split(inputs[0], np.cumsum(split)[:-1], axis=axis)
+
+
+def _split_upgrade(node, graph):
+    if graph.opset < 13:
+        _attr_to_input(node, graph, "split", 1)
+
+
+register(OpDef("Split", _split_infer, _split_run, kind="split", upgrade=_split_upgrade,
+               doc="split (attribute before opset 13), num_outputs"))
+
+
+# ---- Slice ----
+def _slices(node, shape, starts, ends, axes, steps):
+    rank = len(shape)
+    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in axes]
+    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+    sl = [slice(None)] * rank
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        if st == 0:
+            raise ShapeInferenceError(f"{node.describe()}: slice step 0")
+        dim = shape[a]
+        s, e = int(s), int(e)
+        if st > 0:
+            s = min(max(s + dim if s < 0 else s, 0), dim)
+            e = min(max(e + dim if e < 0 else e, 0), dim)
+        else:
+            s = min(max(s + dim if s < 0 else s, -1), dim - 1)
+            e = min(max(e + dim if e < 0 else e, -1), dim - 1)
+            e = None if e < 0 else e
+        sl[a] = slice(s, e, st)
+    return tuple(sl)
+
+
+def _slice_args(node, infos):
+    return [const_input(node, infos, k, w) if len(infos) > k else None
+            for k, w in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps"))]
+
+
+def _slice_infer(node, infos):
+    sl = _slices(node, infos[0].shape, *_slice_args(node, infos))
+    shape = tuple(len(range(*s.indices(d))) for s, d in zip(sl, infos[0].shape))
+    return [TensorInfo(shape, infos[0].dtype)]
+
+
+def _slice_run(node, inputs):
+    args = [inputs[k] if len(inputs) > k else None for k in (1, 2, 3, 4)]
+    return [np.ascontiguousarray(inputs[0][_slices(node, inputs[0].shape, *args)])]
+
+
+register(OpDef("Slice", _slice_infer, _slice_run, kind="strided_slice", doc="starts/ends/axes/steps inputs, negative steps"))
+
+
+# ---- Pad ----
+def _pad_widths(node, pads, axes, rank):
+    pads = [int(p) for p in pads]
+    axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+    k = len(axes)
+    widths = [(0, 0)] * rank
+    for i, a in enumerate(axes):
+        widths[a] = (pads[i], pads[i + k])
+    return widths
+
+
+def _pad_infer(node, infos):
+    pads = const_input(node, infos, 1, "pads")
+    axes = const_input(node, infos, 3, "axes") if len(infos) > 3 else None
+    widths = _pad_widths(node, pads, axes, len(infos[0].shape))
+    return [TensorInfo(tuple(s + a + b for s, (a, b) in zip(infos[0].shape, widths)), infos[0].dtype)]
+
+
+def _pad_run(node, inputs):
+    x = inputs[0]
+    axes = inputs[3] if len(inputs) > 3 else None
+    widths = _pad_widths(node, inputs[1], axes, x.ndim)
+    mode = node.attrs.get("mode", "constant")
+    # negative pads crop
+    crop = tuple(slice(-a if a < 0 else 0, d + b if b < 0 else None) for d, (a, b) in zip(x.shape, widths))
+    x = x[crop]
+    widths = [(max(a, 0), max(b, 0)) for a, b in widths]
+    if mode == "constant":
+        value = inputs[2] if len(inputs) > 2 and inputs[2] is not None and np.size(inputs[2]) else 0
+        return [np.pad(x, widths, mode="constant", constant_values=np.asarray(value).item() if np.size(value) else 0)]
+    if mode in ("reflect", "edge", "wrap"):
+        return [np.pad(x, widths, mode=mode)]
+    raise UnsupportedOperatorError(node.op, _where(node), f"mode {mode!r}")
+
+
+def _pad_upgrade(node, graph):
+    if graph.opset < 11:
+        _attr_to_input(node, graph, "pads", 1)
+        if "value" in node.attrs:
+            _attr_to_input(node, graph, "value", 2, graph.tensors[node.inputs[0]].dtype)
+
+
+register(OpDef("Pad", _pad_infer, _pad_run, mla=lambda n, g: n.attrs.get("mode", "constant") == "constant", kind="pad",
+               upgrade=_pad_upgrade, doc="constant/reflect/edge/wrap, pads/constant_value/axes inputs; MLA for constant mode"))
+
+
+# ---- Gather ----
+def _gather_run(node, inputs):
+    data, idx = inputs
+    axis = node.attrs.get("axis", 0) % data.ndim
+    idx = np.asarray(idx, np.int64)
+    idx = np.where(idx < 0, idx + data.shape[axis], idx)
+    return [np.take(data, idx, axis=axis)]
+
+
+def _gather_infer(node, infos):
+    data, idx = infos
+    axis = node.attrs.get("axis", 0) % len(data.shape)
+    if idx.value is not None and data.value is not None:
+        v = _gather_run(node, [data.value, idx.value])[0]
+        return [TensorInfo(v.shape, v.dtype)]
+    return [TensorInfo(tuple(data.shape[:axis]) + tuple(idx.shape) + tuple(data.shape[axis + 1:]), data.dtype)]
+
+
+register(OpDef("Gather", _gather_infer, _gather_run, kind="take", doc="axis, negative indices"))
+
+
+# ---- Shape / ConstantOfShape / Constant / Range ----
+def _shape_slice(node, rank):
+    start, end = node.attrs.get("start", 0), node.attrs.get("end", rank)
+    return slice(max(0, min(rank, start + rank if start < 0 else start)), max(0, min(rank, end + rank if end < 0 else end)))
+
+
+def _shape_infer(node, infos):
+    s = infos[0].shape[_shape_slice(node, len(infos[0].shape))]
+    return [TensorInfo((len(s),), np.int64, np.asarray(s, np.int64))]
+
+
+register(OpDef("Shape", _shape_infer, lambda n, x: [np.asarray(x[0].shape[_shape_slice(n, x[0].ndim)], np.int64)],
+               kind="shape_of", doc="start, end; folded to a constant for static shapes"))
+
+
+def _cos_run(node, inputs):
+    value = node.attrs.get("value")
+    value = np.zeros(1, np.float32) if value is None else np.asarray(value)
+    return [np.full([int(d) for d in inputs[0]], value.reshape(-1)[0], dtype=value.dtype)]
+
+
+def _cos_infer(node, infos):
+    shape = const_input(node, infos, 0, "shape")
+    value = node.attrs.get("value")
+    dtype = np.float32 if value is None else np.asarray(value).dtype
+    return [TensorInfo([int(d) for d in shape], dtype)]
+
+
+register(OpDef("ConstantOfShape", _cos_infer, _cos_run, kind="full", doc="value"))
+
+
+def _constant_value(node):
+    a = node.attrs
+    for key, conv in (("value", lambda v: np.asarray(v)), ("value_float", lambda v: np.asarray(v, np.float32)),
+                      ("value_floats", lambda v: np.asarray(v, np.float32)), ("value_int", lambda v: np.asarray(v, np.int64)),
+                      ("value_ints", lambda v: np.asarray(v, np.int64))):
+        if key in a:
+            return conv(a[key])
+    raise UnsupportedOperatorError(node.op, _where(node), "needs value, value_float(s) or value_int(s)")
+
+
+register(OpDef("Constant", lambda n, i: [TensorInfo.of(_constant_value(n))], lambda n, x: [_constant_value(n)],
+               kind="constant", doc="value, value_float(s), value_int(s)"))
+
+
+def _range_run(node, inputs):
+    start, limit, delta = (np.asarray(v).reshape(()) for v in inputs)
+    return [np.arange(start, limit, delta, dtype=start.dtype)]
+
+
+def _range_infer(node, infos):
+    vals = [const_input(node, infos, k, w) for k, w in ((0, "start"), (1, "limit"), (2, "delta"))]
+    v = _range_run(node, vals)[0]
+    return [TensorInfo(v.shape, v.dtype)]
+
+
+register(OpDef("Range", _range_infer, _range_run, kind="arange", doc="static start/limit/delta"))
+
+
+# ---- Cast / Identity / Dropout ----
+_ONNX_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
+               9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
+
+
+def _cast_dtype(node):
+    to = node.attrs.get("to")
+    if to not in _ONNX_TYPES:
+        raise UnsupportedOperatorError(node.op, _where(node), f"cast to ONNX type {to}")
+    return np.dtype(_ONNX_TYPES[to])
+
+
+register(OpDef("Cast", lambda n, i: [TensorInfo(i[0].shape, _cast_dtype(n))],
+               lambda n, x: [x[0].astype(_cast_dtype(n))], kind="cast", doc="to numeric/bool types"))
+
+register(OpDef("Identity", lambda n, i: [TensorInfo(i[0].shape, i[0].dtype)], lambda n, x: [x[0]], kind="identity",
+               doc="removed by a pass"))
+
+
+def _dropout_infer(node, infos):
+    outs = [TensorInfo(infos[0].shape, infos[0].dtype)]
+    if len(node.outputs) > 1:
+        outs.append(TensorInfo(infos[0].shape, np.bool_))
+    return outs
+
+
+def _dropout_run(node, inputs):
+    outs = [inputs[0]]
+    if len(node.outputs) > 1:
+        outs.append(np.ones(inputs[0].shape, np.bool_))
+    return outs
+
+
+def _dropout_check(node, infos):
+    if len(infos) > 2 and infos[2] is not None and infos[2].value is not None and bool(infos[2].value):
+        raise UnsupportedOperatorError(node.op, _where(node), "training_mode=True (mixq runs inference only)")
+
+
+register(OpDef("Dropout", _dropout_infer, _dropout_run, kind="dropout", check=_dropout_check,
+               doc="inference: identity (mask output all true); removed by a pass"))
