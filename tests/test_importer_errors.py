@@ -102,8 +102,8 @@ def test_shape_dict_with_bad_value():
 
 
 def test_old_opset_is_refused(onnx_model_file):
-    path = onnx_model_file(conv_relu_model(opset=9))
-    with pytest.raises(ModelLoadError, match="opset 9"):
+    path = onnx_model_file(conv_relu_model(opset=7))
+    with pytest.raises(ModelLoadError, match="opset 7"):
         load_model(onnx_source(path))
 
 

@@ -13,10 +13,13 @@ from core.errors import ModelLoadError, UnsupportedOperatorError
 from core.importers.sources import ImporterParams
 from core.ir.graph import Graph, Node, TensorInfo
 
-MIN_OPSET = 11
-# Opsets 21-23 changed type support, not semantics, for the ops mixq implements;
-# onnx's own node tests (generated at those opsets) check that.
-MAX_OPSET = 23
+# Opsets 9-10 load too (older forms are upgraded per op: Slice/Pad/Clip attributes, Upsample);
+# 11-20 is the range mixq targets.
+MIN_OPSET = 9
+# Opsets 21-27 changed type support, not semantics, for the ops mixq implements (their
+# attributes are unchanged but Cast's round_mode, checked by Cast itself); onnx's own node
+# tests, generated at those opsets, check that.
+MAX_OPSET = 27
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 

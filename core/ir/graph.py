@@ -184,6 +184,8 @@ class Graph:
                 if opdef.check is not None:
                     opdef.check(n, ins)
                 outs = opdef.infer(n, ins)
+                if _propagates_value(n, ins, outs):
+                    outs = [TensorInfo.of(v) for v in opdef.run(n, [None if t is None else t.value for t in ins])]
             except MixqError:
                 raise
             except Exception as e:  # a shape rule tripping over bad attributes/shapes
@@ -197,3 +199,17 @@ class Graph:
 
     def iter_ops(self) -> Iterable[str]:
         return (n.op for n in self.nodes)
+
+
+# Small values (a static Shape, then the Gather/Concat/... computing a Reshape target from it)
+# flow through shape inference, so exported shape sub-graphs infer before they are folded.
+_MAX_PROPAGATED_ELEMENTS = 4096
+RANDOM_OPS = (  # never evaluated at load time: that would freeze one draw
+    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli")
+
+
+def _propagates_value(node: Node, ins: list, outs: list) -> bool:
+    if node.op in RANDOM_OPS or any(t is not None and t.value is None for t in ins):
+        return False
+    sizes = [t.value.size for t in ins if t is not None] + [int(np.prod(o.shape)) for o in outs]
+    return all(o.value is None for o in outs) and max(sizes, default=0) <= _MAX_PROPAGATED_ELEMENTS

@@ -157,9 +157,9 @@ def _convt_geometry(node: Node, x_shape, w_shape):
         target = output_shape or [x_shape[2 + d] * strides[d] for d in range(n)]
         pads = [0] * (2 * n)
         for d in range(n):
+            # ONNX's rule (floor division); a negative total pads the output with zeros
             total = strides[d] * (x_shape[2 + d] - 1) + out_pad[d] + ((kernel[d] - 1) * dilations[d] + 1) - target[d]
-            total = max(total, 0)
-            if auto_pad == "SAME_UPPER" or (output_shape is not None and auto_pad != "SAME_LOWER"):
+            if auto_pad == "SAME_UPPER":
                 pads[d], pads[d + n] = total // 2, total - total // 2
             else:
                 pads[d], pads[d + n] = total - total // 2, total // 2
@@ -187,7 +187,6 @@ def _convt_run(node: Node, inputs):
     og = w.shape[1]
     cg = C // group
     full = [strides[d] * (x.shape[2 + d] - 1) + (kernel[d] - 1) * dilations[d] + 1 for d in range(n)]
-    full = [max(full[d], out[d] + pads[d]) for d in range(n)]
     y = np.zeros((N, og * group, *full), dtype=np.result_type(x, w))
     for g in range(group):
         xg = x[:, g * cg:(g + 1) * cg].reshape(N, cg, -1)
@@ -198,7 +197,16 @@ def _convt_run(node: Node, inputs):
             sl = tuple(slice(offs[d] * dilations[d], offs[d] * dilations[d] + (x.shape[2 + d] - 1) * strides[d] + 1, strides[d])
                        for d in range(n))
             y[(slice(None), slice(g * og, (g + 1) * og)) + sl] += cols[(slice(None), slice(None)) + offs]
-    y = y[(slice(None), slice(None)) + tuple(slice(pads[d], pads[d] + out[d]) for d in range(n))]
+    # output index o reads full index o + pads[d]; outside [0, full) it is zero (output_padding,
+    # or a negative total padding from output_shape)
+    res = np.zeros((N, og * group, *out), dtype=y.dtype)
+    src, dst = [], []
+    for d in range(n):
+        lo, hi = max(pads[d], 0), min(pads[d] + out[d], full[d])
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - pads[d], lo - pads[d] + max(hi - lo, 0)))
+    res[(slice(None), slice(None)) + tuple(dst)] = y[(slice(None), slice(None)) + tuple(src)]
+    y = res
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * n)
     return [np.ascontiguousarray(y)]

@@ -71,4 +71,4 @@ def _reduce_run(node: Node, inputs):
 
 
 register(OpDef("ReduceMean", _reduce_infer, _reduce_run, kind="mean",
-               doc="axes (attribute before opset 18, input after), keepdims, noop_with_empty_axes"))
+               static_inputs=(1,), doc="axes (attribute before opset 18, input after), keepdims, noop_with_empty_axes"))

@@ -37,6 +37,8 @@ class OpDef:
              variants mixq does not implement (e.g. Resize cubic), at load time
     upgrade  optional (node, graph) -> None; rewrites an older opset's form of the op
              (attributes that later became inputs) into the canonical form, using graph.opset
+    static_inputs  input slots that must be constants at load time (Reshape's shape, Resize's
+             scales...): mixq compiles static-shape programs
     """
 
     name: str
@@ -46,6 +48,7 @@ class OpDef:
     kind: Union[str, Callable[["Node"], str], None] = None
     check: Optional[Callable[["Node", list], None]] = None
     upgrade: Optional[Callable[["Node", "Graph"], None]] = None
+    static_inputs: tuple[int, ...] = ()
     doc: str = ""
 
     def on_mla(self, node: "Node", graph: "Graph") -> bool:

@@ -77,7 +77,9 @@ def _source_coords(node, in_len, out_len, scale, roi_lo, roi_hi):
     if ctm == "pytorch_half_pixel":
         return (o + 0.5) / scale - 0.5 if out_len > 1 else np.zeros(out_len)
     if ctm == "align_corners":
-        return o * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros(out_len)
+        # ONNX uses the unrounded resized length (in_len * scale) here
+        length = in_len * scale
+        return o * (in_len - 1) / (length - 1) if length > 1 else np.zeros(out_len)
     if ctm == "asymmetric":
         return o / scale
     # tf_crop_and_resize
@@ -153,7 +155,7 @@ def _is_nearest(node, graph):
 
 
 register(OpDef("Resize", _infer, _run, mla=_is_nearest, kind="resize", check=_check, upgrade=_resize_upgrade,
-               doc="nearest (all nearest_mode), linear; scales or sizes, axes, keep_aspect_ratio_policy; MLA when nearest"))
+               static_inputs=(1, 2, 3), doc="nearest (all nearest_mode), linear; scales or sizes, axes, keep_aspect_ratio_policy; MLA when nearest"))
 
 
 def _upsample_upgrade(node: Node, graph) -> None:
@@ -185,4 +187,4 @@ def _upsample_check(node: Node, infos):
 
 
 register(OpDef("Upsample", _upsample_infer, _upsample_run, mla=_is_nearest, kind="resize", check=_upsample_check,
-               upgrade=_upsample_upgrade, doc="deprecated; nearest and linear (as Resize with asymmetric coordinates)"))
+               upgrade=_upsample_upgrade, static_inputs=(1,), doc="deprecated; nearest and linear (as Resize with asymmetric coordinates)"))

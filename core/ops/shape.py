@@ -60,12 +60,13 @@ def _reshape_run(node: Node, inputs):
     return [inputs[0].reshape(_reshape_target(node, inputs[0].shape, inputs[1]))]
 
 
-register(OpDef("Reshape", _reshape_infer, _reshape_run, mla=True, kind="reshape", doc="0 and -1, allowzero; static shape input"))
+register(OpDef("Reshape", _reshape_infer, _reshape_run, mla=True, kind="reshape", static_inputs=(1,), doc="0 and -1, allowzero; static shape input"))
 
 
 # ---- Flatten ----
 def _flatten_shape(node, shape):
-    axis = node.attrs.get("axis", 1) % (len(shape) + 1) if shape else 0
+    axis = node.attrs.get("axis", 1)
+    axis = axis + len(shape) if axis < 0 else axis
     return (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
 
 
@@ -128,9 +129,9 @@ def _axes_upgrade(node, graph):
 
 
 register(OpDef("Squeeze", _squeeze_infer, _squeeze_run, mla=True, kind="squeeze", upgrade=_axes_upgrade,
-               doc="axes (attribute before opset 13)"))
+               static_inputs=(1,), doc="axes (attribute before opset 13)"))
 register(OpDef("Unsqueeze", lambda n, i: [TensorInfo(_unsqueeze_shape(n, i, i[0].shape), i[0].dtype)], _unsqueeze_run,
-               mla=True, kind="expand_dims", upgrade=_axes_upgrade, doc="axes (attribute before opset 13)"))
+               mla=True, kind="expand_dims", upgrade=_axes_upgrade, static_inputs=(1,), doc="axes (attribute before opset 13)"))
 
 
 # ---- Concat / Split ----
@@ -186,7 +187,7 @@ def _split_upgrade(node, graph):
 
 
 register(OpDef("Split", _split_infer, _split_run, kind="split", upgrade=_split_upgrade,
-               doc="split (attribute before opset 13), num_outputs"))
+               static_inputs=(1,), doc="split (attribute before opset 13), num_outputs"))
 
 
 # ---- Slice ----
@@ -227,7 +228,13 @@ def _slice_run(node, inputs):
     return [np.ascontiguousarray(inputs[0][_slices(node, inputs[0].shape, *args)])]
 
 
-register(OpDef("Slice", _slice_infer, _slice_run, kind="strided_slice", doc="starts/ends/axes/steps inputs, negative steps"))
+def _slice_upgrade(node, graph):
+    if graph.opset < 10:  # starts/ends/axes were attributes
+        for k, key in ((1, "starts"), (2, "ends"), (3, "axes")):
+            _attr_to_input(node, graph, key, k)
+
+
+register(OpDef("Slice", _slice_infer, _slice_run, kind="strided_slice", upgrade=_slice_upgrade, static_inputs=(1, 2, 3, 4), doc="starts/ends/axes/steps inputs, negative steps"))
 
 
 # ---- Pad ----
@@ -273,7 +280,7 @@ def _pad_upgrade(node, graph):
 
 
 register(OpDef("Pad", _pad_infer, _pad_run, mla=lambda n, g: n.attrs.get("mode", "constant") == "constant", kind="pad",
-               upgrade=_pad_upgrade, doc="constant/reflect/edge/wrap, pads/constant_value/axes inputs; MLA for constant mode"))
+               upgrade=_pad_upgrade, static_inputs=(1, 2, 3), doc="constant/reflect/edge/wrap, pads/constant_value/axes inputs; MLA for constant mode"))
 
 
 # ---- Gather ----
@@ -325,7 +332,7 @@ def _cos_infer(node, infos):
     return [TensorInfo([int(d) for d in shape], dtype)]
 
 
-register(OpDef("ConstantOfShape", _cos_infer, _cos_run, kind="full", doc="value"))
+register(OpDef("ConstantOfShape", _cos_infer, _cos_run, kind="full", static_inputs=(0,), doc="value"))
 
 
 def _constant_value(node):
@@ -353,7 +360,7 @@ def _range_infer(node, infos):
     return [TensorInfo(v.shape, v.dtype)]
 
 
-register(OpDef("Range", _range_infer, _range_run, kind="arange", doc="static start/limit/delta"))
+register(OpDef("Range", _range_infer, _range_run, kind="arange", static_inputs=(0, 1, 2), doc="static start/limit/delta"))
 
 
 # ---- Cast / Identity / Dropout ----

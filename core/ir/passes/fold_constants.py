@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from core.errors import ExecutionError, MixqError
-from core.ir.graph import Graph, Node
+from core.ir.graph import RANDOM_OPS, Graph, Node
 from core.ops.registry import get_op
 
 # Ops whose output depends only on their input's shape and dtype, never its values.
 SHAPE_ONLY_OPS = ("Shape", "Size")
-# Folding these would freeze one random draw into the model.
-RANDOM_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli")
 
 
 def fold_constants(graph: Graph) -> bool:
