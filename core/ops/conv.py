@@ -1,11 +1,15 @@
 """Conv and ConvTranspose: shape rules, float kernels (im2col + BLAS; depthwise has its own kernel)."""
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from core.errors import ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
-from core.ops.common import activation_suffix, apply_activation
+from core.ops.common import activation_suffix
 from core.ops.registry import OpDef, register
 
 
@@ -59,65 +63,152 @@ def _conv_infer(node: Node, infos):
     return [TensorInfo((x.shape[0], w.shape[0], *out), x.dtype)]
 
 
-def _pad_input(x, pads, n, value=0.0):
-    if not any(pads):
-        return x
-    width = [(0, 0), (0, 0)] + [(pads[d], pads[d + n]) for d in range(n)]
-    return np.pad(x, width, constant_values=value)
-
-
-def _windows(xp, kernel, strides, dilations, out):
-    """View of shape (N, C, *out, *kernel) over the padded input (no copy)."""
-    n = len(kernel)
-    s = xp.strides
-    shape = xp.shape[:2] + tuple(out) + tuple(kernel)
-    strides_ = s[:2] + tuple(s[2 + d] * strides[d] for d in range(n)) + tuple(s[2 + d] * dilations[d] for d in range(n))
-    return np.lib.stride_tricks.as_strided(xp, shape, strides_, writeable=False)
-
-
-def conv_forward(x, w, b, attrs_node: Node):
-    """Float convolution, NC(spatial) x O(C/g)(kernel). Shared with quantized kernels later."""
+def _channels_last(x):
+    """Logical NC(spatial) -> a channels-last view (free when memory is already channels-last)."""
     n = x.ndim - 2
-    kernel, strides, dilations, pads, out = _conv_out_shape(attrs_node, x.shape, w.shape)
-    group = attrs_node.attrs.get("group", 1)
-    xp = _pad_input(x, pads, n)
-    N, C = x.shape[:2]
-    O = w.shape[0]
-    if group == 1:
-        if all(k == 1 for k in kernel):
-            xs = xp[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides)]
-            xs = xs[(slice(None), slice(None)) + tuple(slice(0, o) for o in out)]
-            y = np.matmul(w.reshape(O, C), xs.reshape(N, C, -1))
+    return x.transpose((0,) + tuple(range(2, 2 + n)) + (1,))
+
+
+def _channels_first(y):
+    n = y.ndim - 2
+    return y.transpose((0, n + 1) + tuple(range(1, n + 1)))
+
+
+_ROWS_PER_BLOCK = 2048  # post-ops run on blocks that stay in cache
+
+
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _parallel(fn, items) -> None:
+    """Run fn over items on a small thread pool (numpy and BLAS release the GIL)."""
+    global _pool
+    items = list(items)
+    if len(items) <= 1 or _workers() == 1:
+        for it in items:
+            fn(it)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="mixq-conv")
+    for f in [_pool.submit(fn, it) for it in items]:
+        f.result()
+
+
+_local = threading.local()
+
+
+def _thread_buffer(shape, dtype) -> np.ndarray:
+    """A zero-bordered scratch buffer per thread (borders stay zero: only the interior is written)."""
+    key = (shape, np.dtype(dtype).str)
+    bufs = getattr(_local, "buffers", None)
+    if bufs is None:
+        bufs = _local.buffers = {}
+    if key not in bufs:
+        if len(bufs) > 8:
+            bufs.clear()
+        bufs[key] = np.zeros(shape, dtype)
+    return bufs[key]
+
+
+def _bias_act(block, b, act) -> None:
+    """In place: block += b, then the fused activation (one pass while the block is in cache)."""
+    if b is not None:
+        block += b
+    if act:
+        if act["kind"] == "relu":
+            np.maximum(block, 0, out=block)
         else:
-            cols = _windows(xp, kernel, strides, dilations, out)  # N C *out *k
-            perm = (0,) + tuple(range(2, 2 + n)) + (1,) + tuple(range(2 + n, 2 + 2 * n))
-            cols = cols.transpose(perm).reshape(N * int(np.prod(out)), -1)  # copy: (N*P, C*K)
-            y = (cols @ w.reshape(O, -1).T).reshape(N, -1, O).transpose(0, 2, 1)
-        y = y.reshape(N, O, *out)
-    elif group == C and O == C and w.shape[1] == 1:
-        y = np.zeros((N, C) + tuple(out), dtype=np.result_type(x, w))
-        wk = w.reshape(C, -1)
-        for t, offs in enumerate(np.ndindex(*kernel)):
-            sl = tuple(slice(offs[d] * dilations[d], offs[d] * dilations[d] + (out[d] - 1) * strides[d] + 1, strides[d]) for d in range(n))
-            y += xp[(slice(None), slice(None)) + sl] * wk[:, t].reshape((1, C) + (1,) * n)
+            np.clip(block, act.get("min", -np.inf), act.get("max", np.inf), out=block)
+
+
+def _split(total: int, parts: int) -> list[tuple[int, int]]:
+    step = -(-total // parts)
+    return [(i, min(i + step, total)) for i in range(0, total, step)]
+
+
+def conv_forward(x, w, b, node: Node):
+    """Float convolution of logical NC(spatial) data with O(C/g)(kernel) weights, with the
+    node's fused bias and activation.
+
+    Computed channels-last: one large GEMM per conv (N*P rows) is far faster in BLAS than N
+    small ones, and depthwise taps vectorize along the channel axis. The result is returned
+    as a logical NCHW view of channels-last memory; numpy kernels downstream handle any
+    strides, and the next conv reads it back without a copy.
+    """
+    n = x.ndim - 2
+    kernel, strides, dilations, pads, out = _conv_out_shape(node, x.shape, w.shape)
+    group = node.attrs.get("group", 1)
+    act = node.attrs.get("activation")
+    dtype = np.result_type(x, w)
+    xl = _channels_last(x)
+    depthwise = group == x.shape[1] == w.shape[0] and w.shape[1] == 1
+    if any(pads) and not depthwise:  # depthwise pads per image, in cache (below)
+        xl = np.pad(xl, [(0, 0)] + [(pads[d], pads[d + n]) for d in range(n)] + [(0, 0)])
+    N, C, O = x.shape[0], x.shape[1], w.shape[0]
+    P = int(np.prod(out))
+    bias = None if b is None else b.astype(dtype, copy=False)
+    if depthwise:
+        # einsum over a windows view: one pass per output with the taps summed in C,
+        # instead of a multiply-add pass per tap. Images run in parallel threads, each
+        # padded into a per-thread buffer that stays in cache.
+        wk = np.ascontiguousarray(w.reshape(C, *kernel).transpose(tuple(range(1, n + 1)) + (0,)), dtype=dtype)
+        letters = "abcdefgh"[:n]
+        spec = f"{letters.upper()}{letters}z,{letters}z->{letters.upper()}z"
+        padded_shape = tuple(x.shape[2 + d] + pads[d] + pads[d + n] for d in range(n)) + (C,)
+        interior = tuple(slice(pads[d], pads[d] + x.shape[2 + d]) for d in range(n))
+        y = np.empty((N, *out, C), dtype=dtype)
+
+        def one_image(i):
+            if any(pads):
+                buf = _thread_buffer(padded_shape, dtype)
+                buf[interior] = xl[i]
+            else:
+                buf = xl[i]
+            st = buf.strides
+            windows = np.lib.stride_tricks.as_strided(
+                buf, (*out, *kernel, C),
+                tuple(st[d] * strides[d] for d in range(n)) + tuple(st[d] * dilations[d] for d in range(n)) + (st[-1],),
+                writeable=False)
+            np.einsum(spec, windows, wk, out=y[i])
+            _bias_act(y[i], bias, act)
+
+        _parallel(one_image, range(N))
     else:
         cg, og = C // group, O // group
-        parts = []
+        y = np.empty((N * P, O), dtype=dtype)
         for g in range(group):
-            sub = Node("Conv", [], [], {k: v for k, v in attrs_node.attrs.items() if k not in ("group", "pads", "auto_pad")})
-            sub.attrs["pads"] = [0] * (2 * n)
-            parts.append(conv_forward(xp[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og], None, sub))
-        y = np.concatenate(parts, axis=1)
-    if b is not None:
-        y = y + b.reshape((1, -1) + (1,) * n)
-    return y.astype(np.result_type(x, w), copy=False)
+            xg = xl[..., g * cg:(g + 1) * cg] if group > 1 else xl
+            wg = w[g * og:(g + 1) * og]
+            if all(k == 1 for k in kernel):
+                xs = xg[(slice(None),) + tuple(slice(0, (out[d] - 1) * strides[d] + 1, strides[d]) for d in range(n))]
+                cols = xs.reshape(N * P, cg)
+            else:
+                st = xg.strides
+                shape = (N, *out, *kernel, cg)
+                view_strides = (st[0],) + tuple(st[1 + d] * strides[d] for d in range(n)) \
+                    + tuple(st[1 + d] * dilations[d] for d in range(n)) + (st[-1],)
+                cols = np.lib.stride_tricks.as_strided(xg, shape, view_strides, writeable=False).reshape(N * P, -1)
+            # weights O,C,k.. -> (k.., C) x O to match the column order
+            wmat = wg.transpose((0,) + tuple(range(2, 2 + n)) + (1,)).reshape(og, -1).astype(dtype, copy=False)
+            if group == 1:
+                np.matmul(cols, wmat.T, out=y)
+            else:
+                y[:, g * og:(g + 1) * og] = cols @ wmat.T
+        if bias is not None or act:
+            blocks = _split(N * P, max(1, (N * P) // _ROWS_PER_BLOCK))
+            _parallel(lambda r: _bias_act(y[r[0]:r[1]], bias, act), blocks)
+        y = y.reshape(N, *out, O)
+    return _channels_first(y)
 
 
 def _conv_run(node: Node, inputs):
     x, w = inputs[0], inputs[1]
     b = inputs[2] if len(inputs) > 2 else None
-    y = np.ascontiguousarray(conv_forward(x, w, b, node))
-    return [apply_activation(y, node)]
+    return [conv_forward(x, w, b, node)]  # bias and activation fused inside
 
 
 def _conv_kind(node: Node) -> str:
