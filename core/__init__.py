@@ -4,11 +4,13 @@ The public API is flat: every public name imports from ``core``.
 ``import core`` stays light (numpy only); onnx/TensorFlow load when a model does.
 """
 from core.errors import (
+    CalibrationError,
     CheckpointError,
     ExecutionError,
     InputError,
     MixqError,
     ModelLoadError,
+    QuantizationConfigError,
     ShapeInferenceError,
     UnsupportedOperatorError,
     ZooError,
@@ -16,24 +18,62 @@ from core.errors import (
 from core.importers.sources import ImporterParams, onnx_source
 from core.loaded_net import LoadedNet, NodeInfo, load_model
 from core.types import ScalarType
+from core.data import DataGenerator, convert_data_generator_to_iterable, length_hinted
+from core.quantization.calibration import CalibrationStatistics
+from core.quantization.params import (
+    CalibrationMethod,
+    HistogramEntropyMethod,
+    HistogramMSEMethod,
+    HistogramPercentileMethod,
+    MinMaxMethod,
+    MovingAverageMinMaxMethod,
+    QuantizationFlavor,
+    QuantizationParams,
+    QuantizationPrecision,
+    QuantizationScheme,
+    RequantizationMode,
+    default_quantization,
+    int16_quantization,
+    quantization_scheme,
+)
 from core import zoo  # noqa: E402  (light: numpy only until a model is built)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CalibrationError",
+    "CalibrationMethod",
+    "CalibrationStatistics",
+    "DataGenerator",
     "CheckpointError",
     "ExecutionError",
+    "HistogramEntropyMethod",
+    "HistogramMSEMethod",
+    "HistogramPercentileMethod",
     "ImporterParams",
     "InputError",
     "LoadedNet",
+    "MinMaxMethod",
     "MixqError",
     "ModelLoadError",
+    "MovingAverageMinMaxMethod",
     "NodeInfo",
+    "QuantizationConfigError",
+    "QuantizationFlavor",
+    "QuantizationParams",
+    "QuantizationPrecision",
+    "QuantizationScheme",
+    "RequantizationMode",
     "ScalarType",
     "ShapeInferenceError",
     "UnsupportedOperatorError",
     "ZooError",
+    "default_quantization",
+    "int16_quantization",
+    "convert_data_generator_to_iterable",
+    "length_hinted",
     "load_model",
     "onnx_source",
+    "quantization_scheme",
     "zoo",
 ]

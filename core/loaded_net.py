@@ -125,6 +125,34 @@ class LoadedNet:
             feeds[name] = _conform(name, value, info.shape, info.dtype)
         return feeds
 
+    def calibrate(self, calibration_data, *, num_bins: Optional[int] = None, progress: bool = False):
+        """One float pass over ``calibration_data`` (an iterable of ``{input name: array}``) that
+        records, for every float tensor (graph inputs and node outputs), what all five calibration
+        methods need; returns ``CalibrationStatistics`` (save()/load() to reuse it)."""
+        from core.quantization.calibration import DEFAULT_FINE_BINS, CalibrationStatistics, iter_calibration_batches
+        from core.runtime.float_interpreter import run_graph
+
+        stats = CalibrationStatistics(num_bins or DEFAULT_FINE_BINS, {"model": self.graph.name})
+        info = self.graph.tensors
+        samples = iter_calibration_batches(calibration_data, self.graph.inputs, self.input_shapes(),
+                                           {n: info[n].dtype for n in self.graph.inputs})
+        total = len(calibration_data) if hasattr(calibration_data, "__len__") else None
+
+        def observe(name, value):
+            if value.dtype.kind == "f":
+                stats.observer(name).observe(value)
+
+        for k, feeds in enumerate(samples, start=1):
+            for name, value in feeds.items():
+                observe(name, value)
+            run_graph(self.graph, feeds, on_tensor=observe)
+            stats.num_samples += 1
+            if progress:
+                print(f"\rcalibrating: {k}/{total or '?'} samples", end="", flush=True)
+        if progress:
+            print()
+        return stats
+
     def execute(self, inputs: Mapping[str, np.ndarray], *, log_level: Optional[int] = logging.NOTSET) -> list[np.ndarray]:
         """Run the float model on one set of inputs (any batch size); outputs in graph-output order."""
         from core.runtime.float_interpreter import run_graph

@@ -74,7 +74,11 @@ def _channels_first(y):
     return y.transpose((0, n + 1) + tuple(range(1, n + 1)))
 
 
-_ROWS_PER_BLOCK = 2048  # post-ops run on blocks that stay in cache
+# Blocks of GEMM rows sized so a block's output (and its im2col columns) stays in cache while
+# the fused bias and activation run on it: a separate pass over a big output costs as much as
+# a small GEMM.
+_BLOCK_BYTES = 1 << 20
+_MIN_BLOCK_ROWS = 256
 
 
 def _workers() -> int:
@@ -85,7 +89,7 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def _parallel(fn, items) -> None:
-    """Run fn over items on a small thread pool (numpy and BLAS release the GIL)."""
+    """Run fn over items on a small thread pool (numpy's einsum and ufuncs release the GIL)."""
     global _pool
     items = list(items)
     if len(items) <= 1 or _workers() == 1:
@@ -115,9 +119,9 @@ def _thread_buffer(shape, dtype) -> np.ndarray:
 
 
 def _bias_act(block, b, act) -> None:
-    """In place: block += b, then the fused activation (one pass while the block is in cache)."""
+    """In place: block += b, then the fused activation (while the block is in cache)."""
     if b is not None:
-        block += b
+        np.add(block, b, out=block)
     if act:
         if act["kind"] == "relu":
             np.maximum(block, 0, out=block)
@@ -125,16 +129,108 @@ def _bias_act(block, b, act) -> None:
             np.clip(block, act.get("min", -np.inf), act.get("max", np.inf), out=block)
 
 
-def _split(total: int, parts: int) -> list[tuple[int, int]]:
-    step = -(-total // parts)
-    return [(i, min(i + step, total)) for i in range(0, total, step)]
+def _row_blocks(N: int, out, target_rows: int):
+    """(n0, n1, r0, r1): blocks of about target_rows output pixels, split along images and
+    the first spatial axis, so that each block is a contiguous run of rows of the output."""
+    rest = int(np.prod(out[1:]))
+    per_image = out[0] * rest
+    if per_image >= target_rows:
+        step = max(1, target_rows // rest)
+        for i in range(N):
+            for r0 in range(0, out[0], step):
+                yield i, i + 1, r0, min(r0 + step, out[0])
+    else:
+        step = max(1, target_rows // per_image)
+        for i in range(0, N, step):
+            yield i, min(i + step, N), 0, out[0]
+
+
+def _windows(xl, kernel, strides, dilations, out):
+    """View (N, *out, *kernel, C) over channels-last (padded) input: im2col without a copy."""
+    n = len(kernel)
+    st = xl.strides
+    shape = (xl.shape[0], *out, *kernel, xl.shape[-1])
+    view_strides = (st[0],) + tuple(st[1 + d] * strides[d] for d in range(n)) \
+        + tuple(st[1 + d] * dilations[d] for d in range(n)) + (st[-1],)
+    return np.lib.stride_tricks.as_strided(xl, shape, view_strides, writeable=False)
+
+
+def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype):
+    """Dense and grouped conv as GEMMs over row blocks of the channels-last output."""
+    n = len(kernel)
+    N, C, O = xl.shape[0], xl.shape[-1], w.shape[0]
+    cg, og = C // group, O // group
+    y = np.empty((N, *out, O), dtype=dtype)
+    windows = [_windows(xl[..., g * cg:(g + 1) * cg] if group > 1 else xl, kernel, strides, dilations, out)
+               for g in range(group)]
+    # weights O,C,k.. -> (k.., C) x O to match the column order
+    wmats = [w[g * og:(g + 1) * og].transpose((0,) + tuple(range(2, 2 + n)) + (1,)).reshape(og, -1).T.astype(dtype, copy=False)
+             for g in range(group)]
+    target = max(_MIN_BLOCK_ROWS, _BLOCK_BYTES // (np.dtype(dtype).itemsize * max(O, wmats[0].shape[0])))
+    for n0, n1, r0, r1 in _row_blocks(N, out, target):
+        yb = y[n0:n1, r0:r1].reshape(-1, O)
+        for g in range(group):
+            cols = windows[g][n0:n1, r0:r1].reshape(yb.shape[0], -1)  # a view for 1x1 stride-1 conv
+            np.matmul(cols, wmats[g], out=yb[:, g * og:(g + 1) * og] if group > 1 else yb)
+        _bias_act(yb, bias, act)
+    return y
+
+
+def _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype):
+    """Depthwise conv: einsum over a windows view sums the taps in C, one pass per output,
+    instead of a multiply-add pass per tap. Per image (in threads), padded into a per-thread
+    buffer that stays in cache."""
+    n = len(kernel)
+    N, C = xl.shape[0], xl.shape[-1]
+    wk = np.ascontiguousarray(w.reshape(C, *kernel).transpose(tuple(range(1, n + 1)) + (0,)), dtype=dtype)
+    taps = "abcdefgh"[:n]
+    pixels = taps.upper()
+    # With stride 1 along the last spatial axis, that axis merges with the channels: a tap
+    # shifts a row by dilation*C elements, and einsum's inner loop runs over out[-1]*C
+    # contiguous values instead of C.
+    merge = strides[-1] == 1
+    if merge:
+        wk = np.tile(wk, (1,) * n + (out[-1],))
+        spec = f"{pixels[:-1]}{taps}z,{taps}z->{pixels[:-1]}z"
+    else:
+        spec = f"{pixels}{taps}z,{taps}z->{pixels}z"
+    in_shape = xl.shape[1:-1]
+    padded_shape = tuple(in_shape[d] + pads[d] + pads[d + n] for d in range(n)) + (C,)
+    interior = tuple(slice(pads[d], pads[d] + in_shape[d]) for d in range(n))
+    y = np.empty((N, *out, C), dtype=dtype)
+
+    def one_image(i):
+        if any(pads):
+            img = _thread_buffer(padded_shape, dtype)
+            img[interior] = xl[i]
+        else:
+            img = xl[i]
+        yi = y[i]
+        if merge:
+            img = img.reshape(*img.shape[:-2], -1)  # copies only if the input is not channels-last
+            yi = yi.reshape(*out[:-1], -1)
+            st = img.strides
+            shape = (*out[:-1], *kernel, out[-1] * C)
+            view_strides = tuple(st[d] * strides[d] for d in range(n - 1)) \
+                + tuple(st[d] * dilations[d] for d in range(n - 1)) + (st[-1] * C * dilations[-1], st[-1])
+        else:
+            st = img.strides
+            shape = (*out, *kernel, C)
+            view_strides = tuple(st[d] * strides[d] for d in range(n)) \
+                + tuple(st[d] * dilations[d] for d in range(n)) + (st[-1],)
+        windows = np.lib.stride_tricks.as_strided(img, shape, view_strides, writeable=False)
+        np.einsum(spec, windows, wk, out=yi)
+        _bias_act(y[i], bias, act)
+
+    _parallel(one_image, range(N))
+    return y
 
 
 def conv_forward(x, w, b, node: Node):
     """Float convolution of logical NC(spatial) data with O(C/g)(kernel) weights, with the
     node's fused bias and activation.
 
-    Computed channels-last: one large GEMM per conv (N*P rows) is far faster in BLAS than N
+    Computed channels-last: one GEMM per conv over N*P rows is far faster in BLAS than N
     small ones, and depthwise taps vectorize along the channel axis. The result is returned
     as a logical NCHW view of channels-last memory; numpy kernels downstream handle any
     strides, and the next conv reads it back without a copy.
@@ -145,63 +241,13 @@ def conv_forward(x, w, b, node: Node):
     act = node.attrs.get("activation")
     dtype = np.result_type(x, w)
     xl = _channels_last(x)
-    depthwise = group == x.shape[1] == w.shape[0] and w.shape[1] == 1
-    if any(pads) and not depthwise:  # depthwise pads per image, in cache (below)
-        xl = np.pad(xl, [(0, 0)] + [(pads[d], pads[d + n]) for d in range(n)] + [(0, 0)])
-    N, C, O = x.shape[0], x.shape[1], w.shape[0]
-    P = int(np.prod(out))
     bias = None if b is None else b.astype(dtype, copy=False)
-    if depthwise:
-        # einsum over a windows view: one pass per output with the taps summed in C,
-        # instead of a multiply-add pass per tap. Images run in parallel threads, each
-        # padded into a per-thread buffer that stays in cache.
-        wk = np.ascontiguousarray(w.reshape(C, *kernel).transpose(tuple(range(1, n + 1)) + (0,)), dtype=dtype)
-        letters = "abcdefgh"[:n]
-        spec = f"{letters.upper()}{letters}z,{letters}z->{letters.upper()}z"
-        padded_shape = tuple(x.shape[2 + d] + pads[d] + pads[d + n] for d in range(n)) + (C,)
-        interior = tuple(slice(pads[d], pads[d] + x.shape[2 + d]) for d in range(n))
-        y = np.empty((N, *out, C), dtype=dtype)
-
-        def one_image(i):
-            if any(pads):
-                buf = _thread_buffer(padded_shape, dtype)
-                buf[interior] = xl[i]
-            else:
-                buf = xl[i]
-            st = buf.strides
-            windows = np.lib.stride_tricks.as_strided(
-                buf, (*out, *kernel, C),
-                tuple(st[d] * strides[d] for d in range(n)) + tuple(st[d] * dilations[d] for d in range(n)) + (st[-1],),
-                writeable=False)
-            np.einsum(spec, windows, wk, out=y[i])
-            _bias_act(y[i], bias, act)
-
-        _parallel(one_image, range(N))
+    if group == x.shape[1] == w.shape[0] and w.shape[1] == 1:
+        y = _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype)
     else:
-        cg, og = C // group, O // group
-        y = np.empty((N * P, O), dtype=dtype)
-        for g in range(group):
-            xg = xl[..., g * cg:(g + 1) * cg] if group > 1 else xl
-            wg = w[g * og:(g + 1) * og]
-            if all(k == 1 for k in kernel):
-                xs = xg[(slice(None),) + tuple(slice(0, (out[d] - 1) * strides[d] + 1, strides[d]) for d in range(n))]
-                cols = xs.reshape(N * P, cg)
-            else:
-                st = xg.strides
-                shape = (N, *out, *kernel, cg)
-                view_strides = (st[0],) + tuple(st[1 + d] * strides[d] for d in range(n)) \
-                    + tuple(st[1 + d] * dilations[d] for d in range(n)) + (st[-1],)
-                cols = np.lib.stride_tricks.as_strided(xg, shape, view_strides, writeable=False).reshape(N * P, -1)
-            # weights O,C,k.. -> (k.., C) x O to match the column order
-            wmat = wg.transpose((0,) + tuple(range(2, 2 + n)) + (1,)).reshape(og, -1).astype(dtype, copy=False)
-            if group == 1:
-                np.matmul(cols, wmat.T, out=y)
-            else:
-                y[:, g * og:(g + 1) * og] = cols @ wmat.T
-        if bias is not None or act:
-            blocks = _split(N * P, max(1, (N * P) // _ROWS_PER_BLOCK))
-            _parallel(lambda r: _bias_act(y[r[0]:r[1]], bias, act), blocks)
-        y = y.reshape(N, *out, O)
+        if any(pads):
+            xl = np.pad(xl, [(0, 0)] + [(pads[d], pads[d + n]) for d in range(n)] + [(0, 0)])
+        y = _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype)
     return _channels_first(y)
 
 

@@ -1,7 +1,7 @@
 """Float execution of a Graph with the registry's numpy kernels."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -10,9 +10,16 @@ from core.ir.graph import Graph
 from core.ops.registry import get_op
 
 
-def run_graph(graph: Graph, feeds: Mapping[str, np.ndarray], keep: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def run_graph(
+    graph: Graph,
+    feeds: Mapping[str, np.ndarray],
+    keep: tuple[str, ...] = (),
+    on_tensor: Optional[Callable[[str, np.ndarray], None]] = None,
+) -> dict[str, np.ndarray]:
     """Execute ``graph`` on ``feeds`` (graph input name -> array); returns graph outputs
-    (and any tensor named in ``keep``) by name. Intermediates are freed after their last use."""
+    (and any tensor named in ``keep``) by name. Intermediates are freed after their last use.
+    ``on_tensor(name, value)`` sees every node output as it is produced (calibration observes
+    tensors this way without keeping them)."""
     env: dict[str, np.ndarray] = dict(graph.constants)
     env.update(feeds)
     wanted = set(graph.outputs) | set(keep)
@@ -32,6 +39,8 @@ def run_graph(graph: Graph, feeds: Mapping[str, np.ndarray], keep: tuple[str, ..
         for name, value in zip(n.outputs, outs):
             if name:
                 env[name] = value
+                if on_tensor is not None:
+                    on_tensor(name, value)
         for i in n.inputs:
             if i and last_use.get(i) == k and i not in wanted and i not in graph.constants:
                 env.pop(i, None)
