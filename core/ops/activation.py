@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.errors import ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
+from core.ops.common import normalize_axis
 from core.ops.registry import OpDef, register
 
 
@@ -39,10 +41,16 @@ def _leaky(node, x):
 
 register(OpDef("Relu", _same, _unary(lambda n, x: np.maximum(x, 0)), mla=True, kind="relu", doc="fused into a preceding conv/dense"))
 register(OpDef("LeakyRelu", _same, _unary(_leaky), doc="alpha"))
-register(OpDef("Sigmoid", _same, _unary(_sigmoid), doc=""))
-register(OpDef("Tanh", _same, _unary(lambda n, x: np.tanh(x)), doc=""))
+register(OpDef("Sigmoid", _same, _unary(_sigmoid), doc="1 / (1 + exp(-x)), overflow-free"))
+register(OpDef("Tanh", _same, _unary(lambda n, x: np.tanh(x)), doc="tanh(x)"))
 register(OpDef("HardSigmoid", _same, _unary(_hard_sigmoid), kind="hard_sigmoid", doc="alpha, beta"))
-register(OpDef("HardSwish", _same, _unary(_hard_swish), kind="hard_swish", doc=""))
+register(OpDef("HardSwish", _same, _unary(_hard_swish), kind="hard_swish", doc="x * HardSigmoid(x) with alpha 1/6, beta 0.5"))
+
+
+def _clip_check(node: Node, infos):
+    for k, what in ((1, "min"), (2, "max")):
+        if k < len(infos) and infos[k] is not None and int(np.prod(infos[k].shape)) != 1:
+            raise ShapeInferenceError(f"{node.describe()}: Clip's {what} must be a scalar, got shape {infos[k].shape}")
 
 
 def _clip_run(node: Node, inputs):
@@ -51,16 +59,17 @@ def _clip_run(node: Node, inputs):
     hi = inputs[2] if len(inputs) > 2 else None
     y = x
     if lo is not None:
-        y = np.maximum(y, lo.astype(x.dtype))
+        y = np.maximum(y, lo.astype(x.dtype).reshape(()))
     if hi is not None:
-        y = np.minimum(y, hi.astype(x.dtype))
+        y = np.minimum(y, hi.astype(x.dtype).reshape(()))
     return [np.asarray(y, dtype=x.dtype)]
 
 
 def _clip_upgrade(node: Node, graph) -> None:
-    # opset < 11: min/max were attributes
+    # opset < 11: min/max were float attributes. float32 holds them exactly (the model stored
+    # them as float32); the kernel casts to the input's type, which is not known yet here.
     if graph.opset < 11 and ("min" in node.attrs or "max" in node.attrs):
-        dtype = graph.tensors[node.inputs[0]].dtype
+        dtype = np.float32
         names = []
         for key in ("min", "max"):
             if key in node.attrs:
@@ -70,16 +79,22 @@ def _clip_upgrade(node: Node, graph) -> None:
         node.inputs = [node.inputs[0], *names]
 
 
-register(OpDef("Clip", _same, _clip_run, mla=True, kind="clip", upgrade=_clip_upgrade,
+register(OpDef("Clip", _same, _clip_run, mla=True, kind="clip", check=_clip_check, upgrade=_clip_upgrade,
                doc="min/max inputs (attributes before opset 11); fused into a preceding conv/dense"))
+
+
+def _softmax_infer(node: Node, infos):
+    x = infos[0]
+    normalize_axis(node, node.attrs.get("axis", -1), max(len(x.shape), 1))
+    return [TensorInfo(x.shape, x.dtype)]
 
 
 def _softmax_run(node: Node, inputs):
     x = inputs[0]
-    axis = node.attrs.get("axis", -1)
-    if node.attrs.get("_coerce_2d"):
+    axis = normalize_axis(node, node.attrs.get("axis", -1), max(x.ndim, 1))
+    if node.attrs.get("_coerce_2d") and axis != x.ndim - 1:
         # opset < 13: flatten to 2-D at axis, softmax over the second dimension
-        axis = axis % x.ndim if x.ndim else 0
+        # (the same as opset 13's softmax when axis is the last one)
         shape = x.shape
         x2 = x.reshape(int(np.prod(shape[:axis], dtype=np.int64)), -1)
         return [_softmax(x2, 1).reshape(shape)]
@@ -97,4 +112,4 @@ def _softmax_upgrade(node: Node, graph) -> None:
         node.attrs["_coerce_2d"] = 1
 
 
-register(OpDef("Softmax", _same, _softmax_run, upgrade=_softmax_upgrade, doc="axis (opset < 13 semantics kept)"))
+register(OpDef("Softmax", _softmax_infer, _softmax_run, upgrade=_softmax_upgrade, doc="axis (opset < 13 semantics kept)"))

@@ -51,3 +51,19 @@ def activation_suffix(node: Node) -> str:
 
 def same(info: TensorInfo, shape=None, dtype=None, value=None) -> TensorInfo:
     return TensorInfo(info.shape if shape is None else shape, info.dtype if dtype is None else dtype, value)
+
+
+def normalize_axis(node: Node, axis: int, rank: int, what: str = "axis") -> int:
+    """``axis`` in [-rank, rank-1] -> [0, rank-1]; out of range is the model's error, not a wrap-around."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise ShapeInferenceError(f"{node.describe()}: {what} {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def normalize_axes(node: Node, axes, rank: int, what: str = "axes") -> list[int]:
+    """Each of ``axes`` normalized as by ``normalize_axis``; a repeated axis is an error."""
+    out = [normalize_axis(node, a, rank, what) for a in np.asarray(axes).reshape(-1).tolist()]
+    if len(set(out)) != len(out):
+        raise ShapeInferenceError(f"{node.describe()}: {what} {list(np.asarray(axes).reshape(-1))} repeat an axis")
+    return out

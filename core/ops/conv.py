@@ -88,11 +88,11 @@ def _workers() -> int:
 _pool: ThreadPoolExecutor | None = None
 
 
-def _parallel(fn, items) -> None:
-    """Run fn over items on a small thread pool (numpy's einsum and ufuncs release the GIL)."""
+def _parallel(fn, items, serial: bool = False) -> None:
+    """Run fn over items on a small thread pool (numpy's einsum, ufuncs and BLAS release the GIL)."""
     global _pool
     items = list(items)
-    if len(items) <= 1 or _workers() == 1:
+    if serial or len(items) <= 1 or _workers() == 1:
         for it in items:
             fn(it)
         return
@@ -100,6 +100,44 @@ def _parallel(fn, items) -> None:
         _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="mixq-conv")
     for f in [_pool.submit(fn, it) for it in items]:
         f.result()
+
+
+# GEMM blocks run on the pool above, one BLAS thread each: BLAS's own threads on top of the
+# pool's would oversubscribe the cores (and a busy machine stalls a multi-threaded BLAS call
+# at every barrier). The limit holds while any conv runs, and the previous setting returns
+# when the last one finishes. Without threadpoolctl, blocks run serially on BLAS's threads.
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+_blas_controller = None
+
+
+class _SingleThreadedBlas:
+    def __enter__(self) -> bool:
+        global _blas_users, _blas_limiter, _blas_controller
+        with _blas_lock:
+            if _blas_controller is None:
+                try:
+                    from threadpoolctl import ThreadpoolController
+                    _blas_controller = ThreadpoolController().select(user_api="blas")
+                    _blas_controller = _blas_controller if _blas_controller.lib_controllers else False
+                except ImportError:
+                    _blas_controller = False
+            if not _blas_controller:
+                return False
+            if _blas_users == 0:
+                _blas_limiter = _blas_controller.limit(limits=1)
+            _blas_users += 1
+            return True
+
+    def __exit__(self, *exc) -> None:
+        global _blas_users, _blas_limiter
+        with _blas_lock:
+            if _blas_controller and _blas_users:
+                _blas_users -= 1
+                if _blas_users == 0:
+                    _blas_limiter.restore_original_limits()
+                    _blas_limiter = None
 
 
 _local = threading.local()
@@ -167,12 +205,16 @@ def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype):
     wmats = [w[g * og:(g + 1) * og].transpose((0,) + tuple(range(2, 2 + n)) + (1,)).reshape(og, -1).T.astype(dtype, copy=False)
              for g in range(group)]
     target = max(_MIN_BLOCK_ROWS, _BLOCK_BYTES // (np.dtype(dtype).itemsize * max(O, wmats[0].shape[0])))
-    for n0, n1, r0, r1 in _row_blocks(N, out, target):
+    def one_block(block):
+        n0, n1, r0, r1 = block
         yb = y[n0:n1, r0:r1].reshape(-1, O)
         for g in range(group):
             cols = windows[g][n0:n1, r0:r1].reshape(yb.shape[0], -1)  # a view for 1x1 stride-1 conv
             np.matmul(cols, wmats[g], out=yb[:, g * og:(g + 1) * og] if group > 1 else yb)
         _bias_act(yb, bias, act)
+
+    with _SingleThreadedBlas() as single:
+        _parallel(one_block, _row_blocks(N, out, target), serial=not single)
     return y
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from core.errors import ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
-from core.ops.common import const_input
+from core.ops.common import const_input, normalize_axes
 from core.ops.registry import OpDef, register
 
 
@@ -15,8 +15,10 @@ def _bn_check(node: Node, infos):
 
 
 def _bn_infer(node: Node, infos):
+    if len(infos) != 5 or any(i is None for i in infos):
+        raise ShapeInferenceError(f"{node.describe()}: BatchNormalization needs 5 inputs (X, scale, B, mean, var), got {len(infos)}")
     x = infos[0]
-    c = x.shape[1] if len(x.shape) > 1 else 1
+    c = x.shape[1] if len(x.shape) > 1 else 1  # a 1-D input is (N,) with C = 1
     for k, what in enumerate(("scale", "B", "mean", "var"), start=1):
         if tuple(infos[k].shape) != (c,):
             raise ShapeInferenceError(f"{node.describe()}: {what} has shape {infos[k].shape}, expected ({c},)")
@@ -33,7 +35,7 @@ def bn_scale_shift(node: Node, scale, bias, mean, var):
 def _bn_run(node: Node, inputs):
     x = inputs[0]
     eps = np.asarray(node.attrs.get("epsilon", 1e-5), x.dtype)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
+    shape = (1, -1) + (1,) * (x.ndim - 2) if x.ndim > 1 else (-1,)
     scale, bias, mean, var = (v.astype(x.dtype).reshape(shape) for v in inputs[1:5])
     return [((x - mean) / np.sqrt(var + eps) * scale + bias).astype(x.dtype, copy=False)]
 
@@ -43,14 +45,22 @@ register(OpDef("BatchNormalization", _bn_infer, _bn_run, check=_bn_check, kind="
 
 
 def _axes(node: Node, infos, rank):
-    axes = node.attrs.get("axes")
+    axes = node.attrs.get("axes")  # opset < 18, if not upgraded to an input
     if axes is None and len(infos) > 1 and infos[1] is not None:
         axes = const_input(node, infos, 1, "axes")
     if axes is None or len(axes) == 0:
         if node.attrs.get("noop_with_empty_axes", 0):
             return ()
         return tuple(range(rank))
-    return tuple(sorted(int(a) % rank for a in axes))
+    return tuple(sorted(normalize_axes(node, axes, rank)))
+
+
+def _reduce_upgrade(node: Node, graph) -> None:
+    # opset 18 moved axes from an attribute to an input
+    if graph.opset < 18 and "axes" in node.attrs:
+        axes = np.asarray(node.attrs.pop("axes"), np.int64)
+        name = graph.add_constant(graph.unique_name(f"{node.name}_axes"), axes)
+        node.inputs = [node.inputs[0], name]
 
 
 def _reduce_infer(node: Node, infos):
@@ -70,5 +80,5 @@ def _reduce_run(node: Node, inputs):
     return [np.mean(x, axis=axes, keepdims=bool(node.attrs.get("keepdims", 1))).astype(x.dtype, copy=False)]
 
 
-register(OpDef("ReduceMean", _reduce_infer, _reduce_run, kind="mean",
+register(OpDef("ReduceMean", _reduce_infer, _reduce_run, kind="mean", upgrade=_reduce_upgrade,
                static_inputs=(1,), doc="axes (attribute before opset 18, input after), keepdims, noop_with_empty_axes"))

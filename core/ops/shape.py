@@ -6,7 +6,7 @@ import numpy as np
 
 from core.errors import ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
-from core.ops.common import const_input
+from core.ops.common import const_input, normalize_axes, normalize_axis
 from core.ops.registry import OpDef, register
 
 
@@ -23,20 +23,18 @@ def _attr_to_input(node: Node, graph, key: str, index: int, dtype=np.int64) -> N
         node.inputs = inputs
 
 
-def _shape_of_run(node: Node, fn):
-    """Infer by running the kernel on zero-stride dummies (cheap: no data touched)."""
-    def infer(n: Node, infos):
-        args = [None if i is None else (i.value if i.value is not None else np.broadcast_to(np.zeros((), i.dtype), i.shape))
-                for i in infos]
-        out = fn(n, args)
-        return [TensorInfo(o.shape, o.dtype) for o in out]
-    return infer
-
-
 # ---- Reshape ----
 def _reshape_target(node: Node, in_shape, shape):
-    shape = [int(s) for s in shape]
+    shape = [int(s) for s in np.asarray(shape).reshape(-1)]
     allowzero = node.attrs.get("allowzero", 0)
+    if any(s < -1 for s in shape):
+        raise ShapeInferenceError(f"{node.describe()}: target shape {shape} has a negative dimension other than -1")
+    if allowzero and 0 in shape and -1 in shape:
+        raise ShapeInferenceError(f"{node.describe()}: target shape {shape} has both 0 and -1 with allowzero=1")
+    if not allowzero and any(s == 0 and i >= len(in_shape) for i, s in enumerate(shape)):
+        raise ShapeInferenceError(f"{node.describe()}: target shape {shape} copies (0) a dimension the input "
+                                  f"{tuple(in_shape)} does not have")
+    # 0 copies the input's dimension at that index (unless allowzero); -1 is inferred
     out = [in_shape[i] if (s == 0 and not allowzero) else s for i, s in enumerate(shape)]
     total = int(np.prod(in_shape, dtype=np.int64))
     if out.count(-1) > 1:
@@ -65,8 +63,10 @@ register(OpDef("Reshape", _reshape_infer, _reshape_run, mla=True, kind="reshape"
 
 # ---- Flatten ----
 def _flatten_shape(node, shape):
-    axis = node.attrs.get("axis", 1)
-    axis = axis + len(shape) if axis < 0 else axis
+    axis, rank = int(node.attrs.get("axis", 1)), len(shape)
+    if not -rank <= axis <= rank:  # axis == rank is allowed: (prod(shape), 1)
+        raise ShapeInferenceError(f"{node.describe()}: axis {axis} is out of range for rank {rank}")
+    axis = axis + rank if axis < 0 else axis
     return (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
 
 
@@ -76,7 +76,12 @@ register(OpDef("Flatten", lambda n, i: [TensorInfo(_flatten_shape(n, i[0].shape)
 
 # ---- Transpose ----
 def _perm(node, rank):
-    return node.attrs.get("perm") or list(range(rank))[::-1]
+    perm = node.attrs.get("perm")
+    if perm is None:
+        return list(range(rank))[::-1]
+    if sorted(int(p) for p in perm) != list(range(rank)):
+        raise ShapeInferenceError(f"{node.describe()}: perm {list(perm)} is not a permutation of the {rank} axes")
+    return [int(p) for p in perm]
 
 
 register(OpDef("Transpose", lambda n, i: [TensorInfo(tuple(i[0].shape[p] for p in _perm(n, len(i[0].shape))), i[0].dtype)],
@@ -89,7 +94,7 @@ def _squeeze_axes(node, infos, shape):
     axes = const_input(node, infos, 1, "axes") if len(infos) > 1 else None
     if axes is None:
         return [d for d, s in enumerate(shape) if s == 1]
-    axes = [int(a) % len(shape) for a in axes]
+    axes = normalize_axes(node, axes, len(shape))
     for a in axes:
         if shape[a] != 1:
             raise ShapeInferenceError(f"{node.describe()}: cannot squeeze axis {a} of shape {tuple(shape)}")
@@ -110,8 +115,7 @@ def _unsqueeze_shape(node, infos, shape):
     axes = const_input(node, infos, 1, "axes")
     if axes is None:
         raise ShapeInferenceError(f"{node.describe()}: Unsqueeze needs axes")
-    rank = len(shape) + len(axes)
-    axes = sorted(int(a) % rank for a in axes)
+    axes = sorted(normalize_axes(node, axes, len(shape) + len(axes)))
     out = list(shape)
     for a in axes:
         out.insert(a, 1)
@@ -137,11 +141,15 @@ register(OpDef("Unsqueeze", lambda n, i: [TensorInfo(_unsqueeze_shape(n, i, i[0]
 # ---- Concat / Split ----
 def _concat_infer(node, infos):
     ins = [i for i in infos if i is not None]
+    if not ins:
+        raise ShapeInferenceError(f"{node.describe()}: Concat has no inputs")
     rank = len(ins[0].shape)
-    axis = node.attrs.get("axis", 0) % max(rank, 1)
+    axis = normalize_axis(node, node.attrs.get("axis", 0), rank)
     for i in ins[1:]:
         if len(i.shape) != rank or any(a != b for d, (a, b) in enumerate(zip(i.shape, ins[0].shape)) if d != axis):
             raise ShapeInferenceError(f"{node.describe()}: inputs {[x.shape for x in ins]} do not concatenate on axis {axis}")
+        if i.dtype != ins[0].dtype:
+            raise ShapeInferenceError(f"{node.describe()}: inputs have different types {[str(x.dtype) for x in ins]}")
     shape = list(ins[0].shape)
     shape[axis] = sum(i.shape[axis] for i in ins)
     return [TensorInfo(shape, ins[0].dtype)]
@@ -152,16 +160,21 @@ register(OpDef("Concat", _concat_infer, lambda n, x: [np.concatenate([v for v in
 
 
 def _split_sizes(node, infos, shape):
-    axis = node.attrs.get("axis", 0) % len(shape)
+    axis = normalize_axis(node, node.attrs.get("axis", 0), len(shape))
     split = const_input(node, infos, 1, "split") if len(infos) > 1 else None
     n_out = len(node.outputs)
+    dim = shape[axis]
     if split is None:
         n = node.attrs.get("num_outputs", n_out)
-        chunk = -(-shape[axis] // n)
-        split = [chunk] * (n - 1) + [shape[axis] - chunk * (n - 1)]
-    split = [int(s) for s in split]
-    if sum(split) != shape[axis]:
-        raise ShapeInferenceError(f"{node.describe()}: split {split} does not sum to {shape[axis]}")
+        if n != n_out:
+            raise ShapeInferenceError(f"{node.describe()}: num_outputs={n} but the node has {n_out} outputs")
+        # equal parts; with num_outputs (opset 18) the last part may be smaller
+        chunk = -(-dim // n)
+        split = [chunk] * (n - 1) + [dim - chunk * (n - 1)]
+    split = [int(s) for s in np.asarray(split).reshape(-1)]
+    if len(split) != n_out or sum(split) != dim or min(split) < 0:
+        raise ShapeInferenceError(
+            f"{node.describe()}: cannot split dimension {axis} of size {dim} into {split} for {n_out} outputs")
     return axis, split
 
 
@@ -192,9 +205,14 @@ register(OpDef("Split", _split_infer, _split_run, kind="split", upgrade=_split_u
 
 # ---- Slice ----
 def _slices(node, shape, starts, ends, axes, steps):
+    """Python slices for ONNX Slice: out-of-range starts/ends clamp, as ONNX specifies."""
     rank = len(shape)
-    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in axes]
-    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+    starts, ends = np.asarray(starts).reshape(-1), np.asarray(ends).reshape(-1)
+    axes = list(range(len(starts))) if axes is None else normalize_axes(node, axes, rank)
+    steps = [1] * len(starts) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ShapeInferenceError(f"{node.describe()}: starts, ends, axes and steps have different lengths "
+                                  f"({len(starts)}, {len(ends)}, {len(axes)}, {len(steps)})")
     sl = [slice(None)] * rank
     for a, s, e, st in zip(axes, starts, ends, steps):
         if st == 0:
@@ -204,8 +222,8 @@ def _slices(node, shape, starts, ends, axes, steps):
         if st > 0:
             s = min(max(s + dim if s < 0 else s, 0), dim)
             e = min(max(e + dim if e < 0 else e, 0), dim)
-        else:
-            s = min(max(s + dim if s < 0 else s, -1), dim - 1)
+        else:  # start clamps to [0, dim-1], end to [-1, dim-1]; -1 means "through index 0"
+            s = min(max(s + dim if s < 0 else s, 0), dim - 1)
             e = min(max(e + dim if e < 0 else e, -1), dim - 1)
             e = None if e < 0 else e
         sl[a] = slice(s, e, st)
@@ -239,20 +257,41 @@ register(OpDef("Slice", _slice_infer, _slice_run, kind="strided_slice", upgrade=
 
 # ---- Pad ----
 def _pad_widths(node, pads, axes, rank):
-    pads = [int(p) for p in pads]
-    axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = list(range(rank)) if axes is None else normalize_axes(node, axes, rank)
     k = len(axes)
+    if len(pads) != 2 * k:
+        raise ShapeInferenceError(f"{node.describe()}: pads {pads} should hold 2 x {k} values (begins, then ends)")
     widths = [(0, 0)] * rank
     for i, a in enumerate(axes):
         widths[a] = (pads[i], pads[i + k])
     return widths
 
 
+_PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def _pad_check(node, infos):
+    mode = node.attrs.get("mode", "constant")
+    if mode not in _PAD_MODES:
+        raise UnsupportedOperatorError(node.op, _where(node), f"mode {mode!r} (mixq pads in modes {', '.join(_PAD_MODES)})")
+
+
 def _pad_infer(node, infos):
     pads = const_input(node, infos, 1, "pads")
     axes = const_input(node, infos, 3, "axes") if len(infos) > 3 else None
     widths = _pad_widths(node, pads, axes, len(infos[0].shape))
-    return [TensorInfo(tuple(s + a + b for s, (a, b) in zip(infos[0].shape, widths)), infos[0].dtype)]
+    out = tuple(s + a + b for s, (a, b) in zip(infos[0].shape, widths))
+    if min(out, default=1) < 1:
+        raise ShapeInferenceError(f"{node.describe()}: pads {widths} crop shape {infos[0].shape} to {out}")
+    if node.attrs.get("mode") == "reflect":
+        # a reflection reaches at most dim-1 elements back (numpy would reflect again; ONNX runtimes refuse)
+        for d, (s, (a, b)) in enumerate(zip(infos[0].shape, widths)):
+            kept = s - max(-a, 0) - max(-b, 0)
+            if max(a, b) > kept - 1:
+                raise ShapeInferenceError(f"{node.describe()}: reflect pads {(a, b)} on axis {d} need more than "
+                                          f"its {kept} elements")
+    return [TensorInfo(out, infos[0].dtype)]
 
 
 def _pad_run(node, inputs):
@@ -267,34 +306,39 @@ def _pad_run(node, inputs):
     if mode == "constant":
         value = inputs[2] if len(inputs) > 2 and inputs[2] is not None and np.size(inputs[2]) else 0
         return [np.pad(x, widths, mode="constant", constant_values=np.asarray(value).item() if np.size(value) else 0)]
-    if mode in ("reflect", "edge", "wrap"):
-        return [np.pad(x, widths, mode=mode)]
-    raise UnsupportedOperatorError(node.op, _where(node), f"mode {mode!r}")
+    _pad_check(node, [])
+    return [np.pad(x, widths, mode=mode)]
 
 
 def _pad_upgrade(node, graph):
     if graph.opset < 11:
         _attr_to_input(node, graph, "pads", 1)
-        if "value" in node.attrs:
-            _attr_to_input(node, graph, "value", 2, graph.tensors[node.inputs[0]].dtype)
+        if "value" in node.attrs:  # a float attribute; the kernel casts it to the data's type
+            _attr_to_input(node, graph, "value", 2, np.float32)
 
 
 register(OpDef("Pad", _pad_infer, _pad_run, mla=lambda n, g: n.attrs.get("mode", "constant") == "constant", kind="pad",
-               upgrade=_pad_upgrade, static_inputs=(1, 2, 3), doc="constant/reflect/edge/wrap, pads/constant_value/axes inputs; MLA for constant mode"))
+               check=_pad_check, upgrade=_pad_upgrade, static_inputs=(1, 2, 3), doc="constant/reflect/edge/wrap, pads/constant_value/axes inputs; MLA for constant mode"))
 
 
 # ---- Gather ----
 def _gather_run(node, inputs):
     data, idx = inputs
-    axis = node.attrs.get("axis", 0) % data.ndim
+    axis = normalize_axis(node, node.attrs.get("axis", 0), data.ndim)
+    dim = data.shape[axis]
     idx = np.asarray(idx, np.int64)
-    idx = np.where(idx < 0, idx + data.shape[axis], idx)
+    if idx.size and (idx.min() < -dim or idx.max() >= dim):
+        bad = idx[(idx < -dim) | (idx >= dim)].reshape(-1)[0]
+        raise IndexError(f"index {bad} is out of range for axis {axis} of size {dim}")
+    idx = np.where(idx < 0, idx + dim, idx)
     return [np.take(data, idx, axis=axis)]
 
 
 def _gather_infer(node, infos):
     data, idx = infos
-    axis = node.attrs.get("axis", 0) % len(data.shape)
+    if idx.dtype.kind not in "iu":
+        raise ShapeInferenceError(f"{node.describe()}: indices must be integers, got {idx.dtype}")
+    axis = normalize_axis(node, node.attrs.get("axis", 0), len(data.shape))
     if idx.value is not None and data.value is not None:
         v = _gather_run(node, [data.value, idx.value])[0]
         return [TensorInfo(v.shape, v.dtype)]
@@ -327,6 +371,8 @@ def _cos_run(node, inputs):
 
 def _cos_infer(node, infos):
     shape = const_input(node, infos, 0, "shape")
+    if np.any(np.asarray(shape) < 0):
+        raise ShapeInferenceError(f"{node.describe()}: shape {np.asarray(shape).tolist()} has a negative dimension")
     value = node.attrs.get("value")
     dtype = np.float32 if value is None else np.asarray(value).dtype
     return [TensorInfo([int(d) for d in shape], dtype)]
@@ -351,7 +397,16 @@ register(OpDef("Constant", lambda n, i: [TensorInfo.of(_constant_value(n))], lam
 
 def _range_run(node, inputs):
     start, limit, delta = (np.asarray(v).reshape(()) for v in inputs)
-    return [np.arange(start, limit, delta, dtype=start.dtype)]
+    if delta == 0:
+        raise ShapeInferenceError(f"{node.describe()}: delta is 0")
+    dtype = start.dtype
+    # stash_type=1 (the default): float16/bfloat16 ranges are computed in float32
+    wide = np.float32 if dtype.itemsize == 2 and dtype.kind not in "iu" and node.attrs.get("stash_type", 1) == 1 else dtype
+    if dtype.kind in "iu":  # exact integer ceil((limit - start) / delta)
+        n = max(-((int(start) - int(limit)) // int(delta)), 0)
+    else:
+        n = max(int(np.ceil((float(limit) - float(start)) / float(delta))), 0)
+    return [(start.astype(wide) + np.arange(n, dtype=wide) * delta.astype(wide)).astype(dtype)]
 
 
 def _range_infer(node, infos):
@@ -370,13 +425,22 @@ _ONNX_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16
 
 def _cast_dtype(node):
     to = node.attrs.get("to")
+    if to is None:
+        raise UnsupportedOperatorError(node.op, _where(node), "attribute 'to' is missing")
     if to not in _ONNX_TYPES:
-        raise UnsupportedOperatorError(node.op, _where(node), f"cast to ONNX type {to}")
+        raise UnsupportedOperatorError(node.op, _where(node), f"cast to ONNX type {to} (mixq casts to float16/32/64, "
+                                       "8-64 bit integers and bool)")
     return np.dtype(_ONNX_TYPES[to])
 
 
-register(OpDef("Cast", lambda n, i: [TensorInfo(i[0].shape, _cast_dtype(n))],
-               lambda n, x: [x[0].astype(_cast_dtype(n))], kind="cast", doc="to numeric/bool types"))
+def _cast_run(node, inputs):
+    # float -> int truncates toward zero; NaN/out-of-range values are undefined in ONNX too
+    with np.errstate(invalid="ignore", over="ignore"):
+        return [inputs[0].astype(_cast_dtype(node))]
+
+
+register(OpDef("Cast", lambda n, i: [TensorInfo(i[0].shape, _cast_dtype(n))], _cast_run, kind="cast",
+               doc="to float16/32/64, integer and bool types (saturate ignored)"))
 
 register(OpDef("Identity", lambda n, i: [TensorInfo(i[0].shape, i[0].dtype)], lambda n, x: [x[0]], kind="identity",
                doc="removed by a pass"))
@@ -397,9 +461,14 @@ def _dropout_run(node, inputs):
 
 
 def _dropout_check(node, infos):
-    if len(infos) > 2 and infos[2] is not None and infos[2].value is not None and bool(infos[2].value):
-        raise UnsupportedOperatorError(node.op, _where(node), "training_mode=True (mixq runs inference only)")
+    training = const_input(node, infos, 2, "training_mode")
+    if training is not None and bool(np.asarray(training).reshape(-1)[0]):
+        ratio = const_input(node, infos, 1, "ratio")
+        ratio = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+        if ratio != 0:  # training with ratio 0 keeps everything: the identity
+            raise UnsupportedOperatorError(node.op, _where(node), f"training_mode=True with ratio {ratio} drops at random "
+                                           "(mixq runs inference only)")
 
 
-register(OpDef("Dropout", _dropout_infer, _dropout_run, kind="dropout", check=_dropout_check,
+register(OpDef("Dropout", _dropout_infer, _dropout_run, kind="dropout", check=_dropout_check, static_inputs=(1, 2),
                doc="inference: identity (mask output all true); removed by a pass"))

@@ -9,9 +9,7 @@ import onnx
 from onnx.backend.base import Backend, BackendRep
 
 from core import load_model, onnx_source
-from core.ops.registry import _REGISTRY, _load_all
-
-_load_all()
+from core.ops.registry import get_op, supported_ops
 
 
 class MixqBackendRep(BackendRep):
@@ -20,9 +18,10 @@ class MixqBackendRep(BackendRep):
         inits = {i.name for i in model.graph.initializer}
         self.input_names = [i.name for i in model.graph.input if i.name not in inits]
         self.static_names = set()
+        known = set(supported_ops())
         for node in model.graph.node:
-            if node.domain in ("", "ai.onnx") and node.op_type in _REGISTRY:
-                for slot in _REGISTRY[node.op_type].static_inputs:
+            if node.domain in ("", "ai.onnx") and node.op_type in known:
+                for slot in get_op(node.op_type).static_inputs:
                     if slot < len(node.input):
                         self.static_names.add(node.input[slot])
 
