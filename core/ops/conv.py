@@ -82,7 +82,8 @@ _MIN_BLOCK_ROWS = 256
 
 
 def _workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cpus))
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -138,6 +139,15 @@ class _SingleThreadedBlas:
                 if _blas_users == 0:
                     _blas_limiter.restore_original_limits()
                     _blas_limiter = None
+
+
+def _after_fork_in_child() -> None:
+    # a forked child has none of the parent's pool threads (and maybe a held lock): start afresh
+    global _pool, _blas_lock, _blas_users, _blas_limiter
+    _pool, _blas_lock, _blas_users, _blas_limiter = None, threading.Lock(), 0, None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _local = threading.local()
@@ -205,6 +215,7 @@ def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype):
     wmats = [w[g * og:(g + 1) * og].transpose((0,) + tuple(range(2, 2 + n)) + (1,)).reshape(og, -1).T.astype(dtype, copy=False)
              for g in range(group)]
     target = max(_MIN_BLOCK_ROWS, _BLOCK_BYTES // (np.dtype(dtype).itemsize * max(O, wmats[0].shape[0])))
+
     def one_block(block):
         n0, n1, r0, r1 = block
         yb = y[n0:n1, r0:r1].reshape(-1, O)

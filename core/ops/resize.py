@@ -56,6 +56,9 @@ def _check(node: Node, infos):
     ctm = node.attrs.get("coordinate_transformation_mode", "half_pixel")
     if ctm not in ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_crop_and_resize"):
         raise UnsupportedOperatorError(node.op, where, f"coordinate_transformation_mode {ctm!r}")
+    nearest_mode = node.attrs.get("nearest_mode", "round_prefer_floor")
+    if mode == "nearest" and nearest_mode not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+        raise UnsupportedOperatorError(node.op, where, f"nearest_mode {nearest_mode!r}")
 
 
 def _infer(node: Node, infos):

@@ -142,6 +142,35 @@ def test_conv_chain_reads_channels_last_views():
         assert_matches(y3, want)
 
 
+def test_conv_leaves_the_blas_thread_count_as_it_was():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    run_kernel("Conv", [rand(4, 8, 40, 40), rand(16, 8, 3, 3, seed=1)], {"pads": [1, 1, 1, 1]}, const={1})
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"] == before
+
+
+def _conv_in_child(queue):
+    x, w = rand(4, 8, 16, 16), rand(16, 8, 3, 3, seed=1)
+    queue.put(np.asarray(run_kernel("Conv", [x, w], {"pads": [1, 1, 1, 1]}, const={1})))
+
+
+def test_conv_runs_in_a_forked_child_after_the_parent_used_its_threads():
+    import multiprocessing
+
+    want = np.asarray(run_kernel("Conv", [rand(4, 8, 16, 16), rand(16, 8, 3, 3, seed=1)], {"pads": [1, 1, 1, 1]}, const={1}))
+    ctx = multiprocessing.get_context("fork")  # the child inherits the thread pool object, not its threads
+    queue = ctx.Queue()
+    child = ctx.Process(target=_conv_in_child, args=(queue,))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    np.testing.assert_array_equal(got, want)
+
+
 def test_conv_float64_stays_float64():
     x, w = rand(1, 2, 5, 5).astype(np.float64), rand(3, 2, 3, 3, seed=1).astype(np.float64)
     y = run_kernel("Conv", [x, w], {"pads": [1, 1, 1, 1]}, const={1})
@@ -308,32 +337,73 @@ def resize_inputs(x, scales=None, sizes=None, roi=None):
         ([np.asarray(sizes, np.int64)] if sizes is not None else [])
 
 
+def onnx_reference_run(op, inputs, attrs, opset=OPSET):
+    """ONNX's reference implementation: the spec's own oracle (its backend test data come from it)."""
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{k}" if a is not None else "" for k, a in enumerate(inputs)]
+    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+           for n, a in zip(names, inputs) if n]
+    graph = helper.make_graph([helper.make_node(op, names, ["out0"], **attrs)], op, ins,
+                              [helper.make_tensor_value_info("out0", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return ReferenceEvaluator(model).run(None, {n: a for n, a in zip(names, inputs) if n})
+
+
+def check_resize(inputs, attrs):
+    """Against ONNX's reference implementation (where onnxruntime departs from the spec)."""
+    got = run_kernel("Resize", inputs, attrs, const={1, 2, 3})
+    (want,) = onnx_reference_run("Resize", inputs, attrs)
+    assert_matches(got, want.astype(np.float32))
+    return got
+
+
 NEAREST_MODES = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
 TRANSFORMS = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "half_pixel_symmetric"]
 
 
 @pytest.mark.parametrize("nearest_mode", NEAREST_MODES)
 @pytest.mark.parametrize("ctm", TRANSFORMS)
-@pytest.mark.parametrize("scales", [[1, 1, 2, 3], [1, 1, 0.6, 1.7]], ids=["up", "mixed"])
-def test_resize_nearest_matches_onnxruntime(nearest_mode, ctm, scales):
+def test_resize_nearest_upsample_matches_onnxruntime(nearest_mode, ctm):
     attrs = {"mode": "nearest", "nearest_mode": nearest_mode, "coordinate_transformation_mode": ctm}
-    check_against_onnxruntime("Resize", resize_inputs(rand(2, 3, 5, 4), scales), attrs, const={1, 2, 3})
+    check_against_onnxruntime("Resize", resize_inputs(rand(2, 3, 5, 4), [1, 1, 2, 3]), attrs, const={1, 2, 3})
 
 
 @pytest.mark.parametrize("ctm", TRANSFORMS)
-@pytest.mark.parametrize("scales,sizes", [([1, 1, 2, 2.5], None), ([1, 1, 0.5, 0.7], None), (None, [2, 3, 9, 3]),
-                                          (None, [2, 3, 1, 6])], ids=["up", "down", "sizes", "sizes_to_one"])
+@pytest.mark.parametrize("scales,sizes", [([1, 1, 2, 2.5], None), (None, [2, 3, 9, 3]), (None, [2, 3, 1, 6])],
+                         ids=["up", "sizes", "sizes_to_one"])
 def test_resize_linear_matches_onnxruntime(ctm, scales, sizes):
     attrs = {"mode": "linear", "coordinate_transformation_mode": ctm}
     check_against_onnxruntime("Resize", resize_inputs(rand(2, 3, 5, 4), scales, sizes), attrs, const={1, 2, 3})
+
+
+@pytest.mark.parametrize("ctm", TRANSFORMS)
+@pytest.mark.parametrize("mode", ["linear"] + [f"nearest-{m}" for m in NEAREST_MODES])
+def test_resize_fractional_scales_follow_the_onnx_reference(mode, ctm):
+    mode, _, nearest_mode = mode.partition("-")
+    attrs = {"mode": mode, "coordinate_transformation_mode": ctm, **({"nearest_mode": nearest_mode} if nearest_mode else {})}
+    for scales in ([1, 1, 0.6, 1.7], [1, 1, 0.5, 0.7], [1, 1, 1.3, 2.5]):
+        check_resize(resize_inputs(rand(2, 3, 5, 4), scales), attrs)
+
+
+def test_resize_where_onnxruntime_departs_from_the_spec():
+    # align_corners maps through the unrounded resized length (in * scale = 2.5 here), as ONNX's
+    # reference does; onnxruntime uses the rounded output length (2). mixq follows the spec.
+    x = np.arange(5, dtype=np.float32).reshape(1, 1, 5, 1)
+    attrs = {"mode": "linear", "coordinate_transformation_mode": "align_corners"}
+    y = check_resize(resize_inputs(x, [1, 1, 0.5, 1]), attrs)
+    np.testing.assert_allclose(y.ravel(), [0, 4 / 1.5], rtol=1e-6)
+    (theirs,) = onnxruntime_run("Resize", resize_inputs(x, [1, 1, 0.5, 1]), attrs)
+    np.testing.assert_allclose(theirs.ravel(), [0, 4], rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
 def test_resize_tf_crop_and_resize(mode):
     roi = np.array([0, 0, 0.2, -0.3, 1, 1, 0.9, 1.2], np.float32)  # partly outside the image
     attrs = {"mode": mode, "coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": -7.0}
-    check_against_onnxruntime("Resize", resize_inputs(rand(1, 2, 6, 5), sizes=[1, 2, 4, 7], roi=roi), attrs,
-                              const={1, 2, 3})
+    inputs = resize_inputs(rand(1, 2, 6, 5), sizes=[1, 2, 4, 7], roi=roi)
+    check_against_onnxruntime("Resize", inputs, attrs, const={1, 2, 3})
+    check_resize(inputs, attrs)
 
 
 @pytest.mark.parametrize("policy", ["not_larger", "not_smaller"])
