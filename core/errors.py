@@ -53,3 +53,9 @@ class QuantizationConfigError(MixqError, ValueError):
 
 class CalibrationError(MixqError):
     """Calibration cannot run or its statistics are unusable (no data, unreadable statistics file, unknown tensor)."""
+
+
+class ModelFileError(MixqError):
+    """A saved quantized-model file (.sima / .sima.json) cannot be written or read: missing,
+    truncated, corrupt, of a newer format version, or declaring content mixq refuses to load;
+    the message names the file and what is wrong."""
