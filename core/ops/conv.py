@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from core.errors import ShapeInferenceError, UnsupportedOperatorError
+from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import activation_suffix
 from core.ops.registry import OpDef, register
@@ -153,9 +153,10 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 _local = threading.local()
 
 
-def _thread_buffer(shape, dtype) -> np.ndarray:
-    """A zero-bordered scratch buffer per thread (borders stay zero: only the interior is written)."""
-    key = (shape, np.dtype(dtype).str)
+def _thread_buffer(shape, dtype, tag: str = "padded") -> np.ndarray:
+    """A scratch buffer per thread. The "padded" ones are zero-bordered (borders stay zero:
+    only the interior is written); other tags are scratch overwritten whole, kept apart."""
+    key = (shape, np.dtype(dtype).str, tag)
     bufs = getattr(_local, "buffers", None)
     if bufs is None:
         bufs = _local.buffers = {}
@@ -164,6 +165,19 @@ def _thread_buffer(shape, dtype) -> np.ndarray:
             bufs.clear()
         bufs[key] = np.zeros(shape, dtype)
     return bufs[key]
+
+
+def _finish(yb, tb, b, act) -> None:
+    """Block tb (computed in the compute dtype) into yb (of the result dtype), + b, activation.
+    A float b is added during the conversion (the caller proved the float sum exact)."""
+    if tb is yb:
+        _bias_act(yb, b, act)
+    elif b is not None and b.dtype.kind == "f":
+        np.add(tb, b, out=yb, casting="unsafe")
+        _bias_act(yb, None, act)
+    else:
+        np.copyto(yb, tb, casting="unsafe")
+        _bias_act(yb, b, act)
 
 
 def _bias_act(block, b, act) -> None:
@@ -203,12 +217,18 @@ def _windows(xl, kernel, strides, dilations, out):
     return np.lib.stride_tricks.as_strided(xl, shape, view_strides, writeable=False)
 
 
-def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype):
-    """Dense and grouped conv as GEMMs over row blocks of the channels-last output."""
+def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype, result_dtype=None, x_shift=None):
+    """Dense and grouped conv as GEMMs over row blocks of the channels-last output.
+
+    The GEMMs run in ``dtype``; with a different ``result_dtype`` (the exact integer path),
+    each block is computed into a per-thread buffer and converted while in cache, before the
+    bias is added. With ``x_shift`` (1x1, stride 1, unpadded only), each block's input rows
+    are converted to ``dtype`` minus x_shift while in cache, instead of in a pass before."""
     n = len(kernel)
     N, C, O = xl.shape[0], xl.shape[-1], w.shape[0]
     cg, og = C // group, O // group
-    y = np.empty((N, *out, O), dtype=dtype)
+    staged = result_dtype is not None and np.dtype(result_dtype) != np.dtype(dtype)
+    y = np.empty((N, *out, O), dtype=result_dtype if staged else dtype)
     windows = [_windows(xl[..., g * cg:(g + 1) * cg] if group > 1 else xl, kernel, strides, dilations, out)
                for g in range(group)]
     # weights O,C,k.. -> (k.., C) x O to match the column order
@@ -219,20 +239,29 @@ def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype):
     def one_block(block):
         n0, n1, r0, r1 = block
         yb = y[n0:n1, r0:r1].reshape(-1, O)
+        tb = _thread_buffer(yb.shape, dtype, "scratch") if staged else yb
+        if x_shift is not None:
+            xb = _thread_buffer((yb.shape[0], C), dtype, "shifted")
+            np.subtract(xl[n0:n1, r0:r1].reshape(-1, C), x_shift, out=xb, dtype=dtype, casting="unsafe")
         for g in range(group):
-            cols = windows[g][n0:n1, r0:r1].reshape(yb.shape[0], -1)  # a view for 1x1 stride-1 conv
-            np.matmul(cols, wmats[g], out=yb[:, g * og:(g + 1) * og] if group > 1 else yb)
-        _bias_act(yb, bias, act)
+            if x_shift is not None:
+                cols = xb[:, g * cg:(g + 1) * cg]
+            else:
+                cols = windows[g][n0:n1, r0:r1].reshape(yb.shape[0], -1)  # a view for 1x1 stride-1 conv
+            np.matmul(cols, wmats[g], out=tb[:, g * og:(g + 1) * og] if group > 1 else tb)
+        _finish(yb, tb, bias, act)
 
     with _SingleThreadedBlas() as single:
         _parallel(one_block, _row_blocks(N, out, target), serial=not single)
     return y
 
 
-def _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype):
+def _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype, result_dtype=None, x_shift=None):
     """Depthwise conv: einsum over a windows view sums the taps in C, one pass per output,
     instead of a multiply-add pass per tap. Per image (in threads), padded into a per-thread
-    buffer that stays in cache."""
+    buffer that stays in cache. With a ``result_dtype`` other than ``dtype``, each image is
+    computed into a per-thread buffer and converted (then the bias added) while in cache.
+    With ``x_shift``, the image is converted to ``dtype`` minus x_shift as it is padded."""
     n = len(kernel)
     N, C = xl.shape[0], xl.shape[-1]
     wk = np.ascontiguousarray(w.reshape(C, *kernel).transpose(tuple(range(1, n + 1)) + (0,)), dtype=dtype)
@@ -250,15 +279,19 @@ def _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dty
     in_shape = xl.shape[1:-1]
     padded_shape = tuple(in_shape[d] + pads[d] + pads[d + n] for d in range(n)) + (C,)
     interior = tuple(slice(pads[d], pads[d] + in_shape[d]) for d in range(n))
-    y = np.empty((N, *out, C), dtype=dtype)
+    staged = result_dtype is not None and np.dtype(result_dtype) != np.dtype(dtype)
+    y = np.empty((N, *out, C), dtype=result_dtype if staged else dtype)
 
     def one_image(i):
-        if any(pads):
+        if x_shift is not None:
+            img = _thread_buffer(padded_shape, dtype)
+            np.subtract(xl[i], x_shift, out=img[interior], dtype=dtype, casting="unsafe")
+        elif any(pads):
             img = _thread_buffer(padded_shape, dtype)
             img[interior] = xl[i]
         else:
             img = xl[i]
-        yi = y[i]
+        yi = _thread_buffer(tuple(out) + (C,), dtype, "scratch") if staged else y[i]
         if merge:
             img = img.reshape(*img.shape[:-2], -1)  # copies only if the input is not channels-last
             yi = yi.reshape(*out[:-1], -1)
@@ -273,7 +306,7 @@ def _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dty
                 + tuple(st[d] * dilations[d] for d in range(n)) + (st[-1],)
         windows = np.lib.stride_tricks.as_strided(img, shape, view_strides, writeable=False)
         np.einsum(spec, windows, wk, out=yi)
-        _bias_act(y[i], bias, act)
+        _finish(y[i], yi.reshape(y[i].shape) if staged else y[i], bias, act)
 
     _parallel(one_image, range(N))
     return y
@@ -288,20 +321,184 @@ def conv_forward(x, w, b, node: Node):
     as a logical NCHW view of channels-last memory; numpy kernels downstream handle any
     strides, and the next conv reads it back without a copy.
     """
-    n = x.ndim - 2
-    kernel, strides, dilations, pads, out = _conv_out_shape(node, x.shape, w.shape)
-    group = node.attrs.get("group", 1)
-    act = node.attrs.get("activation")
     dtype = np.result_type(x, w)
-    xl = _channels_last(x)
     bias = None if b is None else b.astype(dtype, copy=False)
-    if group == x.shape[1] == w.shape[0] and w.shape[1] == 1:
-        y = _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype)
+    return _channels_first(_conv_channels_last(_channels_last(x), w, bias, node.attrs.get("activation"), node, dtype))
+
+
+def _conv_channels_last(xl, w, bias, act, node: Node, dtype, result_dtype=None, x_shift=None):
+    """The conv of channels-last ``xl`` (padding with zeros), computed in ``dtype``, fused
+    bias and activation; a channels-last result of ``result_dtype`` (default ``dtype``).
+
+    With ``x_shift`` (a scalar of ``dtype``), the conv of ``xl - x_shift`` (still padded with
+    zeros), converted on the fly where the kernel can (the caller proved the conversion of
+    xl to dtype and the subtraction exact)."""
+    n = xl.ndim - 2
+    x_shape = (xl.shape[0], xl.shape[-1], *xl.shape[1:-1])
+    kernel, strides, dilations, pads, out = _conv_out_shape(node, x_shape, w.shape)
+    group = node.attrs.get("group", 1)
+    if group == x_shape[1] == w.shape[0] and w.shape[1] == 1:
+        return _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype, result_dtype, x_shift)
+    pointwise = not any(pads) and all(k == 1 for k in kernel) and all(s == 1 for s in strides)
+    if x_shift is not None and not pointwise:
+        xl, x_shift = np.subtract(xl, x_shift, dtype=dtype, casting="unsafe"), None
+    if any(pads):
+        xl = np.pad(xl, [(0, 0)] + [(pads[d], pads[d + n]) for d in range(n)] + [(0, 0)])
+    return _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype, result_dtype, x_shift)
+
+
+# ---- exact integer accumulation ---------------------------------------------------------------
+#
+# Integer products summed in floating point are exact while every partial sum is an integer
+# the format represents exactly: below 2**24 in float32, 2**53 in float64. Whatever order a
+# BLAS (or einsum) sums in, with or without FMA, each partial sum of output o is a sum over
+# a subset of its products, so |partial| <= max|x - zp| * sum_k |w[o, k]| =: bound(o).
+# With max_o bound(o) < 2**24 (and |x - zp|, |w| < 2**24) float32 is exact; < 2**53, float64.
+# Otherwise the int64 kernels run (numpy's integer matmul/einsum), after checking that
+# max_o bound(o) + max|bias| < 2**63, so no partial sum can overflow. The bias does not
+# enter the float bound: it is added while a block is converted to int64, in float64 when
+# max_o bound(o) + max|bias| < 2**53 (so that sum is exact too), else in int64 afterwards.
+# The x - zp conversion is exact as well: 8/16-bit x and a zero point below the float's
+# limit are exact in it, and so is their difference (|x - zp| is below the limit too);
+# other x are shifted in int64 first. Every path gives the exact integers, so the result
+# does not depend on the path taken, the batch size or the batch split.
+
+_FLOAT_EXACT = ((np.dtype(np.float32), 1 << 24), (np.dtype(np.float64), 1 << 53))
+_INT64_LIMIT = 1 << 63
+
+
+def _int_operand(a, name: str, node: Node) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu" or a.dtype == np.uint64:
+        raise QuantizationConfigError(
+            f"{node.describe()}: {name} must be a signed or up to 32-bit unsigned integer array, got dtype {a.dtype}")
+    return a
+
+
+def _zero_point(zp, node: Node) -> int:
+    arr = np.asarray(zp)
+    if arr.size != 1 or arr.dtype.kind not in "iu" and not (arr.dtype == object and isinstance(arr.reshape(-1)[0], int)):
+        raise QuantizationConfigError(
+            f"{node.describe()}: x_zero_point must be one integer (per-tensor activations), got {zp!r}")
+    value = int(arr.reshape(-1)[0])
+    if abs(value) >= 1 << 62:
+        raise QuantizationConfigError(f"{node.describe()}: x_zero_point {value} is out of range")
+    return value
+
+
+def _abs_range(a: np.ndarray, shift: int = 0) -> int:
+    """max |a - shift| as a Python int (0 for an empty array)."""
+    if a.size == 0:
+        return 0
+    return max(abs(int(a.min()) - shift), abs(int(a.max()) - shift))
+
+
+def exact_accumulation_dtype(x_q: np.ndarray, x_zero_point: int, w_rows: np.ndarray, bias_q, node: Node):
+    """The cheapest dtype in which ``sum_k w_rows[o, k] * (x[k] - x_zero_point)`` is exact for
+    every output row o and every x in ``x_q``: float32, float64 or int64 (see the proof above).
+    ``w_rows`` is (outputs, K). Raises ExecutionError when even int64 might overflow."""
+    return _exact_plan(x_q, x_zero_point, w_rows, bias_q, node)[0]
+
+
+def _exact_plan(x_q, x_zero_point, w_rows, bias_q, node: Node):
+    """(dtype, bound): exact_accumulation_dtype's choice, and the bound it proved on
+    max_o |sum_k w_rows[o, k] * (x[k] - x_zero_point)| (without the bias)."""
+    w_max = _abs_range(w_rows)
+    k = w_rows.shape[1] if w_rows.ndim == 2 else 0
+    if w_rows.size == 0:
+        row_sum = 0
+    elif w_max * k < _INT64_LIMIT >> 1:
+        row_sum = int(np.abs(w_rows.astype(np.int64, copy=False)).sum(axis=1).max())
     else:
-        if any(pads):
-            xl = np.pad(xl, [(0, 0)] + [(pads[d], pads[d + n]) for d in range(n)] + [(0, 0)])
-        y = _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype)
+        row_sum = w_max * k
+
+    def choose(x_max):
+        bound = x_max * row_sum
+        for dtype, limit in _FLOAT_EXACT:
+            if bound < limit and x_max < limit and w_max < limit:
+                return dtype, bound
+        return None, bound
+
+    if x_q.dtype.itemsize <= 2:   # first try the dtype's range, which needs no pass over the data
+        info = np.iinfo(x_q.dtype)
+        dtype, bound = choose(max(abs(info.min - x_zero_point), abs(info.max - x_zero_point)))
+        if dtype == np.float32:
+            return dtype, bound
+    x_max = _abs_range(x_q, x_zero_point)
+    dtype, bound = choose(x_max)
+    if dtype is not None:
+        return dtype, bound
+    b_max = 0 if bias_q is None else _abs_range(bias_q)
+    if bound + b_max >= _INT64_LIMIT or x_max >= _INT64_LIMIT:
+        raise ExecutionError(
+            f"{node.describe()}: the integer accumulator may overflow int64 "
+            f"(max|x - zp| = {x_max}, max_o sum|w[o]| = {row_sum}, max|bias| = {b_max})")
+    return np.dtype(np.int64), bound
+
+
+def _shifted(x, zero_point: int, dtype) -> np.ndarray:
+    """(x - zero_point) in dtype, exactly (the caller proved |x - zero_point| fits), as a new
+    C-contiguous array of x's (logical) shape."""
+    dtype = np.dtype(dtype)
+    out = np.empty(x.shape, dtype)
+    if dtype.kind != "f" or not _direct_shift(x, zero_point, dtype):
+        # via int64: x and zero_point need not be exact in dtype, only their difference
+        np.subtract(x, np.int64(zero_point), out=out, dtype=np.int64, casting="unsafe")
+    else:   # x (|x| < 2**16) and zero_point are exact in dtype, so is their difference
+        np.subtract(x, dtype.type(zero_point), out=out, dtype=dtype, casting="unsafe")
+    return out
+
+
+def conv_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node) -> np.ndarray:
+    """Exact integer accumulators of a quantized Conv:
+    ``acc[n, o, ...] = bias_q[o] + sum_{c, k} w_q[o, c, k] * (x_q[n, c, k'] - x_zero_point)``
+    as int64, logical NC(spatial) (a view of channels-last memory, like :func:`conv_forward`).
+
+    Everything the float Conv supports (groups incl. depthwise, strides, dilations, pads,
+    auto_pad); padded positions hold the zero point, so they contribute 0. ``x_zero_point``
+    is one integer (per-tensor); weights are symmetric (no weight zero point), any per-channel
+    scales live outside. The node's fused activation is not applied (the requantization's
+    clamp does it). The result is exact, so identical for any batch size or batch split.
+
+    The GEMMs/einsums run in float32 or float64 BLAS when the bound above proves them exact,
+    else in int64.
+    """
+    x_q = _int_operand(x_q, "x_q", node)
+    w_q = _int_operand(w_q, "w_q", node)
+    zp = _zero_point(x_zero_point, node)
+    if bias_q is not None:
+        bias_q = _int_operand(bias_q, "bias_q", node)
+    _conv_infer(node, [TensorInfo(x_q.shape, x_q.dtype), TensorInfo(w_q.shape, w_q.dtype),
+                       None if bias_q is None else TensorInfo(bias_q.shape, bias_q.dtype)])
+    kernel = list(node.attrs.get("kernel_shape", w_q.shape[2:]))
+    if tuple(kernel) != tuple(w_q.shape[2:]):
+        raise ShapeInferenceError(f"{node.describe()}: kernel_shape {kernel} != weight shape {tuple(w_q.shape[2:])}")
+    dtype, bound = _exact_plan(x_q, zp, w_q.reshape(w_q.shape[0], -1), bias_q, node)
+    bias = _exact_bias(bias_q, dtype, bound)
+    xl = _channels_last(x_q)
+    if _direct_shift(x_q, zp, dtype):   # the kernels subtract the zero point block by block
+        y = _conv_channels_last(xl, w_q, bias, None, node, dtype, np.int64, dtype.type(zp))
+    else:
+        y = _conv_channels_last(_shifted(xl, zp, dtype), w_q, bias, None, node, dtype, np.int64)
     return _channels_first(y)
+
+
+def _exact_bias(bias_q, dtype, bound: int):
+    """The bias to add to the accumulators: float64 (added while converting a float block to
+    int64) where |acc| + max|bias| < 2**53 keeps that sum exact, else int64 (added after)."""
+    if bias_q is None:
+        return None
+    if dtype.kind == "f" and bound + _abs_range(bias_q) < (1 << 53):
+        return bias_q.astype(np.float64)
+    return bias_q.astype(np.int64)
+
+
+def _direct_shift(x_q, zero_point: int, dtype) -> bool:
+    """Whether x_q converts to dtype exactly and (x - zero_point) is exact in dtype: in int64
+    always (wrap-around; the bound proved the difference fits), in float for 8/16-bit x and a
+    zero point the float holds (the difference is proven to be below the float's limit)."""
+    limit = dict(_FLOAT_EXACT).get(np.dtype(dtype))
+    return limit is None or (x_q.dtype.itemsize <= 2 and abs(zero_point) < limit)
 
 
 def _conv_run(node: Node, inputs):

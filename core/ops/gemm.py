@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import ShapeInferenceError
+from core.errors import ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import activation_suffix, apply_activation, broadcast_shape
+from core.ops.conv import _int_operand, _shifted, _zero_point, exact_accumulation_dtype
 from core.ops.registry import OpDef, register
 
 
@@ -66,3 +67,61 @@ def _matmul_run(node: Node, inputs):
 
 register(OpDef("MatMul", _matmul_infer, _matmul_run, mla=lambda n, g: g.is_constant(n.inputs[1]), kind="dense",
                doc="numpy matmul semantics (batched, broadcast); MLA when the second input is constant"))
+
+
+# ---- exact integer accumulation ---------------------------------------------------------------
+
+def dense_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node) -> np.ndarray:
+    """Exact integer accumulators of a quantized Gemm or MatMul with constant weights:
+    ``acc[..., o] = bias_q[o] + sum_k (x_q[..., k] - x_zero_point) * w[k, o]`` as int64, where
+    ``w`` is ``w_q`` (``w_q.T`` for Gemm with transB; x is ``x_q.T`` with transA).
+
+    Gemm needs alpha == 1 (and beta == 1 with a bias): fold other values into the scales.
+    MatMul takes x of any rank (``(..., K)``) and 1-D or 2-D weights, numpy's rules.
+    ``bias_q`` is None or has shape (O,) (or (1, O), Gemm's C). Computed in float32/float64
+    BLAS when :func:`core.ops.conv.exact_accumulation_dtype` proves it exact, else int64.
+    """
+    x_q = _int_operand(x_q, "x_q", node)
+    w_q = _int_operand(w_q, "w_q", node)
+    zp = _zero_point(x_zero_point, node)
+    if bias_q is not None:
+        bias_q = _int_operand(bias_q, "bias_q", node)
+    if node.op == "Gemm":
+        alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
+        if alpha != 1.0 or (bias_q is not None and beta != 1.0):
+            raise UnsupportedOperatorError(
+                node.op, node.name, f"integer accumulation needs alpha == 1 and beta == 1 (got alpha={alpha}, "
+                f"beta={beta}); fold them into the scales")
+        if x_q.ndim != 2 or w_q.ndim != 2:
+            raise ShapeInferenceError(f"{node.describe()}: Gemm needs 2-D x_q and w_q, got {x_q.shape} and {w_q.shape}")
+        if node.attrs.get("transA", 0):
+            x_q = x_q.T
+        w = w_q.T if node.attrs.get("transB", 0) else w_q
+    elif node.op == "MatMul":
+        if w_q.ndim not in (1, 2):
+            raise UnsupportedOperatorError(node.op, node.name, f"integer accumulation needs 1-D or 2-D constant "
+                                           f"weights, got shape {w_q.shape}")
+        if x_q.ndim == 0:
+            raise ShapeInferenceError(f"{node.describe()}: x_q must have rank >= 1")
+        w = w_q
+    else:
+        raise UnsupportedOperatorError(node.op, node.name, "dense_accumulate takes Gemm or MatMul")
+    vector_w = w.ndim == 1
+    w2 = w[:, None] if vector_w else w
+    if x_q.shape[-1] != w2.shape[0]:
+        raise ShapeInferenceError(f"{node.describe()}: inner dimensions differ ({x_q.shape} x {w.shape})")
+    out_features = w2.shape[1]
+    if bias_q is not None:
+        if bias_q.shape not in ((out_features,), (1, out_features)) or vector_w and bias_q.size != 1:
+            raise ShapeInferenceError(
+                f"{node.describe()}: bias_q shape {bias_q.shape} != ({out_features},)")
+        bias_q = bias_q.reshape(out_features)
+    dtype = exact_accumulation_dtype(x_q, zp, w2.T, bias_q, node)
+    xs = _shifted(x_q, zp, dtype)
+    y = np.matmul(xs, w2.astype(dtype))
+    acc = y.astype(np.int64) if y.dtype != np.int64 else y
+    if bias_q is not None:
+        np.add(acc, bias_q.astype(np.int64), out=acc)
+    if vector_w:
+        acc = acc[..., 0]
+    return acc
