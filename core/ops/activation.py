@@ -1,9 +1,9 @@
-"""Elementwise activations and Softmax."""
+"""Elementwise activations and Softmax; integer Relu/Clip (relu_int, clip_int, activation_range_int)."""
 from __future__ import annotations
 
 import numpy as np
 
-from core.errors import ShapeInferenceError
+from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import normalize_axis
 from core.ops.registry import OpDef, register
@@ -113,3 +113,64 @@ def _softmax_upgrade(node: Node, graph) -> None:
 
 
 register(OpDef("Softmax", _softmax_infer, _softmax_run, upgrade=_softmax_upgrade, doc="axis (opset < 13 semantics kept)"))
+
+
+# --------------------------------------------------------------------------- integer kernels
+
+def _round_half_away_f32(v: np.float32) -> int:
+    # TfLiteRound / roundf on a float32, exactly: the fractional part of a float is exact
+    a = abs(float(v))
+    fl = np.floor(a)
+    r = int(fl) + int(a - fl >= 0.5)
+    return -r if v < 0 else r
+
+
+def _bound(value: float, s: np.float32, zp: int, qmin: int, qmax: int) -> int:
+    q = np.float32(value) / s
+    if not np.isfinite(q):          # float32 overflow: saturate (C's int32 cast is undefined)
+        return qmax if q > 0 else qmin
+    return zp + _round_half_away_f32(q)
+
+
+def activation_range_int(zp, scale, lo, hi, qmin, qmax) -> tuple[int, int]:
+    """TFLite's CalculateActivationRangeQuantized / QuantizedReluX bounds:
+    ``act_min = max(qmin, zp + round(lo / scale))``, ``act_max = min(qmax, zp + round(hi / scale))``
+    with the division in float32 (``f / scale``, both float) and ``round`` half away from zero
+    (TfLiteRound). ``lo = -inf`` / ``hi = +inf`` leave ``qmin`` / ``qmax``. Where the C cast to
+    int32 would overflow (huge ``lo/scale``), the exact integer is used instead.
+    """
+    qmin, qmax = int(qmin), int(qmax)
+    if qmin > qmax:
+        raise QuantizationConfigError(f"qmin ({qmin}) must be <= qmax ({qmax})")
+    try:
+        s = np.float32(scale)
+        zp_i = int(zp)
+        lo_f, hi_f = float(lo), float(hi)
+    except (TypeError, ValueError, OverflowError):
+        raise QuantizationConfigError(f"zp, scale, lo, hi must be numbers, got {zp!r}, {scale!r}, {lo!r}, {hi!r}") from None
+    if not np.isfinite(s) or s <= 0:
+        raise QuantizationConfigError(f"scale must be a positive finite number, got {scale!r}")
+    if np.isnan(lo_f) or np.isnan(hi_f) or lo_f > hi_f:
+        raise QuantizationConfigError(f"clip bounds lo={lo!r}, hi={hi!r} must satisfy lo <= hi")
+    with np.errstate(over="ignore"):
+        act_min = qmin if lo_f == -np.inf else max(qmin, _bound(lo_f, s, zp_i, qmin, qmax))
+        act_max = qmax if hi_f == np.inf else min(qmax, _bound(hi_f, s, zp_i, qmin, qmax))
+    return int(act_min), int(act_max)
+
+
+def clip_int(x_q, zp, scale, lo, hi, qmin, qmax) -> np.ndarray:
+    """Clip (and ReLU/ReLU6) on quantized integers, TFLite's ReluX with equal input and output
+    quantization (its requantization is then the identity):
+    ``clamp(x, *activation_range_int(zp, scale, lo, hi, qmin, qmax))``. Returns int64.
+    """
+    x = np.asarray(x_q)
+    if x.dtype.kind not in "iu":
+        raise ExecutionError(f"x_q must be an integer array, got dtype {x.dtype}")
+    act_min, act_max = activation_range_int(zp, scale, lo, hi, qmin, qmax)
+    return np.clip(x.astype(np.int64), act_min, act_max)
+
+
+def relu_int(x_q, zp, scale, qmin, qmax) -> np.ndarray:
+    """ReLU on quantized integers: :func:`clip_int` with ``lo = 0``, ``hi = +inf``, i.e.
+    ``clamp(x, max(qmin, zp), qmax)``."""
+    return clip_int(x_q, zp, scale, 0.0, np.inf, qmin, qmax)

@@ -1,12 +1,14 @@
-"""Add, Sub, Mul, Div with numpy broadcasting."""
+"""Add, Sub, Mul, Div with numpy broadcasting; TFLite-exact integer Add/Sub/Mul (add_int, sub_int, mul_int)."""
 from __future__ import annotations
 
 import numpy as np
 
-from core.errors import ShapeInferenceError
+from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import broadcast_shape
 from core.ops.registry import OpDef, register
+from core.quantization.requantize import (INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier,
+                                         quantize_multiplier)
 
 
 def _infer(node: Node, infos):
@@ -42,3 +44,134 @@ for _name, _fn, _mla, _kind, _doc in [
     ("Div", _div, False, "divide", "numpy broadcasting; integer division truncates toward zero"),
 ]:
     register(OpDef(_name, _infer, _binary(_fn), mla=_mla, kind=_kind, doc=_doc))
+
+
+# --------------------------------------------------------------------------- integer kernels
+# Bit-exact with TensorFlow Lite's reference integer kernels (reference/integer_ops/add.h,
+# mul.h, reference_ops sub.h; multipliers as in kernels/add.cc, sub.cc, mul.cc). Inputs are
+# integer arrays (any integer dtype); outputs are int64 arrays clamped to [qmin, qmax].
+
+_ADD_LEFT_SHIFT = {8: 20, 16: 15}
+
+
+def _q_array(value, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu":
+        raise ExecutionError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _scale32(value, name: str) -> float:
+    """A quantization scale as TFLite stores it (float32), widened to float64."""
+    try:
+        s = float(np.float32(value))
+    except (TypeError, ValueError):
+        raise QuantizationConfigError(f"{name} must be a positive real number, got {value!r}") from None
+    if not np.isfinite(s) or s <= 0:
+        raise QuantizationConfigError(f"{name} must be a positive finite number, got {value!r}")
+    return s
+
+
+def _qrange(qmin, qmax, *zps: tuple[str, object]) -> tuple[int, int, list[int]]:
+    qmin, qmax = int(qmin), int(qmax)
+    if not INT32_MIN <= qmin <= qmax <= INT32_MAX:
+        raise QuantizationConfigError(f"qmin ({qmin}) and qmax ({qmax}) must satisfy "
+                                      f"{INT32_MIN} <= qmin <= qmax <= {INT32_MAX}")
+    out = []
+    for name, zp in zps:
+        if np.ndim(zp) != 0 or np.asarray(zp).dtype.kind not in "iu":
+            raise QuantizationConfigError(f"{name} must be an integer scalar, got {zp!r}")
+        out.append(int(zp))
+    return qmin, qmax, out
+
+
+def _smaller_than_one(real: float, name: str) -> tuple[int, int]:
+    # TFLite's QuantizeMultiplierSmallerThanOneExp: CHECKs 0 < real < 1
+    if not 0.0 < real < 1.0:
+        raise QuantizationConfigError(f"{name} = {real!r} must be in (0, 1) (TFLite's "
+                                      f"QuantizeMultiplierSmallerThanOneExp); check the scales")
+    return quantize_multiplier(real)
+
+
+def _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, sign):
+    if bits not in _ADD_LEFT_SHIFT:
+        raise QuantizationConfigError(f"bits must be 8 or 16, got {bits!r}")
+    qmin, qmax, (a_zp, b_zp, out_zp) = _qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
+    if not qmin <= out_zp <= qmax:
+        raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
+    sa, sb, so = _scale32(a_scale, "a_scale"), _scale32(b_scale, "b_scale"), _scale32(out_scale, "out_scale")
+    left = _ADD_LEFT_SHIFT[bits]
+    twice_max = 2.0 * max(sa, sb)                      # exact, as float32 2*max in C
+    ma, sha = _smaller_than_one(sa / twice_max, "a_scale / (2 * max input scale)")
+    mb, shb = _smaller_than_one(sb / twice_max, "b_scale / (2 * max input scale)")
+    mo, sho = _smaller_than_one(twice_max / ((1 << left) * so),
+                                f"2 * max input scale / (2**{left} * out_scale)")
+    a = _q_array(a_q, "a_q")
+    b = _q_array(b_q, "b_q")
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ExecutionError(f"a_q {a.shape} and b_q {b.shape} do not broadcast") from None
+    xa = (a - a_zp) << left
+    xb = (b - b_zp) << left
+    for name, v in (("(a_q - a_zp) * 2**left_shift", xa), ("(b_q - b_zp) * 2**left_shift", xb)):
+        if v.size and (v.min() < INT32_MIN or v.max() > INT32_MAX):
+            raise ExecutionError(f"{name} overflows int32 (a_q and b_q must hold {bits}-bit values)")
+    if sign < 0 and bits == 16:
+        # sub.cc: int16 SUB runs the ADD kernel with the second multiplier negated
+        raw = (multiply_by_quantized_multiplier(xa, ma, sha)
+               + multiply_by_quantized_multiplier(xb, -mb, shb))
+    else:
+        raw = (multiply_by_quantized_multiplier(xa, ma, sha)
+               + sign * multiply_by_quantized_multiplier(xb, mb, shb))
+    out = multiply_by_quantized_multiplier(np.broadcast_to(raw, shape), mo, sho) + out_zp
+    return np.clip(out, qmin, qmax).astype(np.int64)
+
+
+def add_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits=8):
+    """Quantized Add, bit-exact with TFLite's reference ``integer_ops::Add`` (add.h, add.cc).
+
+    ``L = 20`` (bits 8) or ``15`` (bits 16); ``m_a = s_a / (2 max(s_a, s_b))``,
+    ``m_b = s_b / (2 max(s_a, s_b))``, ``m_out = 2 max(s_a, s_b) / (2^L s_out)``, each a Q31
+    multiplier from ``quantize_multiplier`` (all must be in (0, 1));
+    ``out = clamp(MBQM(MBQM((a - zp_a) << L, m_a) + MBQM((b - zp_b) << L, m_b), m_out) + zp_out,
+    qmin, qmax)`` with MBQM the double-rounding ``multiply_by_quantized_multiplier``.
+    Scales are rounded to float32 first (TFLite stores them so). Broadcasts ``a_q``/``b_q``;
+    returns int64. ``[qmin, qmax]`` is the output type's range or the fused activation range.
+    """
+    return _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, 1)
+
+
+def sub_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits=8):
+    """Quantized Sub ``a - b``, bit-exact with TFLite (sub.cc, reference_ops SubElementwise).
+
+    The same multipliers as :func:`add_int`. int8: ``raw = MBQM(xa, m_a) - MBQM(xb, m_b)``;
+    int16: TFLite runs the Add kernel with ``m_b`` negated, ``raw = MBQM(xa, m_a) + MBQM(xb, -m_b)``
+    (SRDHM rounds ties towards +inf, so the two differ by 1 at exact ties).
+    """
+    return _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, -1)
+
+
+def mul_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax):
+    """Quantized Mul, bit-exact with TFLite's reference ``integer_ops::Mul`` (mul.h, mul.cc).
+
+    ``M = s_a * s_b / s_out`` (float64 from the float32 scales) -> ``quantize_multiplier``;
+    ``out = clamp(MBQM((a - zp_a) * (b - zp_b), M) + zp_out, qmin, qmax)``. int8 and int16 alike.
+    """
+    qmin, qmax, (a_zp, b_zp, out_zp) = _qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
+    if not qmin <= out_zp <= qmax:
+        raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
+    sa, sb, so = _scale32(a_scale, "a_scale"), _scale32(b_scale, "b_scale"), _scale32(out_scale, "out_scale")
+    m, shift = quantize_multiplier(sa * sb / so)
+    if not -31 <= shift <= 30:
+        raise QuantizationConfigError(f"a_scale * b_scale / out_scale = {sa * sb / so!r} is out of the "
+                                      f"Q31 multiplier range")
+    a = _q_array(a_q, "a_q")
+    b = _q_array(b_q, "b_q")
+    try:
+        prod = (a - a_zp) * (b - b_zp)
+    except ValueError:
+        raise ExecutionError(f"a_q {a.shape} and b_q {b.shape} do not broadcast") from None
+    if prod.size and (prod.min() < INT32_MIN or prod.max() > INT32_MAX):
+        raise ExecutionError("(a_q - a_zp) * (b_q - b_zp) overflows int32")
+    return np.clip(multiply_by_quantized_multiplier(prod, m, shift) + out_zp, qmin, qmax).astype(np.int64)

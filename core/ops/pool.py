@@ -1,11 +1,15 @@
-"""MaxPool, AveragePool, GlobalAveragePool."""
+"""MaxPool, AveragePool, GlobalAveragePool; TFLite-exact integer kernels (max_pool_int,
+avg_pool_int, global_avg_pool_int)."""
 from __future__ import annotations
 
 import numpy as np
 
-from core.errors import ShapeInferenceError, UnsupportedOperatorError
+from core.errors import (ExecutionError, QuantizationConfigError, ShapeInferenceError,
+                         UnsupportedOperatorError)
 from core.ir.graph import Node, TensorInfo
+from core.ops.elementwise import _qrange, _scale32
 from core.ops.registry import OpDef, register
+from core.quantization.requantize import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier
 
 
 def _geometry(node: Node, x_shape):
@@ -121,3 +125,119 @@ def _gap_run(node: Node, inputs):
 
 
 register(OpDef("GlobalAveragePool", _gap_infer, _gap_run, mla=True, kind="global_avg_pool2d", doc="any spatial rank"))
+
+
+# --------------------------------------------------------------------------- integer kernels
+# TFLite's reference integer pooling (reference/integer_ops/pooling.h, mean.h). mixq's layout is
+# N, C, spatial...; the arithmetic is per element and identical to TFLite's NHWC loops.
+
+def _int_input(x_q, node: Node) -> np.ndarray:
+    x = np.asarray(x_q)
+    if x.dtype.kind not in "iu":
+        raise ExecutionError(f"{node.describe()}: x_q must be an integer array, got dtype {x.dtype}")
+    if x.ndim < 3:
+        raise ExecutionError(f"{node.describe()}: pooling needs an N,C,spatial input, got shape {x.shape}")
+    return x
+
+
+def _act_range(node_desc: str, qmin, qmax):
+    if (qmin is None) != (qmax is None):
+        raise QuantizationConfigError(f"{node_desc}: give both qmin and qmax or neither")
+    if qmin is not None and int(qmin) > int(qmax):
+        raise QuantizationConfigError(f"{node_desc}: qmin ({qmin}) must be <= qmax ({qmax})")
+    return qmin, qmax
+
+
+def _round_div(acc: np.ndarray, count) -> np.ndarray:
+    """TFLite: ``acc > 0 ? (acc + count/2) / count : (acc - count/2) / count`` (C division
+    truncates, so this rounds half away from zero)."""
+    count = np.asarray(count, dtype=np.int64)
+    half = count // 2
+    pos = (acc + half) // count                 # acc > 0: floor == truncation
+    neg = -((-acc + half) // count)             # acc <= 0: -(|acc| + half) / count truncated
+    return np.where(acc > 0, pos, neg)
+
+
+def max_pool_int(x_q, node: Node, qmin=None, qmax=None) -> np.ndarray:
+    """MaxPool on quantized integers (TFLite ``integer_ops::MaxPool``): the maximum over each
+    window; padding is the dtype's minimum so it never wins (TFLite skips padded taps).
+    ``qmin``/``qmax`` (optional, together): the fused activation clamp. Input and output share
+    scale and zero point; the result has ``x_q``'s dtype. Geometry attributes as :data:`MaxPool`.
+    """
+    x = _int_input(x_q, node)
+    qmin, qmax = _act_range(node.describe(), qmin, qmax)
+    kernel, strides, dilations, pads, out = _geometry(node, x.shape)
+    low = np.iinfo(x.dtype).min
+    y = _windows(_padded(x, pads, out, kernel, strides, dilations, low), kernel, strides, dilations, out)
+    for _ in kernel:
+        y = y.max(axis=-1)
+    if qmin is not None:
+        y = np.clip(y, max(int(qmin), int(low)), min(int(qmax), int(np.iinfo(x.dtype).max)))
+    return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+def avg_pool_int(x_q, node: Node, qmin, qmax, zero_point=None) -> np.ndarray:
+    """AveragePool on quantized integers, bit-exact with TFLite ``integer_ops::AveragePool``
+    (int8 and int16): ``acc = Σ x`` over the window's valid taps, ``count`` = their number
+    (padding and ceil-mode overhang excluded), ``out = clamp(acc > 0 ? (acc + count/2) / count :
+    (acc - count/2) / count, qmin, qmax)`` with C truncating division (ties away from zero).
+    Input and output share scale and zero point. ``count_include_pad=1`` (not in TFLite) counts
+    explicit pads as the real value 0, i.e. the quantized ``zero_point``, which must then be
+    given. Returns int64.
+    """
+    x = _int_input(x_q, node)
+    qmin, qmax = _act_range(node.describe(), qmin, qmax)
+    if qmin is None:
+        raise QuantizationConfigError(f"{node.describe()}: avg_pool_int needs qmin and qmax")
+    kernel, strides, dilations, pads, out = _geometry(node, x.shape)
+    n = len(kernel)
+    axes = tuple(range(-n, 0))
+    xp = _padded(x.astype(np.int64), pads, out, kernel, strides, dilations, 0)
+    acc = _windows(xp, kernel, strides, dilations, out).sum(axis=axes, dtype=np.int64)
+    valid = np.zeros((1, 1) + xp.shape[2:], np.int64)
+    valid[(slice(None), slice(None)) + tuple(slice(pads[d], pads[d] + x.shape[2 + d]) for d in range(n))] = 1
+    count = _windows(valid, kernel, strides, dilations, out).sum(axis=axes, dtype=np.int64)
+    if node.attrs.get("count_include_pad", 0) and any(pads):
+        if zero_point is None:
+            raise QuantizationConfigError(f"{node.describe()}: count_include_pad=1 needs the input's zero_point")
+        padded = np.zeros_like(valid)
+        padded[(slice(None), slice(None)) + tuple(slice(0, pads[d] + x.shape[2 + d] + pads[d + n])
+                                                  for d in range(n))] = 1
+        total = _windows(padded, kernel, strides, dilations, out).sum(axis=axes, dtype=np.int64)
+        acc = acc + (total - count) * int(zero_point)
+        count = total
+    if np.any(count == 0):   # TFLite returns an error when a window has no valid tap
+        raise ExecutionError(f"{node.describe()}: a pooling window covers only padding")
+    return np.clip(_round_div(acc, count), int(qmin), int(qmax)).astype(np.int64)
+
+
+def global_avg_pool_int(x_q, in_scale, in_zp, out_scale, out_zp, qmin, qmax) -> np.ndarray:
+    """GlobalAveragePool on quantized integers as TFLite's MEAN over the spatial axes (the
+    converter lowers GAP to MEAN; reduce.cc uses ``reference_integer_ops::Mean`` for this case):
+    ``acc = Σ (x - in_zp)`` (int32), ``acc = MBQM(acc, quantize_multiplier(s_in / s_out))``,
+    ``acc = acc > 0 ? (acc + N/2) / N : (acc - N/2) / N`` (C division; N = spatial size),
+    ``out = clamp(acc + out_zp, qmin, qmax)``. Equal scales give the exact identity multiplier
+    (2^30, shift 1), so only the rounded mean remains. Input N, C, spatial...; output keeps the
+    spatial axes as 1. Returns int64.
+    """
+    x = np.asarray(x_q)
+    if x.dtype.kind not in "iu":
+        raise ExecutionError(f"x_q must be an integer array, got dtype {x.dtype}")
+    if x.ndim < 3:
+        raise ExecutionError(f"global_avg_pool_int needs an N,C,spatial input, got shape {x.shape}")
+    qmin, qmax, (in_zp, out_zp) = _qrange(qmin, qmax, ("in_zp", in_zp), ("out_zp", out_zp))
+    if not qmin <= out_zp <= qmax:
+        raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
+    real = _scale32(in_scale, "in_scale") / _scale32(out_scale, "out_scale")
+    m, shift = quantize_multiplier(real)
+    if not -31 <= shift <= 30:
+        raise QuantizationConfigError(f"in_scale / out_scale = {real!r} is out of the Q31 multiplier range")
+    axes = tuple(range(2, x.ndim))
+    count = int(np.prod(x.shape[2:], dtype=np.int64))
+    if count == 0:
+        raise ExecutionError(f"global_avg_pool_int: empty spatial extent in shape {x.shape}")
+    acc = (x.astype(np.int64) - in_zp).sum(axis=axes, keepdims=True)
+    if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
+        raise ExecutionError("global_avg_pool_int: the int32 sum over the spatial axes overflows")
+    acc = np.asarray(multiply_by_quantized_multiplier(acc, m, shift), dtype=np.int64)
+    return np.clip(_round_div(acc, count) + out_zp, qmin, qmax).astype(np.int64)

@@ -1,9 +1,9 @@
-"""Resize (nearest, linear) and the deprecated Upsample."""
+"""Resize (nearest, linear) and the deprecated Upsample; integer nearest Resize (resize_nearest_int)."""
 from __future__ import annotations
 
 import numpy as np
 
-from core.errors import ShapeInferenceError, UnsupportedOperatorError
+from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import const_input
 from core.ops.registry import OpDef, register
@@ -191,3 +191,32 @@ def _upsample_check(node: Node, infos):
 
 register(OpDef("Upsample", _upsample_infer, _upsample_run, mla=_is_nearest, kind="resize", check=_upsample_check,
                upgrade=_upsample_upgrade, static_inputs=(1,), doc="deprecated; nearest and linear (as Resize with asymmetric coordinates)"))
+
+
+# --------------------------------------------------------------------------- integer kernels
+
+def resize_nearest_int(x_q, node: Node, roi=None, scales=None, sizes=None, extrapolation_q=None) -> np.ndarray:
+    """Nearest Resize on quantized integers: the same index gather as the float kernel (same
+    coordinate transformation and nearest_mode), so values, scale and zero point pass through
+    unchanged; the result has ``x_q``'s dtype. ``roi``/``scales``/``sizes`` are the node's
+    constant inputs. With ``tf_crop_and_resize``, ``extrapolation_q`` (the quantized
+    extrapolation_value) fills the samples outside the input.
+    """
+    x = np.asarray(x_q)
+    if x.dtype.kind not in "iu":
+        raise ExecutionError(f"{node.describe()}: x_q must be an integer array, got dtype {x.dtype}")
+    if node.attrs.get("mode", "nearest") != "nearest":
+        raise UnsupportedOperatorError(node.op, node.source_name or node.name,
+                                       "resize_nearest_int needs mode 'nearest'")
+    attrs = dict(node.attrs)
+    if node.attrs.get("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+        if extrapolation_q is None:
+            raise QuantizationConfigError(f"{node.describe()}: tf_crop_and_resize needs extrapolation_q, "
+                                          f"the quantized extrapolation_value")
+        info = np.iinfo(x.dtype)
+        if not info.min <= int(extrapolation_q) <= info.max:
+            raise QuantizationConfigError(f"{node.describe()}: extrapolation_q {extrapolation_q} does not fit {x.dtype}")
+        attrs["extrapolation_value"] = int(extrapolation_q)
+    inner = Node(node.op, node.inputs, node.outputs, attrs, name=node.name, source_name=node.source_name)
+    as_array = [None if v is None else np.asarray(v) for v in (roi, scales, sizes)]
+    return _run(inner, [x, *as_array])[0]

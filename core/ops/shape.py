@@ -1,13 +1,16 @@
 """Shape and data-movement ops: Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Concat, Split,
-Slice, Pad, Gather, Shape, ConstantOfShape, Constant, Range, Cast, Identity, Dropout."""
+Slice, Pad, Gather, Shape, ConstantOfShape, Constant, Range, Cast, Identity, Dropout; integer
+Concat with TFLite rescaling (concat_int)."""
 from __future__ import annotations
 
 import numpy as np
 
-from core.errors import ShapeInferenceError, UnsupportedOperatorError
+from core.errors import (ExecutionError, QuantizationConfigError, ShapeInferenceError,
+                         UnsupportedOperatorError)
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import const_input, normalize_axes, normalize_axis
 from core.ops.registry import OpDef, register
+from core.quantization.requantize import INT32_MAX, INT32_MIN
 
 
 def _where(node: Node) -> str:
@@ -472,3 +475,76 @@ def _dropout_check(node, infos):
 
 register(OpDef("Dropout", _dropout_infer, _dropout_run, kind="dropout", check=_dropout_check, static_inputs=(1, 2),
                doc="inference: identity (mask output all true); removed by a pass"))
+
+
+# --------------------------------------------------------------------------- integer kernels
+# Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Split, Gather and Pad move quantized
+# integers unchanged (output scale and zero point = the input's); constant Pad pads with the
+# zero point (the quantized real 0). Only Concat may have to rescale.
+
+def _round_half_away_f32(v: np.ndarray) -> np.ndarray:
+    # std::round on float32 values, exactly (the fractional part of a float is exact)
+    a = np.abs(v.astype(np.float64))
+    fl = np.floor(a)
+    r = fl + (a - fl >= 0.5)
+    return np.where(v < 0, -r, r)
+
+
+def _scale_f32(value, name: str) -> np.float32:
+    try:
+        with np.errstate(over="ignore"):
+            s = np.float32(value)
+    except (TypeError, ValueError):
+        raise QuantizationConfigError(f"{name} must be a positive real number, got {value!r}") from None
+    if not np.isfinite(s) or s <= 0:
+        raise QuantizationConfigError(f"{name} must be a positive finite number, got {value!r}")
+    return s
+
+
+def concat_int(inputs_q, in_scales, in_zps, out_scale, out_zp, axis, qmin, qmax) -> np.ndarray:
+    """Concat on quantized integers, as TFLite's ``reference_ops::ConcatenationWithScaling``:
+    an input whose scale and zero point equal the output's is copied unchanged (not clamped, a
+    memcpy in TFLite); any other is requantized in float32 exactly as the C code does: ``inv = 1.f / s_out``,
+    ``scale = s_in * inv``, ``bias = -zp_in * scale``,
+    ``clamp((int32) std::round(x * scale + bias) + zp_out, qmin, qmax)`` (float32 products and sums,
+    not fused; ``round`` half away from zero). TFLite applies it to uint8 only and requires equal
+    parameters for int8/int16; mixq uses the same formula for every integer type. Returns int64.
+    """
+    arrays = [np.asarray(v) for v in inputs_q]
+    if not arrays:
+        raise ExecutionError("concat_int: inputs_q is empty")
+    n = len(arrays)
+    if len(in_scales) != n or len(in_zps) != n:
+        raise QuantizationConfigError(f"concat_int: {n} inputs but {len(in_scales)} in_scales and "
+                                      f"{len(in_zps)} in_zps")
+    for k, a in enumerate(arrays):
+        if a.dtype.kind not in "iu":
+            raise ExecutionError(f"concat_int: inputs_q[{k}] must be an integer array, got dtype {a.dtype}")
+    qmin, qmax = int(qmin), int(qmax)
+    if qmin > qmax:
+        raise QuantizationConfigError(f"qmin ({qmin}) must be <= qmax ({qmax})")
+    so = _scale_f32(out_scale, "out_scale")
+    out_zp = int(out_zp)
+    inv = np.float32(1.0) / so
+    parts = []
+    for k, (a, s_in, zp_in) in enumerate(zip(arrays, in_scales, in_zps)):
+        si = _scale_f32(s_in, f"in_scales[{k}]")
+        zp_in = int(zp_in)
+        a = a.astype(np.int64)
+        if zp_in == out_zp and si == so:
+            parts.append(a)
+            continue
+        scale = np.float32(si * inv)
+        bias = np.float32(np.float32(-zp_in) * scale)
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = a.astype(np.float32) * scale + bias            # float32 throughout
+        if v.size and not np.all(np.isfinite(v)):
+            raise ExecutionError(f"concat_int: rescaling inputs_q[{k}] overflows float32")
+        value = np.clip(_round_half_away_f32(v), INT32_MIN, INT32_MAX).astype(np.int64) + out_zp
+        parts.append(np.clip(value, qmin, qmax))
+    try:
+        y = np.concatenate(parts, axis=axis)
+    except (ValueError, IndexError) as exc:
+        raise ExecutionError(f"concat_int: inputs {[a.shape for a in arrays]} do not concatenate on "
+                             f"axis {axis}: {exc}") from None
+    return y.astype(np.int64, copy=False)
