@@ -5,8 +5,9 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ShapeInferenceError, UnsupportedOperatorError
+from core.errors import QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
+from core.quantization.requantize import INT32_MAX, INT32_MIN
 
 
 def attr(node: Node, key: str, default: Any = None) -> Any:
@@ -67,3 +68,30 @@ def normalize_axes(node: Node, axes, rank: int, what: str = "axes") -> list[int]
     if len(set(out)) != len(out):
         raise ShapeInferenceError(f"{node.describe()}: {what} {list(np.asarray(axes).reshape(-1))} repeat an axis")
     return out
+
+
+# ---- shared by the integer kernels --------------------------------------------------------
+def scale32(value, name: str) -> float:
+    """A quantization scale as TFLite stores it (float32), widened to float64."""
+    try:
+        s = float(np.float32(value))
+    except (TypeError, ValueError):
+        raise QuantizationConfigError(f"{name} must be a positive real number, got {value!r}") from None
+    if not np.isfinite(s) or s <= 0:
+        raise QuantizationConfigError(f"{name} must be a positive finite number, got {value!r}")
+    return s
+
+
+def qrange(qmin, qmax, *zps: tuple[str, object]) -> tuple[int, int, list[int]]:
+    qmin, qmax = int(qmin), int(qmax)
+    if not INT32_MIN <= qmin <= qmax <= INT32_MAX:
+        raise QuantizationConfigError(f"qmin ({qmin}) and qmax ({qmax}) must satisfy "
+                                      f"{INT32_MIN} <= qmin <= qmax <= {INT32_MAX}")
+    out = []
+    for name, zp in zps:
+        if np.ndim(zp) != 0 or np.asarray(zp).dtype.kind not in "iu":
+            raise QuantizationConfigError(f"{name} must be an integer scalar, got {zp!r}")
+        out.append(int(zp))
+    return qmin, qmax, out
+
+

@@ -5,7 +5,7 @@ import numpy as np
 
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
-from core.ops.common import broadcast_shape
+from core.ops.common import broadcast_shape, qrange, scale32
 from core.ops.registry import OpDef, register
 from core.quantization.requantize import (INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier,
                                          quantize_multiplier)
@@ -61,30 +61,6 @@ def _q_array(value, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _scale32(value, name: str) -> float:
-    """A quantization scale as TFLite stores it (float32), widened to float64."""
-    try:
-        s = float(np.float32(value))
-    except (TypeError, ValueError):
-        raise QuantizationConfigError(f"{name} must be a positive real number, got {value!r}") from None
-    if not np.isfinite(s) or s <= 0:
-        raise QuantizationConfigError(f"{name} must be a positive finite number, got {value!r}")
-    return s
-
-
-def _qrange(qmin, qmax, *zps: tuple[str, object]) -> tuple[int, int, list[int]]:
-    qmin, qmax = int(qmin), int(qmax)
-    if not INT32_MIN <= qmin <= qmax <= INT32_MAX:
-        raise QuantizationConfigError(f"qmin ({qmin}) and qmax ({qmax}) must satisfy "
-                                      f"{INT32_MIN} <= qmin <= qmax <= {INT32_MAX}")
-    out = []
-    for name, zp in zps:
-        if np.ndim(zp) != 0 or np.asarray(zp).dtype.kind not in "iu":
-            raise QuantizationConfigError(f"{name} must be an integer scalar, got {zp!r}")
-        out.append(int(zp))
-    return qmin, qmax, out
-
-
 def _smaller_than_one(real: float, name: str) -> tuple[int, int]:
     # TFLite's QuantizeMultiplierSmallerThanOneExp: CHECKs 0 < real < 1
     if not 0.0 < real < 1.0:
@@ -96,10 +72,10 @@ def _smaller_than_one(real: float, name: str) -> tuple[int, int]:
 def _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, sign):
     if bits not in _ADD_LEFT_SHIFT:
         raise QuantizationConfigError(f"bits must be 8 or 16, got {bits!r}")
-    qmin, qmax, (a_zp, b_zp, out_zp) = _qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
+    qmin, qmax, (a_zp, b_zp, out_zp) = qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
     if not qmin <= out_zp <= qmax:
         raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
-    sa, sb, so = _scale32(a_scale, "a_scale"), _scale32(b_scale, "b_scale"), _scale32(out_scale, "out_scale")
+    sa, sb, so = scale32(a_scale, "a_scale"), scale32(b_scale, "b_scale"), scale32(out_scale, "out_scale")
     left = _ADD_LEFT_SHIFT[bits]
     twice_max = 2.0 * max(sa, sb)                      # exact, as float32 2*max in C
     ma, sha = _smaller_than_one(sa / twice_max, "a_scale / (2 * max input scale)")
@@ -158,10 +134,10 @@ def mul_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qma
     ``M = s_a * s_b / s_out`` (float64 from the float32 scales) -> ``quantize_multiplier``;
     ``out = clamp(MBQM((a - zp_a) * (b - zp_b), M) + zp_out, qmin, qmax)``. int8 and int16 alike.
     """
-    qmin, qmax, (a_zp, b_zp, out_zp) = _qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
+    qmin, qmax, (a_zp, b_zp, out_zp) = qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
     if not qmin <= out_zp <= qmax:
         raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
-    sa, sb, so = _scale32(a_scale, "a_scale"), _scale32(b_scale, "b_scale"), _scale32(out_scale, "out_scale")
+    sa, sb, so = scale32(a_scale, "a_scale"), scale32(b_scale, "b_scale"), scale32(out_scale, "out_scale")
     m, shift = quantize_multiplier(sa * sb / so)
     if not -31 <= shift <= 30:
         raise QuantizationConfigError(f"a_scale * b_scale / out_scale = {sa * sb / so!r} is out of the "

@@ -7,7 +7,7 @@ import numpy as np
 from core.errors import (ExecutionError, QuantizationConfigError, ShapeInferenceError,
                          UnsupportedOperatorError)
 from core.ir.graph import Node, TensorInfo
-from core.ops.elementwise import _qrange, _scale32
+from core.ops.common import qrange, scale32
 from core.ops.registry import OpDef, register
 from core.quantization.requantize import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier
 
@@ -225,10 +225,10 @@ def global_avg_pool_int(x_q, in_scale, in_zp, out_scale, out_zp, qmin, qmax) -> 
         raise ExecutionError(f"x_q must be an integer array, got dtype {x.dtype}")
     if x.ndim < 3:
         raise ExecutionError(f"global_avg_pool_int needs an N,C,spatial input, got shape {x.shape}")
-    qmin, qmax, (in_zp, out_zp) = _qrange(qmin, qmax, ("in_zp", in_zp), ("out_zp", out_zp))
+    qmin, qmax, (in_zp, out_zp) = qrange(qmin, qmax, ("in_zp", in_zp), ("out_zp", out_zp))
     if not qmin <= out_zp <= qmax:
         raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
-    real = _scale32(in_scale, "in_scale") / _scale32(out_scale, "out_scale")
+    real = scale32(in_scale, "in_scale") / scale32(out_scale, "out_scale")
     m, shift = quantize_multiplier(real)
     if not -31 <= shift <= 30:
         raise QuantizationConfigError(f"in_scale / out_scale = {real!r} is out of the Q31 multiplier range")
