@@ -282,12 +282,15 @@ def _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dty
     staged = result_dtype is not None and np.dtype(result_dtype) != np.dtype(dtype)
     y = np.empty((N, *out, C), dtype=result_dtype if staged else dtype)
 
+    # the zero border depends on where the interior sits, not just on the padded shape
+    border_tag = f"padded{tuple(pads)}"
+
     def one_image(i):
         if x_shift is not None:
-            img = _thread_buffer(padded_shape, dtype)
+            img = _thread_buffer(padded_shape, dtype, border_tag)
             np.subtract(xl[i], x_shift, out=img[interior], dtype=dtype, casting="unsafe")
         elif any(pads):
-            img = _thread_buffer(padded_shape, dtype)
+            img = _thread_buffer(padded_shape, dtype, border_tag)
             img[interior] = xl[i]
         else:
             img = xl[i]

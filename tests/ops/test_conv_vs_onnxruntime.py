@@ -54,3 +54,19 @@ def test_conv_matches_onnxruntime(case, tmp_path):
     (want,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_scratch_padding_buffers_do_not_leak_between_pad_layouts():
+    """Two depthwise convs whose padded shapes match but whose pads differ share no stale border."""
+    import core.ops.conv as conv_module
+    from core.ir.graph import Node
+
+    x = np.random.default_rng(0).random((1, 3, 6, 6)).astype(np.float32)
+    w = np.random.default_rng(1).random((3, 1, 3, 3)).astype(np.float32)
+    top_heavy = Node("Conv", [], [], {"group": 3, "pads": [2, 2, 0, 0]})
+    centred = Node("Conv", [], [], {"group": 3, "pads": [1, 1, 1, 1]})
+    conv_module._local.__dict__.clear()
+    fresh = np.array(conv_module.conv_forward(x, w, None, centred))
+    conv_module.conv_forward(x, w, None, top_heavy)  # same padded shape (8x8), interior elsewhere
+    again = np.array(conv_module.conv_forward(x, w, None, centred))
+    np.testing.assert_array_equal(again, fresh)
