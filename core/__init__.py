@@ -17,6 +17,7 @@ from core.errors import (
 )
 from core.importers.sources import ImporterParams, onnx_source
 from core.loaded_net import LoadedNet, NodeInfo, load_model
+from core.model import Model
 from core.types import ScalarType
 from core.data import DataGenerator, convert_data_generator_to_iterable, length_hinted
 from core.quantization.calibration import CalibrationStatistics
@@ -55,6 +56,7 @@ __all__ = [
     "LoadedNet",
     "MinMaxMethod",
     "MixqError",
+    "Model",
     "ModelLoadError",
     "MovingAverageMinMaxMethod",
     "NodeInfo",

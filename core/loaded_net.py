@@ -7,9 +7,10 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from core.errors import InputError, ModelLoadError
+from core.errors import CalibrationError, InputError, ModelLoadError, QuantizationConfigError
 from core.importers.sources import ImporterParams
 from core.ir.graph import Graph
+from core.quantization.params import QuantizationParams, check_custom_config_nodes, default_quantization
 
 log = logging.getLogger("mixq")
 
@@ -106,24 +107,7 @@ class LoadedNet:
     # ---- execution -------------------------------------------------------
     def check_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
         """Validate one set of inputs; returns them as arrays of the model's dtypes."""
-        if not isinstance(inputs, Mapping):
-            raise InputError(f"inputs must be a dict of input name -> array, got {type(inputs).__name__}")
-        expected = self.graph.inputs
-        unknown = [k for k in inputs if k not in expected]
-        if unknown:
-            raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {expected}")
-        missing = [k for k in expected if k not in inputs]
-        if missing:
-            raise InputError(f"missing input(s) {missing}; the model's inputs are {expected}")
-        feeds = {}
-        for name in expected:
-            info = self.graph.tensors[name]
-            try:
-                value = np.asarray(inputs[name])
-            except Exception as e:
-                raise InputError(f"input {name!r} cannot be converted to an array: {e}") from None
-            feeds[name] = _conform(name, value, info.shape, info.dtype)
-        return feeds
+        return check_graph_inputs(self.graph, inputs)
 
     def calibrate(self, calibration_data, *, num_bins: Optional[int] = None, progress: bool = False):
         """One float pass over ``calibration_data`` (an iterable of ``{input name: array}``) that
@@ -153,6 +137,41 @@ class LoadedNet:
             print()
         return stats
 
+    def quantize(self, calibration_data: Any = None, quantization_config: Any = default_quantization,
+                 model_name: Optional[str] = None, *, statistics: Any = None,
+                 log_level: Optional[int] = logging.NOTSET) -> "Model":
+        """Quantize the model: calibrate on ``calibration_data`` (an iterable of ``{input name:
+        array}``, or a ``CalibrationStatistics`` from :meth:`calibrate`), or reuse ``statistics``;
+        then build the integer program for ``quantization_config`` (``default_quantization`` if
+        None). Returns a :class:`core.model.Model` whose ``execute`` runs it bit-accurately."""
+        from core.model import Model
+        from core.quantization.calibration import CalibrationStatistics
+        from core.quantization.quantizer import quantize_graph
+
+        if log_level:
+            log.setLevel(log_level)
+        params = default_quantization if quantization_config is None else quantization_config
+        if not isinstance(params, QuantizationParams):
+            raise QuantizationConfigError(
+                f"quantization_config must be QuantizationParams (e.g. default_quantization), got {type(params).__name__}")
+        check_custom_config_nodes(params, [n.name for n in self.graph.nodes])   # before calibrating
+        if isinstance(calibration_data, CalibrationStatistics):
+            if statistics is not None:
+                raise CalibrationError("give calibration statistics either as calibration_data or as statistics=, not both")
+            statistics = calibration_data
+        elif statistics is None:
+            if calibration_data is None:
+                raise CalibrationError("quantize needs calibration_data (or statistics=)")
+            statistics = self.calibrate(calibration_data)
+        elif calibration_data is not None:
+            raise CalibrationError("give either calibration_data or statistics=, not both")
+        if not isinstance(statistics, CalibrationStatistics):
+            raise CalibrationError(f"statistics must be CalibrationStatistics, got {type(statistics).__name__}")
+        program = quantize_graph(self.graph, statistics, params)
+        name = model_name or self.graph.name
+        log.info("quantized %s: %r", name, program)
+        return Model(name, program, self.graph)
+
     def execute(self, inputs: Mapping[str, np.ndarray], *, log_level: Optional[int] = logging.NOTSET) -> list[np.ndarray]:
         """Run the float model on one set of inputs (any batch size); outputs in graph-output order."""
         from core.runtime.float_interpreter import run_graph
@@ -160,6 +179,29 @@ class LoadedNet:
         feeds = self.check_inputs(inputs)
         env = run_graph(self.graph, feeds)
         return [env[o] for o in self.graph.outputs]
+
+
+def check_graph_inputs(graph: Graph, inputs: Any) -> dict[str, np.ndarray]:
+    """Validate one set of inputs for ``graph`` (names, dtypes, shapes with any batch size);
+    returns them as arrays of the graph's dtypes. Shared by LoadedNet and Model."""
+    if not isinstance(inputs, Mapping):
+        raise InputError(f"inputs must be a dict of input name -> array, got {type(inputs).__name__}")
+    expected = graph.inputs
+    unknown = [k for k in inputs if k not in expected]
+    if unknown:
+        raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {expected}")
+    missing = [k for k in expected if k not in inputs]
+    if missing:
+        raise InputError(f"missing input(s) {missing}; the model's inputs are {expected}")
+    feeds = {}
+    for name in expected:
+        info = graph.tensors[name]
+        try:
+            value = np.asarray(inputs[name])
+        except Exception as e:
+            raise InputError(f"input {name!r} cannot be converted to an array: {e}") from None
+        feeds[name] = _conform(name, value, info.shape, info.dtype)
+    return feeds
 
 
 def _conform(name: str, value: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

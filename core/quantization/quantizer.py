@@ -1,0 +1,321 @@
+"""``quantize_graph``: a partitioned float graph + calibration statistics -> a QuantizedProgram.
+
+The program is plain data (no closures): the float graph (node order, names, segments), one
+:class:`TensorQuant` per tensor that lives on the MLA (inputs and outputs of MLA nodes), and per
+node the integer constants its kernel needs. :mod:`core.runtime.integer_interpreter` runs it.
+
+Rules (see docs/quantization.md, "Quantized programs"):
+
+* activations: per tensor, the configuration's activation scheme and calibration method
+  (``stats.compute_range``). Asymmetric: ``scale = (hi - lo) / (qmax - qmin)``,
+  ``zp = clamp(round(qmin - lo / scale))``. Symmetric: ``scale = max(|lo|, |hi|) / qmax``,
+  ``zp = 0`` (so +/-a are both representable). An all-zero tensor gets scale 1.
+* weights: symmetric, per output channel or per tensor, int8 in [-127, 127], ``scale = max|w| / 127``
+  (an all-zero channel gets scale 1). Bias: ``round(b / (s_in * s_w[c]))`` as int32 (clipped to
+  int32) for 8-bit inputs, int64 for 16-bit inputs.
+* Conv / Gemm / MatMul (constant weights): ``requantize(acc, m, shift, mode, zp_out, lo, hi)`` with
+  ``(m, shift) = quantize_multiplier_for(s_in * s_w[c] / s_out, mode)`` and ``[lo, hi]`` the output
+  type's range narrowed by the fused Relu/Clip (``activation_range_int``).
+* MaxPool, AveragePool, Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Identity, nearest Resize,
+  constant Pad (padding with the quantized constant_value, the zero point for 0) and standalone
+  Relu/Clip: the output reuses the input's TensorQuant.
+* Add/Sub/Mul (two activation inputs), GlobalAveragePool, Concat: the output's own calibrated
+  range, with the TFLite-exact kernels of :mod:`core.ops`.
+* Any other MLA node (and Add/Sub/Mul with a constant operand) runs as a *float island*: its
+  inputs are dequantized, the float kernel runs, the output is quantized with its calibrated
+  range. ``QuantizedProgram.kinds`` says ``"float"`` for them (listed in ``float_islands``).
+* APU nodes (segment ``APU*``) stay float; tensors crossing APU -> MLA are quantized with their
+  calibrated range, MLA -> APU / graph outputs are dequantized.
+* precision: a tensor is 16-bit (symmetric) when the activation scheme is 16-bit or a node
+  touching it (its MLA producer or an MLA consumer) has ``quantization_precision: INT_16``;
+  ops whose output reuses the input's quantization get equal widths on both sides.
+* ``output_int32: True`` on a Conv/Gemm/MatMul whose output is a graph output and has no MLA
+  consumer: the int32/int64 accumulator is returned, dequantized with ``s_in * s_w[c]``; a fused
+  activation is then applied in float after dequantization.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.errors import CalibrationError, QuantizationConfigError
+from core.ir.graph import Graph, Node
+from core.ops.activation import activation_range_int
+from core.quantization.params import (
+    QuantizationParams,
+    QuantizationPrecision,
+    RequantizationMode,
+    check_custom_config_nodes,
+    quantization_scheme,
+)
+from core.quantization.requantize import quantize_multiplier_for
+
+__all__ = ["QuantizedProgram", "TensorQuant", "quantize_graph", "DENSE_OPS", "REUSE_OPS"]
+
+DENSE_OPS = ("Conv", "Gemm", "MatMul")
+# ops whose output keeps the input's scale and zero point
+REUSE_OPS = ("MaxPool", "AveragePool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+             "Identity", "Resize", "Relu", "Clip", "Pad")
+RESCALE_OPS = ("Add", "Sub", "Mul", "GlobalAveragePool", "Concat")
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """``real = (q - zero_point) * scale``; ``q`` a signed ``bits``-bit integer (32: accumulator)."""
+
+    scale: float
+    zero_point: int
+    bits: int
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """``clamp(np.round(x / scale) + zp)`` as int64; ``np.round`` rounds half to even, in
+        float64 (exact for float32 inputs up to the final rounding, so batch-independent)."""
+        q = np.round(np.asarray(x, np.float64) / self.scale)
+        return np.clip(q, self.qmin - self.zero_point, self.qmax - self.zero_point).astype(np.int64) + self.zero_point
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return ((np.asarray(q, np.int64) - self.zero_point) * np.float64(self.scale)).astype(np.float32)
+
+
+@dataclass
+class QuantizedProgram:
+    """Plain data: what :func:`core.runtime.integer_interpreter.run_program` executes."""
+
+    graph: Graph
+    tensors: dict[str, TensorQuant]
+    constants: dict[str, dict[str, Any]]
+    kinds: dict[str, str]               # node name -> "int" | "float" (float island) | "apu"
+    requantization_mode: RequantizationMode
+    params: QuantizationParams
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def float_islands(self) -> list[str]:
+        return [n for n, k in self.kinds.items() if k == "float"]
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for k in self.kinds.values():
+            counts[k] = counts.get(k, 0) + 1
+        return f"QuantizedProgram({self.graph.name!r}, {len(self.tensors)} quantized tensors, {counts})"
+
+
+# --------------------------------------------------------------------------- helpers
+
+def is_mla(node: Node) -> bool:
+    return not node.segment.startswith("APU")
+
+
+def activation_quant(lo: float, hi: float, bits: int, asymmetric: bool) -> TensorQuant:
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not asymmetric:
+        a = max(abs(lo), abs(hi))
+        return TensorQuant(a / qmax if a > 0 else 1.0, 0, bits)
+    if hi - lo <= 0:
+        return TensorQuant(1.0, 0, bits)
+    scale = (hi - lo) / (qmax - qmin)
+    zp = int(min(max(round(qmin - lo / scale), qmin), qmax))
+    return TensorQuant(scale, zp, bits)
+
+
+def quantize_weights(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in [-127, 127]: (w_q int8, scales float64 per channel along ``axis``, or
+    one scale when ``axis`` is None)."""
+    w = np.asarray(w, np.float64)
+    if axis is None:
+        amax = np.array([np.max(np.abs(w))]) if w.size else np.array([0.0])
+        scales = np.where(amax > 0, amax / 127.0, 1.0)
+        q = np.round(w / scales[0])
+    else:
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        amax = np.max(np.abs(w), axis=red) if red else np.abs(w)
+        scales = np.where(amax > 0, amax / 127.0, 1.0)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.round(w / scales.reshape(shape))
+    return np.clip(q, -127, 127).astype(np.int8), scales.astype(np.float64)
+
+
+def _weight_axis(node: Node, w: np.ndarray) -> int:
+    """The output-channel axis of a dense node's weight."""
+    if node.op == "Conv":
+        return 0
+    if node.op == "Gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    return w.ndim - 1  # MatMul: (K, O) or (K,)
+
+
+def _fused_bounds(node: Node) -> tuple[float, float]:
+    act = node.attrs.get("activation")
+    if not act:
+        return -math.inf, math.inf
+    if act["kind"] == "relu":
+        return 0.0, math.inf
+    return float(act.get("min", -math.inf)), float(act.get("max", math.inf))
+
+
+# --------------------------------------------------------------------------- main entry
+
+def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> QuantizedProgram:
+    """Quantize ``graph`` with ``stats`` (CalibrationStatistics) under ``params``."""
+    if not isinstance(params, QuantizationParams):
+        raise QuantizationConfigError(f"quantization_config must be QuantizationParams, got {type(params).__name__}")
+    check_custom_config_nodes(params, [n.name for n in graph.nodes])
+    graph = graph.copy()   # the program owns its node list (constant arrays are shared, immutable)
+    consts = graph.constants
+    act_scheme = params.activation_quantization_scheme
+    mode = params.requantization_mode
+    mla_nodes = [n for n in graph.nodes if is_mla(n)]
+
+    def activations(node: Node) -> list[str]:
+        return [i for i in node.inputs if i and i not in consts]
+
+    # ---- 1. which tensors live on the MLA, and their widths
+    bits: dict[str, int] = {}
+    for n in mla_nodes:
+        node_bits = 16 if (act_scheme.bits == 16 or params.precision_for(n.name) is QuantizationPrecision.INT_16) else 8
+        for t in activations(n) + [o for o in n.outputs if o]:
+            bits[t] = max(bits.get(t, 8), node_bits)
+    changed = True
+    while changed:   # reuse ops: equal widths on both sides
+        changed = False
+        for n in mla_nodes:
+            if n.op in REUSE_OPS and activations(n) and n.outputs[0]:
+                t_in, t_out = activations(n)[0], n.outputs[0]
+                b = max(bits[t_in], bits[t_out])
+                if bits[t_in] != b or bits[t_out] != b:
+                    bits[t_in] = bits[t_out] = b
+                    changed = True
+
+    def own_quant(t: str) -> TensorQuant:
+        if t not in stats:
+            raise CalibrationError(f"no calibration statistics for tensor {t!r}: calibrate this model first")
+        b = bits[t]
+        # the scheme's own width keeps its symmetry; a per-node INT16 override is symmetric
+        asym = act_scheme.asymmetric if b == act_scheme.bits else False
+        scheme = quantization_scheme(asymmetric=asym, per_channel=False, bits=b)
+        lo, hi = stats.compute_range(t, params.calibration_method, scheme)
+        return activation_quant(lo, hi, b, asym)
+
+    tq: dict[str, TensorQuant] = {}
+    node_consts: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, str] = {}
+    producers = graph.producers()
+    consumers = graph.consumers()
+
+    def input_quant(t: str) -> TensorQuant:
+        if t not in tq:  # a graph input or an APU output read by the MLA
+            tq[t] = own_quant(t)
+        return tq[t]
+
+    for n in graph.nodes:
+        if not is_mla(n):
+            kinds[n.name] = "apu"
+            continue
+        ins = activations(n)
+        out = n.outputs[0] if n.outputs else ""
+        for t in ins:
+            input_quant(t)
+        c: dict[str, Any] = {}
+        kind = "int"
+        if n.op in DENSE_OPS and len(n.inputs) >= 2 and n.inputs[1] in consts and n.inputs[0] not in consts:
+            c = _dense_constants(n, graph, tq[n.inputs[0]], params, mode)
+            if c.get("output_int32"):
+                if out not in graph.outputs or any(is_mla(m) for m in consumers.get(out, [])):
+                    raise QuantizationConfigError(
+                        f"output_int32 on {n.name!r}: only a final Conv/Gemm/MatMul whose output is a graph "
+                        f"output (and feeds no other MLA node) can return its int32 accumulator")
+                tq[out] = TensorQuant(float(tq[n.inputs[0]].scale), 0, 32)
+            else:
+                tq[out] = own_quant(out)
+                _finish_dense(c, n, tq[n.inputs[0]], tq[out], mode)
+        elif n.op in REUSE_OPS and len(ins) == 1 and _reuse_supported(n):
+            tq[out] = tq[ins[0]]
+            if n.op in ("Relu", "Clip"):
+                lo, hi = (0.0, math.inf) if n.op == "Relu" else _clip_bounds(n, consts)
+                q = tq[out]
+                c["act_min"], c["act_max"] = activation_range_int(q.zero_point, q.scale, lo, hi, q.qmin, q.qmax)
+            elif n.op == "AveragePool":
+                c["qmin"], c["qmax"] = tq[out].qmin, tq[out].qmax
+            elif n.op == "Pad":   # constant padding with the quantized constant_value (zp for 0)
+                value = consts[n.inputs[2]] if len(n.inputs) > 2 and n.inputs[2] else np.zeros(())
+                value = np.asarray(value, np.float64).reshape(-1)
+                c["pad_value_q"] = int(tq[out].quantize(value[0] if value.size else 0.0))
+        elif n.op in RESCALE_OPS and len(ins) == len([i for i in n.inputs if i]) and \
+                (n.op in ("GlobalAveragePool", "Concat") or len(ins) == 2):
+            tq[out] = own_quant(out)
+            q = tq[out]
+            lo, hi = _fused_bounds(n)
+            c["act_min"], c["act_max"] = activation_range_int(q.zero_point, q.scale, lo, hi, q.qmin, q.qmax)
+        else:
+            kind = "float"
+            for o in n.outputs:
+                if o:
+                    tq[o] = own_quant(o)
+        kinds[n.name] = kind
+        node_consts[n.name] = c
+
+    return QuantizedProgram(graph, tq, node_consts, kinds, mode, params,
+                            {"activation_bits": act_scheme.bits})
+
+
+def _reuse_supported(n: Node) -> bool:
+    if n.op == "Resize":
+        return n.attrs.get("mode", "nearest") == "nearest"
+    if n.op == "MaxPool":
+        return len(n.outputs) == 1 or not any(n.outputs[1:])
+    if n.op == "Pad":
+        return n.attrs.get("mode", "constant") == "constant"
+    return True
+
+
+def _clip_bounds(n: Node, consts) -> tuple[float, float]:
+    lo = float(np.asarray(consts[n.inputs[1]]).reshape(())) if len(n.inputs) > 1 and n.inputs[1] else -math.inf
+    hi = float(np.asarray(consts[n.inputs[2]]).reshape(())) if len(n.inputs) > 2 and n.inputs[2] else math.inf
+    return lo, hi
+
+
+def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: QuantizationParams, mode) -> dict[str, Any]:
+    w = np.asarray(graph.constants[n.inputs[1]])
+    per_channel = params.weight_quantization_scheme.per_channel
+    axis = _weight_axis(n, w)
+    w_q, s_w = quantize_weights(w, axis if per_channel else None)
+    n_out = w.shape[axis] if w.ndim else 1
+    s_w = np.broadcast_to(s_w, (n_out,)).astype(np.float64)
+    acc_scale = float(q_in.scale) * s_w
+    c: dict[str, Any] = {"w_q": w_q, "w_scale": s_w, "acc_scale": acc_scale}
+    if len(n.inputs) > 2 and n.inputs[2]:
+        b = np.asarray(graph.constants[n.inputs[2]], np.float64).reshape(-1)
+        b = np.broadcast_to(b, (n_out,)) if b.size == 1 else b
+        bq = np.round(b / acc_scale)
+        if q_in.bits <= 8:
+            c["bias_q"] = np.clip(bq, -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+        else:
+            c["bias_q"] = np.clip(bq, -(2 ** 47), 2 ** 47).astype(np.int64)
+    else:
+        c["bias_q"] = None
+    c["output_int32"] = params.output_int32_for(n.name)
+    return c
+
+
+def _finish_dense(c: dict[str, Any], n: Node, q_in: TensorQuant, q_out: TensorQuant, mode) -> None:
+    real = c["acc_scale"] / float(q_out.scale)
+    m, s = quantize_multiplier_for(real, mode)
+    c["multiplier"], c["shift"] = np.asarray(m, np.int64), np.asarray(s, np.int64)
+    c["real_multiplier"] = real
+    lo, hi = _fused_bounds(n)
+    c["act_min"], c["act_max"] = activation_range_int(q_out.zero_point, q_out.scale, lo, hi, q_out.qmin, q_out.qmax)
+    # TFLite: 16-bit inputs accumulate in int64 and use the int64 multiplier variant
+    c["tflite_rounding"] = "int64" if q_in.bits == 16 else "double"
