@@ -52,12 +52,12 @@ import math
 import os
 import re
 import struct
-import tempfile
-from typing import Any, Callable, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from core.errors import ModelFileError
+from core.formats.atomic import atomic_write
 
 __all__ = ["MAGIC", "FORMAT_NAME", "FORMAT_VERSION", "FORMAT_MINOR_VERSION", "ALIGNMENT",
            "write_sima", "read_sima", "atomic_write"]
@@ -83,48 +83,6 @@ _DTYPE_RE = re.compile(r"^[<|][biufc][0-9]{1,2}$")
 
 def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temp file next to ``path``, fsync it and ``os.replace`` it
-    onto ``path``.  On any error the temp file is removed (and re-raised; an ``OSError``
-    becomes :class:`ModelFileError`); an existing file at ``path`` is left untouched."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise ModelFileError(f"cannot write {path!r}: {e}") from e
-    try:
-        try:
-            mode = os.stat(path).st_mode & 0o777
-        except OSError:
-            mode = 0o644
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise ModelFileError(f"cannot write {path!r}: {e}") from e
-        raise
-    # Make the rename itself durable (best effort: not every platform can open a directory).
-    try:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def _check_dtype(path: str, name: str, dtype: np.dtype) -> np.dtype:

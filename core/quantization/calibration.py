@@ -78,7 +78,6 @@ import json
 import math
 import operator
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -87,6 +86,7 @@ from typing import Any, Optional
 import numpy as np
 
 from core.errors import CalibrationError, InputError, QuantizationConfigError
+from core.formats.atomic import atomic_write
 from core.quantization.params import (
     CalibrationMethod,
     HistogramEntropyMethod,
@@ -636,7 +636,7 @@ class CalibrationStatistics:
 
     # ---- file format -----------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write a versioned .npz (no pickled objects), atomically (temp file + os.replace)."""
+        """Write a versioned .npz (no pickled objects), atomically (core.formats.atomic)."""
         path = os.fspath(path)
         names = list(self._observers)
         observers = [self._observers[n] for n in names]
@@ -666,25 +666,8 @@ class CalibrationStatistics:
             "batch_mins": np.concatenate([o.batch_mins for o in observers] + [np.zeros(0)]),
             "batch_maxs": np.concatenate([o.batch_maxs for o in observers] + [np.zeros(0)]),
         }
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-        except OSError as e:
-            raise CalibrationError(f"cannot write calibration statistics file {path!r}: {e}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(e, OSError):
-                raise CalibrationError(f"cannot write calibration statistics file {path!r}: {e}") from e
-            raise
+        atomic_write(path, lambda f: np.savez_compressed(f, **arrays),
+                     error=CalibrationError, what="calibration statistics file")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CalibrationStatistics":

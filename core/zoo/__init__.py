@@ -16,10 +16,10 @@ import hashlib
 import importlib.util
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass
 
 from core.errors import ZooError
+from core.formats.atomic import atomic_write
 from core.zoo import data as datasets
 
 __all__ = ["ZooModel", "build", "cache_dir", "cached_path", "datasets", "get", "list_models"]
@@ -116,17 +116,7 @@ def cached_path(name: str) -> pathlib.Path:
 
 def _write_atomically(path: pathlib.Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(data), error=ZooError, what="zoo model file")
 
 
 def build(name: str, force: bool = False) -> pathlib.Path:
