@@ -171,10 +171,10 @@ def test_default_quantization_values():
     assert QuantizationParams() == default_quantization
 
 
-def test_int16_preset_is_tflite_16x8():
+def test_int16_preset_is_16_bit_activations_and_weights():
     p = int16_quantization
     assert p.activation_quantization_scheme == QuantizationScheme(asymmetric=False, per_channel=False, bits=16)
-    assert p.weight_quantization_scheme == QuantizationScheme(asymmetric=False, per_channel=True, bits=8)
+    assert p.weight_quantization_scheme == QuantizationScheme(asymmetric=False, per_channel=True, bits=16)
     assert p.precision_for("any") is QuantizationPrecision.INT_16
     assert p.calibration_method == default_quantization.calibration_method
 

@@ -139,6 +139,27 @@ def test_int16_preset(mnist, stats, int8_logits, evaluation):
     assert err16 < err8, (err16, err8)
 
 
+def test_weight_widths_follow_scheme_and_node_precision(mnist, stats):
+    """16-bit weights under int16_quantization and on INT_16 nodes; 8-bit when the weight scheme
+    (16x8) or a node's INT_8 override says so."""
+    from core import quantization_scheme
+
+    dense = [n.name for n in mnist.graph.nodes if n.op in ("Conv", "Gemm")]
+    w_dtypes = lambda m: [m.program.constants[n]["w_q"].dtype for n in dense]  # noqa: E731
+    assert w_dtypes(mnist.quantize(stats, int16_quantization)) == [np.int16] * len(dense)
+    w8 = quantization_scheme(asymmetric=False, per_channel=True, bits=8)
+    assert w_dtypes(mnist.quantize(stats, int16_quantization.with_weight_quantization(w8))) == [np.int8] * len(dense)
+    mixed = default_quantization.with_custom_quantization_configs(
+        {dense[0]: {"quantization_precision": QuantizationPrecision.INT_16}})
+    assert w_dtypes(mnist.quantize(stats, mixed)) == [np.int16] + [np.int8] * (len(dense) - 1)
+    back = int16_quantization.with_custom_quantization_configs(
+        {dense[-1]: {"quantization_precision": QuantizationPrecision.INT_8}})
+    model = mnist.quantize(stats, back)
+    assert w_dtypes(model)[-1] == np.int8 and w_dtypes(model)[0] == np.int16
+    w_q = model.program.constants[dense[0]]["w_q"]
+    assert np.abs(w_q.astype(np.int32)).max() == 32767      # per-channel max maps to qmax
+
+
 def test_bad_inputs(mnist, int8_model, calibration):
     with pytest.raises(CalibrationError):
         mnist.quantize([])
