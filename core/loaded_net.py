@@ -1,7 +1,9 @@
 """``load_model`` and ``LoadedNet``: an imported, optimized, partitioned float model."""
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -49,9 +51,14 @@ def load_model(params: ImporterParams, *, log_level: Optional[int] = logging.NOT
 class LoadedNet:
     """A float model in mixq's IR. ``execute`` runs it; later stages quantize it."""
 
+    # calibration statistics kept for repeated quantize() calls on the same data (the
+    # specification's "cycling through quantization options" loop): a few MB each
+    _STATS_CACHE_SIZE = 2
+
     def __init__(self, graph: Graph, params: Optional[ImporterParams] = None):
         self.graph = graph
         self.params = params
+        self._stats_cache: dict[tuple[str, int], Any] = {}
 
     # ---- description -----------------------------------------------------
     @property
@@ -113,13 +120,12 @@ class LoadedNet:
         """One float pass over ``calibration_data`` (an iterable of ``{input name: array}``) that
         records, for every float tensor (graph inputs and node outputs), what all five calibration
         methods need; returns ``CalibrationStatistics`` (save()/load() to reuse it)."""
-        from core.quantization.calibration import DEFAULT_FINE_BINS, CalibrationStatistics, iter_calibration_batches
+        from core.quantization.calibration import DEFAULT_FINE_BINS, CalibrationStatistics
         from core.runtime.float_interpreter import run_graph
 
         stats = CalibrationStatistics(num_bins or DEFAULT_FINE_BINS, {"model": self.graph.name})
-        info = self.graph.tensors
-        samples = iter_calibration_batches(calibration_data, self.graph.inputs, self.input_shapes(),
-                                           {n: info[n].dtype for n in self.graph.inputs})
+        fingerprint = hashlib.sha256()
+        samples = _fingerprinted(self._calibration_samples(calibration_data), fingerprint)
         total = len(calibration_data) if hasattr(calibration_data, "__len__") else None
 
         def observe(name, value):
@@ -135,6 +141,38 @@ class LoadedNet:
                 print(f"\rcalibrating: {k}/{total or '?'} samples", end="", flush=True)
         if progress:
             print()
+        # what identifies the data, so quantize() can reuse these statistics for the same samples
+        stats.metadata["data_sha256"] = fingerprint.hexdigest()
+        return stats
+
+    def _calibration_samples(self, calibration_data):
+        from core.quantization.calibration import iter_calibration_batches
+
+        info = self.graph.tensors
+        return iter_calibration_batches(calibration_data, self.graph.inputs, self.input_shapes(),
+                                        {n: info[n].dtype for n in self.graph.inputs})
+
+    def _cached_statistics(self, calibration_data):
+        """Statistics for ``calibration_data``: from the cache when the same samples (same
+        names, dtypes, shapes and bytes, in order) were calibrated before, else one float pass.
+        A one-shot iterator cannot be fingerprinted without consuming it, so it is calibrated
+        (and its statistics cached for a later re-iterable copy of the same data)."""
+        from core.quantization.calibration import DEFAULT_FINE_BINS
+
+        reiterable = isinstance(calibration_data, Iterable) and iter(calibration_data) is not calibration_data
+        if reiterable:
+            fingerprint = hashlib.sha256()
+            for _ in _fingerprinted(self._calibration_samples(calibration_data), fingerprint):
+                pass
+            cached = self._stats_cache.get((fingerprint.hexdigest(), DEFAULT_FINE_BINS))
+            if cached is not None:
+                log.info("reusing calibration statistics of %d samples (sha256 %s)", cached.num_samples,
+                         fingerprint.hexdigest()[:12])
+                return cached
+        stats = self.calibrate(calibration_data)
+        self._stats_cache[(stats.metadata["data_sha256"], stats.num_bins)] = stats
+        while len(self._stats_cache) > self._STATS_CACHE_SIZE:
+            self._stats_cache.pop(next(iter(self._stats_cache)))
         return stats
 
     def quantize(self, calibration_data: Any = None, quantization_config: Any = default_quantization,
@@ -162,7 +200,7 @@ class LoadedNet:
         elif statistics is None:
             if calibration_data is None:
                 raise CalibrationError("quantize needs calibration_data (or statistics=)")
-            statistics = self.calibrate(calibration_data)
+            statistics = self._cached_statistics(calibration_data)
         elif calibration_data is not None:
             raise CalibrationError("give either calibration_data or statistics=, not both")
         if not isinstance(statistics, CalibrationStatistics):
@@ -179,6 +217,18 @@ class LoadedNet:
         feeds = self.check_inputs(inputs)
         env = run_graph(self.graph, feeds)
         return [env[o] for o in self.graph.outputs]
+
+
+def _fingerprinted(samples, digest):
+    """Yield validated samples unchanged while feeding their names, dtypes, shapes and bytes to
+    ``digest``."""
+    for feeds in samples:
+        for name in sorted(feeds):
+            value = np.ascontiguousarray(feeds[name])
+            digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+            digest.update(value)   # the buffer protocol: no copy
+        digest.update(b"/")
+        yield feeds
 
 
 def check_graph_inputs(graph: Graph, inputs: Any) -> dict[str, np.ndarray]:

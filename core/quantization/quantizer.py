@@ -176,6 +176,11 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> Quantized
     if not isinstance(params, QuantizationParams):
         raise QuantizationConfigError(f"quantization_config must be QuantizationParams, got {type(params).__name__}")
     check_custom_config_nodes(params, [n.name for n in graph.nodes])
+    for flag in ("channel_equalization", "bias_correction"):
+        if getattr(params, flag):
+            raise QuantizationConfigError(
+                f"{flag}=True is not implemented in this version of mixq (planned); quantize with "
+                f"{flag}=False, e.g. config.with_{flag}(False)")
     graph = graph.copy()   # the program owns its node list (constant arrays are shared, immutable)
     consts = graph.constants
     act_scheme = params.activation_quantization_scheme
