@@ -4,6 +4,7 @@ The public API is flat: every public name imports from ``core``.
 ``import core`` stays light (numpy only); onnx/TensorFlow load when a model does.
 """
 from core.errors import (
+    AccuracyTargetError,
     CalibrationError,
     CheckpointError,
     ExecutionError,
@@ -42,6 +43,7 @@ from core import zoo  # noqa: E402  (light: numpy only until a model is built)
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyTargetError",
     "CalibrationError",
     "CalibrationMethod",
     "CalibrationStatistics",

@@ -59,3 +59,64 @@ class ModelFileError(MixqError):
     """A saved quantized-model file (.sima / .sima.json) cannot be written or read: missing,
     truncated, corrupt, of a newer format version, or declaring content mixq refuses to load;
     the message names the file and what is wrong."""
+
+
+class DevkitError(MixqError):
+    """Talking to a devkit (a remote board reached over SSH) failed. Messages name the host and
+    port and never contain a password or key passphrase."""
+
+
+class DevkitConnectionError(DevkitError):
+    """The devkit cannot be reached (refused, unreachable, timed out, SSH handshake failed) or the
+    connection was lost; the message names ``host:port``."""
+
+
+class DevkitAuthenticationError(DevkitError):
+    """The devkit refused the credentials (wrong password, key not authorized, unreadable key or
+    wrong key passphrase)."""
+
+
+class DevkitHostKeyError(DevkitError):
+    """The devkit's SSH host key is not in known_hosts (and unknown hosts were not explicitly
+    accepted) or does not match the known key."""
+
+
+class DevkitCommandError(DevkitError):
+    """A command on the devkit exited non-zero, was not found (exit code 127) or was killed.
+    ``exit_code`` is its exit status (-1 when it died without one) and ``stderr_tail`` the last
+    characters of its standard error, also quoted in the message."""
+
+    def __init__(self, message: str, *, exit_code: int, stderr_tail: str = "", command: str = ""):
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        self.command = command
+        super().__init__(message)
+
+    def __reduce__(self):  # picklable despite the keyword-only arguments
+        return (_rebuild_devkit_command_error,
+                (str(self), self.exit_code, self.stderr_tail, self.command))
+
+
+class DevkitTimeoutError(DevkitError):
+    """A command on the devkit ran past its time limit; it was killed."""
+
+
+class DevkitTransferError(DevkitError):
+    """A file could not be copied to or from the devkit intact: the checksum still differed, or the
+    connection kept dropping, after every retry."""
+
+
+class DevkitDiskFullError(DevkitError):
+    """The devkit has no space left (ENOSPC or quota) for a file being written there."""
+
+
+def _rebuild_devkit_command_error(message, exit_code, stderr_tail, command):
+    return DevkitCommandError(message, exit_code=exit_code, stderr_tail=stderr_tail, command=command)
+
+
+class AccuracyTargetError(MixqError):
+    """An accuracy-feedback search could not reach its target; ``best_accuracy`` says how close it got."""
+
+    def __init__(self, message: str, best_accuracy: float = float("nan")):
+        super().__init__(message)
+        self.best_accuracy = best_accuracy

@@ -210,6 +210,59 @@ class LoadedNet:
         log.info("quantized %s: %r", name, program)
         return Model(name, program, self.graph)
 
+    def quantize_with_accuracy_feedback(
+            self, calibration_data: Any, evaluation_dataset: Any, quantization_config: Any = default_quantization,
+            accuracy_score: Any = None, target_accuracy: Optional[float] = None, *, model_name: Optional[str] = None,
+            max_trials: int = 40, timeout: Optional[float] = None, storage: Any = "mixq-search.journal",
+            study_name: Optional[str] = None, ranking: Any = None, ranking_samples: int = 16,
+            multi_objective: bool = False, seed: int = 0, callbacks: Any = (), batch_size: int = 32,
+            fast_mode: bool = False, log_level: Optional[int] = logging.NOTSET) -> "Model":
+        """The model with the fewest INT16 nodes found that reaches ``target_accuracy``.
+
+        ``evaluation_dataset``: ``(inputs dict, label)`` pairs; ``accuracy_score(outputs, labels)
+        -> float`` where ``outputs[i]`` is the model's list of outputs for sample ``i`` (or an
+        object with ``reset()/update(outputs, label)/compute()``). Calibration runs once. The
+        search (:mod:`core.search.accuracy_feedback`) is seeded from a sensitivity ranking
+        (``ranking``: node names most sensitive first, else computed on ``ranking_samples``
+        evaluation samples), bounded by ``max_trials`` / ``timeout`` seconds, and persisted in
+        ``storage`` (a journal file path, an Optuna RDB URL, or None for memory) so a killed run
+        resumes. Raises :class:`~core.errors.AccuracyTargetError` (with ``best_accuracy``) when
+        the target is out of reach. The returned model's ``accuracy_feedback`` attribute holds
+        every candidate (:class:`~core.search.AccuracyFeedbackResult`)."""
+        from core.quantization.calibration import CalibrationStatistics
+        from core.search import Evaluator, rank_nodes_by_int8_noise, search_int16_nodes
+
+        if log_level:
+            log.setLevel(log_level)
+        if accuracy_score is None or target_accuracy is None:
+            raise QuantizationConfigError("quantize_with_accuracy_feedback needs accuracy_score and target_accuracy")
+        params = default_quantization if quantization_config is None else quantization_config
+        if not isinstance(params, QuantizationParams):
+            raise QuantizationConfigError(
+                f"quantization_config must be QuantizationParams, got {type(params).__name__}")
+        check_custom_config_nodes(params, [n.name for n in self.graph.nodes])
+        evaluator = Evaluator(evaluation_dataset, self.input_names, self.input_shapes(), accuracy_score,
+                              batch_size=batch_size, fast_mode=fast_mode)
+        stats = calibration_data if isinstance(calibration_data, CalibrationStatistics) else \
+            self._cached_statistics(calibration_data)
+        if ranking is None:
+            int8 = self.quantize(statistics=stats, quantization_config=params)
+            head = evaluator.samples[:max(1, int(ranking_samples))]
+            feeds = {n: np.concatenate([s[n] for s in head]) for n in self.input_names}
+            ranking = rank_nodes_by_int8_noise(self, int8, feeds)
+        else:
+            ranking = [(r, 0.0) if isinstance(r, str) else (str(r[0]), float(r[1])) for r in ranking]
+            unknown = [n for n, _ in ranking if n not in {m.name for m in self.graph.nodes}]
+            if unknown:
+                raise QuantizationConfigError(f"ranking names node(s) not in the model: {unknown}")
+        key = f"{stats.metadata.get('data_sha256', '')}/{evaluator.fingerprint()}"
+        result = search_int16_nodes(self, stats, evaluator, params, target_accuracy, ranking,
+                                    max_trials=max_trials, timeout=timeout, storage=storage, study_name=study_name,
+                                    study_key=key, multi_objective=multi_objective, seed=seed, callbacks=callbacks,
+                                    model_name=model_name or self.graph.name)
+        result.model.accuracy_feedback = result
+        return result.model
+
     def execute(self, inputs: Mapping[str, np.ndarray], *, log_level: Optional[int] = logging.NOTSET) -> list[np.ndarray]:
         """Run the float model on one set of inputs (any batch size); outputs in graph-output order."""
         from core.runtime.float_interpreter import run_graph

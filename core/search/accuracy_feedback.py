@@ -1,0 +1,274 @@
+"""Accuracy feedback: the fewest INT16 nodes that reach a target accuracy.
+
+The search (every candidate is one quantize + one evaluation; calibration runs once):
+
+1. INT8 (no INT16 node). Done if it reaches the target.
+2. All ranked nodes at INT16. If even that misses the target: :class:`AccuracyTargetError`
+   with the best accuracy reached.
+3. Prefixes of the sensitivity ranking (:mod:`core.search.ranking`): k = 1, 2, 4, ... until one
+   reaches the target, then bisection between the last miss and the first hit. Greedy fallback
+   (NNCF / Neural Compressor: promote one node at a time in ranking order) evaluates k
+   candidates to find the k-node prefix; this finds the same prefix in about 2*log2(k).
+4. Pruning: drop nodes from the best set, least sensitive first, keeping each drop that still
+   reaches the target -- it can go below the smallest prefix.
+5. With budget left, Optuna's TPE explores subsets of the top ranked nodes (the history of
+   steps 1-4 is in the study, so TPE starts from it).
+
+Every finished candidate is an Optuna trial in ``storage`` (a journal file by default, any
+Optuna RDB URL accepted): a search that is killed and rerun with the same arguments reopens
+the study, reuses the finished trials without re-evaluating them, and continues. Callbacks
+receive each newly evaluated :class:`Candidate` (flows record them, e.g. in MLflow).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from core.errors import AccuracyTargetError, QuantizationConfigError
+from core.quantization.params import QuantizationParams, QuantizationPrecision, default_quantization
+
+log = logging.getLogger("mixq")
+
+__all__ = ["Candidate", "AccuracyFeedbackResult", "search_int16_nodes", "DEFAULT_STORAGE"]
+
+DEFAULT_STORAGE = "mixq-search.journal"
+_PARAM = "int16:"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated configuration: its INT16 nodes and accuracy."""
+
+    int16_nodes: tuple[str, ...]
+    accuracy: float
+    feasible: bool          # accuracy >= target
+    source: str             # "int8", "all ranked", "prefix k", "prune", "tpe"
+    trial_number: int
+    seconds: float          # quantize + evaluate time (0 for trials resumed from storage)
+    resumed: bool = False
+
+
+@dataclass
+class AccuracyFeedbackResult:
+    model: Any                                   # the chosen core.model.Model
+    int16_nodes: list[str]
+    accuracy: float
+    target_accuracy: float
+    candidates: list[Candidate]                  # every finished candidate, resumed ones included
+    evaluations: int                             # candidates evaluated by this call
+    ranking: list[tuple[str, float]]
+    study_name: str
+    pareto_front: list[Candidate] = field(default_factory=list)   # accuracy vs INT16 count
+
+
+def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage is None:
+        st = None
+    elif isinstance(storage, (str, os.PathLike)) and "://" not in str(storage):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        st = JournalStorage(JournalFileBackend(os.fspath(storage)))
+    else:
+        st = storage                                   # an RDB URL or an optuna storage object
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    directions = ["maximize", "minimize"] if multi_objective else ["minimize"]
+    return optuna.create_study(study_name=study_name, storage=st, load_if_exists=True,
+                               directions=directions, sampler=sampler)
+
+
+def search_int16_nodes(
+    net,
+    statistics,
+    evaluator: Callable[[Any], float],
+    quantization_config: QuantizationParams,
+    target_accuracy: float,
+    ranking: Sequence[tuple[str, float]],
+    *,
+    max_trials: int = 40,
+    timeout: Optional[float] = None,
+    storage: Any = DEFAULT_STORAGE,
+    study_name: Optional[str] = None,
+    study_key: str = "",
+    multi_objective: bool = False,
+    seed: int = 0,
+    callbacks: Iterable[Callable[[Candidate], None]] = (),
+    model_name: Optional[str] = None,
+) -> AccuracyFeedbackResult:
+    """Run the search (module docstring). ``evaluator(model) -> accuracy``; ``ranking`` is
+    ``[(node, score)]`` most sensitive first; ``study_key`` identifies the data (part of the
+    default study name, so a rerun on the same data resumes)."""
+    import optuna
+
+    if not isinstance(quantization_config, QuantizationParams):
+        raise QuantizationConfigError(f"quantization_config must be QuantizationParams, got "
+                                      f"{type(quantization_config).__name__}")
+    try:
+        target = float(target_accuracy)
+    except (TypeError, ValueError):
+        raise QuantizationConfigError(f"target_accuracy must be a number, got {target_accuracy!r}") from None
+    if not math.isfinite(target):
+        raise QuantizationConfigError(f"target_accuracy must be finite, got {target}")
+    if int(max_trials) < 2:
+        raise QuantizationConfigError(f"max_trials must be at least 2 (INT8 and all-INT16), got {max_trials}")
+    order = [n for n, _ in ranking]
+    if not order:
+        raise QuantizationConfigError("the sensitivity ranking is empty: no node can be promoted to INT16")
+    rank_of = {n: i for i, n in enumerate(order)}
+    if study_name is None:
+        h = hashlib.sha256(repr((net.graph.name, study_key, repr(quantization_config), target, order)).encode())
+        study_name = f"mixq-accuracy-feedback-{net.graph.name}-{h.hexdigest()[:16]}"
+    study = _open_study(storage, study_name, seed, multi_objective)
+    callbacks = list(callbacks)
+    started = time.perf_counter()
+
+    def config_for(nodes) -> QuantizationParams:
+        custom = {k: dict(v) for k, v in (quantization_config.custom_quantization_configs or {}).items()}
+        for n in nodes:
+            custom.setdefault(n, {})["quantization_precision"] = QuantizationPrecision.INT_16
+        return quantization_config.with_custom_quantization_configs(custom or None)
+
+    # ---- what the storage already holds (a resumed search)
+    done: dict[frozenset, float] = {}
+    candidates: list[Candidate] = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        nodes = tuple(sorted((p[len(_PARAM):] for p, v in t.params.items() if p.startswith(_PARAM) and v),
+                             key=lambda n: rank_of.get(n, len(order))))
+        acc = float(t.user_attrs.get("accuracy", float("nan")))
+        if not math.isfinite(acc) or any(n not in rank_of for n in nodes):
+            continue
+        done.setdefault(frozenset(nodes), acc)
+        candidates.append(Candidate(nodes, acc, acc >= target, str(t.user_attrs.get("source", "?")), t.number, 0.0,
+                                    resumed=True))
+    if candidates:
+        log.info("accuracy feedback: resuming study %r with %d finished candidates", study_name, len(candidates))
+    evaluations = 0
+
+    class _Budget(Exception):
+        pass
+
+    def budget_left() -> bool:
+        if len(study.trials) >= max_trials:
+            return False
+        return timeout is None or time.perf_counter() - started < timeout
+
+    def measure(nodes: Sequence[str]) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        model = net.quantize(statistics=statistics, quantization_config=config_for(nodes), model_name=model_name)
+        return evaluator(model), time.perf_counter() - t0
+
+    def values(acc: float, n16: int):
+        if multi_objective:
+            return [acc, float(n16)]
+        return [float(n16) if acc >= target else len(order) + 1.0 + (target - acc)]
+
+    def record(nodes: tuple, acc: float, seconds: float, source: str, number: int) -> Candidate:
+        nonlocal evaluations
+        evaluations += 1
+        done[frozenset(nodes)] = acc
+        cand = Candidate(nodes, acc, acc >= target, source, number, seconds)
+        candidates.append(cand)
+        log.info("accuracy feedback: %s, %d INT16 nodes -> accuracy %.4f%s", source, len(nodes), acc,
+                 " (meets target)" if acc >= target else "")
+        for cb in callbacks:
+            cb(cand)
+        return cand
+
+    space = {f"{_PARAM}{n}": optuna.distributions.CategoricalDistribution([False, True]) for n in order}
+
+    def evaluate(nodes: Iterable[str], source: str) -> float:
+        nodes = tuple(sorted(set(nodes), key=rank_of.__getitem__))
+        key = frozenset(nodes)
+        if key in done:
+            return done[key]
+        if not budget_left():
+            raise _Budget()
+        acc, seconds = measure(nodes)
+        trial = optuna.trial.create_trial(
+            params={p: (p[len(_PARAM):] in key) for p in space}, distributions=space,
+            values=values(acc, len(nodes)), user_attrs={"accuracy": acc, "source": source,
+                                                        "int16_nodes": list(nodes), "seconds": seconds})
+        study.add_trial(trial)
+        record(nodes, acc, seconds, source, study.trials[-1].number)
+        return acc
+
+    def best_feasible() -> Optional[Candidate]:
+        feasible = [c for c in candidates if c.feasible]
+        return min(feasible, key=lambda c: (len(c.int16_nodes), -c.accuracy)) if feasible else None
+
+    try:
+        # 1-2: the two ends
+        if evaluate((), "int8") < target:
+            top = evaluate(order, "all ranked")
+            if top < target:
+                best = max(c.accuracy for c in candidates)
+                raise AccuracyTargetError(
+                    f"target accuracy {target:g} is out of reach: INT8 reaches "
+                    f"{done[frozenset()]:.4f}, all {len(order)} ranked nodes at INT16 {top:.4f} "
+                    f"(best {best:.4f})", best_accuracy=best)
+            # 3: prefixes, doubling then bisection
+            lo, hi = 0, len(order)        # prefix lo misses, prefix hi reaches the target
+            k = 1
+            while k < hi:
+                if evaluate(order[:k], f"prefix {k}") >= target:
+                    hi = k
+                    break
+                lo, k = k, k * 2
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if evaluate(order[:mid], f"prefix {mid}") >= target:
+                    hi = mid
+                else:
+                    lo = mid
+            # 4: prune the best set, least sensitive first
+            current = list(best_feasible().int16_nodes)
+            for n in sorted(current, key=rank_of.__getitem__, reverse=True):
+                trial_set = [m for m in current if m != n]
+                if trial_set and evaluate(trial_set, "prune") >= target:
+                    current = trial_set
+            # 5: TPE over the top ranked nodes with the remaining budget
+            width = min(len(order), 2 * len(best_feasible().int16_nodes) + 4)
+            tpe_space = order[:width]
+
+            def objective(trial):
+                nodes = tuple(n for n in tpe_space if trial.suggest_categorical(f"{_PARAM}{n}", [False, True]))
+                trial.set_user_attr("source", "tpe")
+                trial.set_user_attr("int16_nodes", list(nodes))
+                key = frozenset(nodes)
+                if key in done:
+                    acc, seconds = done[key], 0.0
+                else:
+                    acc, seconds = measure(nodes)
+                    record(nodes, acc, seconds, "tpe", trial.number)
+                trial.set_user_attr("accuracy", acc)
+                trial.set_user_attr("seconds", seconds)
+                return values(acc, len(nodes)) if multi_objective else values(acc, len(nodes))[0]
+
+            remaining = max_trials - len(study.trials)
+            if remaining > 0 and budget_left():
+                left = None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
+                study.optimize(objective, n_trials=remaining, timeout=left, gc_after_trial=False)
+    except _Budget:
+        log.info("accuracy feedback: budget spent (%d trials, max_trials=%d)", len(study.trials), max_trials)
+
+    best = best_feasible()
+    if best is None:
+        top = max(c.accuracy for c in candidates)
+        raise AccuracyTargetError(
+            f"no candidate reached target accuracy {target:g} within the budget ({len(study.trials)} trials); "
+            f"best accuracy {top:.4f}", best_accuracy=top)
+    model = net.quantize(statistics=statistics, quantization_config=config_for(best.int16_nodes), model_name=model_name)
+    front = []
+    for c in sorted(candidates, key=lambda c: (len(c.int16_nodes), -c.accuracy)):
+        if not front or c.accuracy > front[-1].accuracy:
+            front.append(c)
+    return AccuracyFeedbackResult(model, list(best.int16_nodes), best.accuracy, target, candidates, evaluations,
+                                  list(ranking), study_name, front)

@@ -1,0 +1,138 @@
+"""quantize_with_accuracy_feedback on the zoo MNIST CNN. The score is closeness to FP32's logits
+(minus the mean absolute logit error): INT8 loses some, INT16 nodes win it back, so targets in
+between exercise the search. The real Optuna study runs; a killed search resumes from its journal."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from core import AccuracyTargetError, QuantizationConfigError, QuantizationPrecision, default_quantization
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SETUP = """
+import numpy as np
+from core import default_quantization, load_model, onnx_source, zoo
+net = load_model(onnx_source(zoo.build("mnist_cnn")))
+cal = zoo.datasets.digits("calibration")
+calib = [{"input": cal.inputs[i : i + 1]} for i in range(0, len(cal), len(cal) // 32)[:32]]
+ev = zoo.datasets.digits("evaluation")
+idx = np.arange(0, len(ev), 20)
+fp32 = net.execute({"input": ev.inputs[idx]})[0]
+dataset = [({"input": ev.inputs[i : i + 1]}, fp32[k]) for k, i in enumerate(idx)]
+
+def closeness(outputs, references):
+    return -float(np.mean([np.abs(o[0][0] - r).mean() for o, r in zip(outputs, references)]))
+"""
+
+
+@pytest.fixture(scope="module")
+def env():
+    ns = {}
+    exec(SETUP, ns)
+    return ns
+
+
+def search(env, target, **kw):
+    kw.setdefault("storage", None)
+    return env["net"].quantize_with_accuracy_feedback(env["calib"], env["dataset"], default_quantization,
+                                                       env["closeness"], target, **kw)
+
+
+def ends(env):
+    net, calib = env["net"], env["calib"]
+    from core.search import Evaluator
+
+    ev = Evaluator(env["dataset"], net.input_names, net.input_shapes(), env["closeness"])
+    int8 = ev(net.quantize(calib, default_quantization))
+    all16 = ev(net.quantize(calib, default_quantization.with_custom_quantization_configs(
+        {n.name: {"quantization_precision": QuantizationPrecision.INT_16}
+         for n in net.graph.nodes})))
+    return int8, all16
+
+
+def test_reaches_target_with_fewer_nodes_than_greedy(env):
+    int8, all16 = ends(env)
+    assert all16 > int8 + 0.05                       # INT16 must matter for this test to mean anything
+    target = (int8 + all16) / 2
+    model = search(env, target, max_trials=10)
+    result = model.accuracy_feedback
+    assert result.accuracy >= target and result.int16_nodes
+    assert len(result.int16_nodes) < len(env["net"].graph.nodes)
+    # the model returned is the chosen configuration, and scores what the search measured
+    from core.search import Evaluator
+
+    ev = Evaluator(env["dataset"], env["net"].input_names, env["net"].input_shapes(), env["closeness"])
+    assert ev(model) == pytest.approx(result.accuracy, abs=0)
+    chosen = {n for n, c in (model.program.params.custom_quantization_configs or {}).items()
+              if c.get("quantization_precision") is not None}
+    assert chosen == set(result.int16_nodes)
+    # greedy (NNCF: promote in ranking order until the target holds) needs at least as many nodes
+    order = [n for n, _ in result.ranking]
+    cfg = lambda nodes: default_quantization.with_custom_quantization_configs(  # noqa: E731
+        {n: {"quantization_precision": QuantizationPrecision.INT_16} for n in nodes})
+    greedy = next(k for k in range(1, len(order) + 1)
+                  if ev(env["net"].quantize(env["calib"], cfg(order[:k]))) >= target)
+    assert len(result.int16_nodes) <= greedy
+    assert result.evaluations <= 10
+    sources = [c.source for c in result.candidates]
+    assert sources[:2] == ["int8", "all ranked"] and any(s.startswith("prefix") for s in sources)
+
+
+def test_int8_enough_returns_int8(env):
+    int8, _ = ends(env)
+    model = search(env, int8 - 1.0, max_trials=5)
+    assert model.accuracy_feedback.int16_nodes == [] and model.accuracy_feedback.evaluations == 1
+
+
+def test_unreachable_target_says_how_far(env):
+    _, all16 = ends(env)
+    with pytest.raises(AccuracyTargetError, match="out of reach") as e:
+        search(env, 1.0, max_trials=5)
+    assert e.value.best_accuracy == pytest.approx(all16, abs=1e-9)
+
+
+def test_bad_arguments(env):
+    with pytest.raises(QuantizationConfigError, match="accuracy_score"):
+        env["net"].quantize_with_accuracy_feedback(env["calib"], env["dataset"], default_quantization, None, 0.5)
+    with pytest.raises(QuantizationConfigError, match="accuracy_score must be"):
+        search(env.copy() | {"closeness": 3}, 0.5)
+    with pytest.raises(QuantizationConfigError, match="ranking names"):
+        search(env, 0.5, ranking=["MLA_0/nope"])
+    with pytest.raises(QuantizationConfigError, match="max_trials"):
+        search(env, 0.5, max_trials=1)
+
+
+def test_killed_search_resumes_from_its_journal(env, tmp_path):
+    """kill -9 in the middle of a search; the rerun keeps the finished trials, evaluates none of
+    them again, and finishes."""
+    int8, all16 = ends(env)
+    target = (int8 + all16) / 2
+    journal = tmp_path / "search.journal"
+    script = SETUP + textwrap.dedent(f"""
+        import os, signal
+        seen = []
+        def kill_after_four(candidate):
+            seen.append(candidate)
+            if len(seen) == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+        net.quantize_with_accuracy_feedback(calib, dataset, default_quantization, closeness, {target!r},
+                                            storage={str(journal)!r}, max_trials=10, callbacks=[kill_after_four])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    seen = []
+    model = search(env, target, storage=str(journal), max_trials=10, callbacks=[seen.append])
+    result = model.accuracy_feedback
+    resumed = [c for c in result.candidates if c.resumed]
+    assert len(resumed) == 4
+    fresh = [c.int16_nodes for c in seen]
+    assert not set(fresh) & {c.int16_nodes for c in resumed}      # nothing evaluated twice
+    assert len(fresh) == result.evaluations and len(resumed) + len(fresh) == len(result.candidates)
+    assert result.accuracy >= target
+    # a third run finds everything done and evaluates nothing
+    again = search(env, target, storage=str(journal), max_trials=10).accuracy_feedback
+    assert again.evaluations == 0 and again.int16_nodes == result.int16_nodes
