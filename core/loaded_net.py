@@ -263,6 +263,32 @@ class LoadedNet:
         result.model.accuracy_feedback = result
         return result.model
 
+    def search_quantization_options(
+            self, calibration_data: Any, evaluation_dataset: Any, accuracy_score: Any, options: Any = None, *,
+            base_config: Any = default_quantization, max_trials: Optional[int] = None, timeout: Optional[float] = None,
+            storage: Any = None, study_name: Optional[str] = None, seed: int = 0, callbacks: Any = (),
+            batch_size: int = 32, fast_mode: bool = False, model_name: Optional[str] = None):
+        """The specification's "cycling through quantization options" template as one call:
+        every combination of ``options`` (calibration method, weight scheme, activation scheme,
+        channel equalization, bias correction; :data:`core.search.DEFAULT_OPTIONS` for the rest)
+        quantized from one calibration pass and scored with ``accuracy_score`` on
+        ``evaluation_dataset`` (as in :meth:`quantize_with_accuracy_feedback`). Exhaustive when
+        the grid fits ``max_trials``, TPE otherwise. Returns a
+        :class:`~core.search.OptionsSearchResult` (``best``, ``candidates``)."""
+        from core.quantization.calibration import CalibrationStatistics
+        from core.search import Evaluator
+        from core.search.options import search_quantization_options
+
+        evaluator = Evaluator(evaluation_dataset, self.input_names, self.input_shapes(), accuracy_score,
+                              batch_size=batch_size, fast_mode=fast_mode)
+        stats = calibration_data if isinstance(calibration_data, CalibrationStatistics) else \
+            self._cached_statistics(calibration_data)
+        key = f"{stats.metadata.get('data_sha256', '')}/{evaluator.fingerprint()}"
+        return search_quantization_options(self, stats, evaluator, options, base_config=base_config,
+                                           max_trials=max_trials, timeout=timeout, storage=storage,
+                                           study_name=study_name, study_key=key, seed=seed, callbacks=callbacks,
+                                           model_name=model_name or self.graph.name)
+
     def execute(self, inputs: Mapping[str, np.ndarray], *, log_level: Optional[int] = logging.NOTSET) -> list[np.ndarray]:
         """Run the float model on one set of inputs (any batch size); outputs in graph-output order."""
         from core.runtime.float_interpreter import run_graph

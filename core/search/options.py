@@ -1,0 +1,180 @@
+"""The specification's "cycling through quantization options" as one function.
+
+Calibration method x weight scheme x activation scheme x channel equalization x bias
+correction, each candidate quantized from one shared calibration pass and scored by an
+evaluator. Optuna runs it: a ``GridSampler`` visits every combination when the grid fits the
+trial budget, TPE samples it otherwise. Finished candidates persist in ``storage`` like the
+accuracy-feedback search, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from core.errors import MixqError, QuantizationConfigError
+from core.quantization.params import (
+    CalibrationMethod,
+    HistogramEntropyMethod,
+    HistogramMSEMethod,
+    HistogramPercentileMethod,
+    MinMaxMethod,
+    MovingAverageMinMaxMethod,
+    QuantizationParams,
+    QuantizationScheme,
+    default_quantization,
+    quantization_scheme,
+)
+
+log = logging.getLogger("mixq")
+
+__all__ = ["OptionCandidate", "OptionsSearchResult", "search_quantization_options", "DEFAULT_OPTIONS"]
+
+DEFAULT_OPTIONS: dict[str, list] = {
+    "calibration_method": [MinMaxMethod(), MovingAverageMinMaxMethod(), HistogramMSEMethod(1024),
+                           HistogramEntropyMethod(), HistogramPercentileMethod(99.9)],
+    "weight_quantization_scheme": [quantization_scheme(asymmetric=False, per_channel=True),
+                                   quantization_scheme(asymmetric=False, per_channel=False)],
+    "activation_quantization_scheme": [quantization_scheme(asymmetric=False, per_channel=False),
+                                       quantization_scheme(asymmetric=True, per_channel=False)],
+    "channel_equalization": [False],
+    "bias_correction": [False],
+}
+
+
+def describe(value: Any) -> str:
+    """A short stable label for an option value (also its Optuna grid choice)."""
+    if isinstance(value, QuantizationScheme):
+        return (f"{'asym' if value.asymmetric else 'sym'}-{'per_channel' if value.per_channel else 'per_tensor'}"
+                f"-{value.bits}")
+    if isinstance(value, CalibrationMethod):
+        return repr(value)
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class OptionCandidate:
+    options: dict                  # field name -> label (describe())
+    config: QuantizationParams
+    accuracy: float
+    trial_number: int
+    seconds: float
+    error: str = ""                # a configuration mixq rejected (e.g. not implemented)
+    resumed: bool = False
+
+
+@dataclass
+class OptionsSearchResult:
+    best: OptionCandidate
+    candidates: list[OptionCandidate]
+    evaluations: int
+    exhaustive: bool
+    study_name: str
+
+
+def search_quantization_options(
+    net,
+    statistics,
+    evaluator: Callable[[Any], float],
+    options: Optional[dict[str, Sequence]] = None,
+    *,
+    base_config: QuantizationParams = default_quantization,
+    max_trials: Optional[int] = None,
+    timeout: Optional[float] = None,
+    storage: Any = None,
+    study_name: Optional[str] = None,
+    study_key: str = "",
+    seed: int = 0,
+    callbacks: Iterable[Callable[[OptionCandidate], None]] = (),
+    model_name: Optional[str] = None,
+) -> OptionsSearchResult:
+    """Evaluate combinations of ``options`` (field name -> values; ``DEFAULT_OPTIONS`` fills the
+    fields not given) on top of ``base_config``. Exhaustive when the grid has at most
+    ``max_trials`` points (default: the whole grid), TPE otherwise."""
+    import optuna
+
+    from core.search.accuracy_feedback import _open_study
+
+    grid = {k: list(v) for k, v in DEFAULT_OPTIONS.items()}
+    for k, v in (options or {}).items():
+        if k not in grid:
+            raise QuantizationConfigError(f"unknown option {k!r}; options are {sorted(grid)}")
+        v = list(v)
+        if not v:
+            raise QuantizationConfigError(f"option {k!r} has no values")
+        grid[k] = v
+    labels = {k: [describe(v) for v in vals] for k, vals in grid.items()}
+    for k, ls in labels.items():
+        if len(set(ls)) != len(ls):
+            raise QuantizationConfigError(f"option {k!r} lists the same value twice: {ls}")
+    size = math.prod(len(v) for v in grid.values())
+    budget = size if max_trials is None else int(max_trials)
+    exhaustive = size <= budget
+    if study_name is None:
+        h = hashlib.sha256(repr((net.graph.name, study_key, repr(base_config), labels, exhaustive)).encode())
+        study_name = f"mixq-options-{net.graph.name}-{h.hexdigest()[:16]}"
+    study = _open_study(storage, study_name, seed, False)
+    if exhaustive:
+        study.sampler = optuna.samplers.GridSampler(labels, seed=seed)
+    callbacks = list(callbacks)
+    candidates: list[OptionCandidate] = []
+    done: dict[tuple, float] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        key = tuple(t.params.get(k) for k in grid)
+        if None in key:
+            continue
+        acc = float(t.user_attrs.get("accuracy", float("nan")))
+        done[key] = acc
+        cfg = _config(base_config, grid, labels, dict(zip(grid, key)))
+        candidates.append(OptionCandidate(dict(zip(grid, key)), cfg, acc, t.number, 0.0,
+                                          str(t.user_attrs.get("error", "")), resumed=True))
+    evaluations = 0
+
+    def objective(trial):
+        nonlocal evaluations
+        chosen = {k: trial.suggest_categorical(k, labels[k]) for k in grid}
+        key = tuple(chosen[k] for k in grid)
+        if key in done:
+            acc = done[key]
+            trial.set_user_attr("accuracy", acc)
+            return acc if math.isfinite(acc) else -math.inf
+        cfg = _config(base_config, grid, labels, chosen)
+        t0 = time.perf_counter()
+        error = ""
+        try:
+            model = net.quantize(statistics=statistics, quantization_config=cfg, model_name=model_name)
+            acc = float(evaluator(model))
+        except MixqError as e:               # e.g. an option this version does not implement
+            acc, error = float("nan"), f"{type(e).__name__}: {e}"
+            trial.set_user_attr("error", error)
+        seconds = time.perf_counter() - t0
+        trial.set_user_attr("accuracy", acc)
+        trial.set_user_attr("seconds", seconds)
+        done[key] = acc
+        evaluations += 1
+        cand = OptionCandidate(chosen, cfg, acc, trial.number, seconds, error)
+        candidates.append(cand)
+        log.info("options search: %s -> %s", chosen, error or f"{acc:.4f}")
+        for cb in callbacks:
+            cb(cand)
+        return acc if math.isfinite(acc) else -math.inf
+
+    finished = len(done)
+    remaining = (size if exhaustive else budget) - finished
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, timeout=timeout, gc_after_trial=False)
+    scored = [c for c in candidates if math.isfinite(c.accuracy)]
+    if not scored:
+        raise QuantizationConfigError("no option combination could be quantized: " +
+                                      "; ".join(sorted({c.error for c in candidates})))
+    best = max(scored, key=lambda c: (c.accuracy, -c.trial_number))
+    return OptionsSearchResult(best, candidates, evaluations, exhaustive, study_name)
+
+
+def _config(base: QuantizationParams, grid, labels, chosen: dict) -> QuantizationParams:
+    values = {k: grid[k][labels[k].index(chosen[k])] for k in grid}
+    return dataclasses.replace(base, **values)

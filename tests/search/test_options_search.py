@@ -1,0 +1,83 @@
+"""search_quantization_options on the zoo MNIST CNN: the whole grid from one calibration pass."""
+import numpy as np
+import pytest
+
+from core import HistogramMSEMethod, MinMaxMethod, QuantizationConfigError, load_model, onnx_source, quantization_scheme, zoo
+
+
+@pytest.fixture(scope="module")
+def setup():
+    net = load_model(onnx_source(zoo.build("mnist_cnn")))
+    cal = zoo.datasets.digits("calibration")
+    calib = [{"input": cal.inputs[i : i + 1]} for i in range(0, len(cal), len(cal) // 32)[:32]]
+    ev = zoo.datasets.digits("evaluation")
+    idx = np.arange(0, len(ev), 40)
+    dataset = [({"input": ev.inputs[i]}, int(ev.labels[i])) for i in idx]      # no batch dim: added
+    return net, calib, dataset
+
+
+def top1(outputs, labels):
+    return float(np.mean([o[0].argmax() == label for o, label in zip(outputs, labels)]))
+
+
+class Top1:
+    """The reset/update/compute form of an accuracy score."""
+
+    def reset(self):
+        self.hits, self.n = 0, 0
+
+    def update(self, outputs, label):
+        self.hits += int(outputs[0].argmax() == label)
+        self.n += 1
+
+    def compute(self):
+        return self.hits / self.n
+
+
+def test_default_grid_is_exhaustive_and_calibrates_once(setup, monkeypatch):
+    net, calib, dataset = setup
+    calls = []
+    real = type(net).calibrate
+    monkeypatch.setattr(type(net), "calibrate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    seen = []
+    result = net.search_quantization_options(calib, dataset, top1, callbacks=[seen.append])
+    assert result.exhaustive and len(result.candidates) == 20 == result.evaluations == len(seen)
+    assert len(calls) == 1
+    combos = {tuple(sorted(c.options.items())) for c in result.candidates}
+    assert len(combos) == 20
+    assert result.best.accuracy == max(c.accuracy for c in result.candidates) >= 0.9
+    # the best candidate's configuration reproduces its score
+    model = net.quantize(calib, result.best.config)
+    from core.search import Evaluator
+
+    assert Evaluator(dataset, net.input_names, net.input_shapes(), top1)(model) == result.best.accuracy
+
+
+def test_tpe_within_budget_and_object_scores(setup, tmp_path):
+    net, calib, dataset = setup
+    journal = str(tmp_path / "options.journal")
+    r = net.search_quantization_options(calib, dataset, Top1(), max_trials=4, storage=journal, seed=1)
+    assert not r.exhaustive and len(r.candidates) == 4
+    again = net.search_quantization_options(calib, dataset, Top1(), max_trials=4, storage=journal, seed=1)
+    assert again.evaluations == 0 and len(again.candidates) == 4 and again.best.accuracy == r.best.accuracy
+
+
+def test_unimplemented_options_are_recorded_not_fatal(setup):
+    net, calib, dataset = setup
+    r = net.search_quantization_options(calib, dataset, top1, {
+        "calibration_method": [MinMaxMethod(), HistogramMSEMethod()],
+        "weight_quantization_scheme": [quantization_scheme(False, True)],
+        "activation_quantization_scheme": [quantization_scheme(True, False)],
+        "bias_correction": [False, True]})
+    failed = [c for c in r.candidates if c.error]
+    assert len(r.candidates) == 4 and len(failed) == 2
+    assert all("bias_correction" in c.error for c in failed)
+    assert r.best.config.bias_correction is False
+
+
+def test_bad_options(setup):
+    net, calib, dataset = setup
+    with pytest.raises(QuantizationConfigError, match="unknown option"):
+        net.search_quantization_options(calib, dataset, top1, {"rounding": ["up"]})
+    with pytest.raises(QuantizationConfigError, match="no values"):
+        net.search_quantization_options(calib, dataset, top1, {"bias_correction": []})
