@@ -178,6 +178,11 @@ def test_bad_inputs(mnist, int8_model, calibration):
         int8_model.execute({"image": np.zeros((1, 1, 28, 28), np.float32)})
     with pytest.raises(InputError, match="shape"):
         int8_model.execute({"input": np.zeros((1, 1, 27, 28), np.float32)})
+    for bad_value in (np.nan, np.inf):
+        x = np.zeros((2, 1, 28, 28), np.float32)
+        x[1, 0, 3, 4] = bad_value
+        with pytest.raises(InputError, match="'input' holds 1 NaN/Inf"):
+            int8_model.execute({"input": x})
 
 
 def test_mobilenet_v2_int8_agrees_with_fp32():
