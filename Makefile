@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mixq-installed
 OPENCV_DOC := .cache/opencv-doc/.done
 
-.PHONY: venv data test demo bench clean docs
+.PHONY: venv data sshd test demo bench clean docs
 
 venv: $(STAMP)
 
@@ -25,7 +25,11 @@ $(OPENCV_DOC):
 	scripts/fetch_debian_data.sh .cache/opencv-doc
 	touch $@
 
-test: venv data
+# the devkit tests run a real OpenSSH server on 127.0.0.1 (installed with apt when missing)
+sshd:
+	scripts/ensure_sshd.sh
+
+test: venv data sshd
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: venv data
