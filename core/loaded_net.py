@@ -230,7 +230,7 @@ class LoadedNet:
         the target is out of reach. The returned model's ``accuracy_feedback`` attribute holds
         every candidate (:class:`~core.search.AccuracyFeedbackResult`)."""
         from core.quantization.calibration import CalibrationStatistics
-        from core.search import Evaluator, rank_nodes_by_int8_noise, search_int16_nodes
+        from core.search import Evaluator, rank_nodes_by_output_gain, search_int16_nodes
 
         if log_level:
             log.setLevel(log_level)
@@ -249,7 +249,7 @@ class LoadedNet:
             int8 = self.quantize(statistics=stats, quantization_config=params)
             head = evaluator.samples[:max(1, int(ranking_samples))]
             feeds = {n: np.concatenate([s[n] for s in head]) for n in self.input_names}
-            ranking = rank_nodes_by_int8_noise(self, int8, feeds)
+            ranking = rank_nodes_by_output_gain(self, int8, feeds)
         else:
             ranking = [(r, 0.0) if isinstance(r, str) else (str(r[0]), float(r[1])) for r in ranking]
             unknown = [n for n, _ in ranking if n not in {m.name for m in self.graph.nodes}]

@@ -19,7 +19,8 @@ def run_graph(
     """Execute ``graph`` on ``feeds`` (graph input name -> array); returns graph outputs
     (and any tensor named in ``keep``) by name. Intermediates are freed after their last use.
     ``on_tensor(name, value)`` sees every node output as it is produced (calibration observes
-    tensors this way without keeping them)."""
+    tensors this way without keeping them); if it returns an array, that array replaces the
+    value downstream (sensitivity analysis simulates one tensor's quantization this way)."""
     env: dict[str, np.ndarray] = dict(graph.constants)
     env.update(feeds)
     wanted = set(graph.outputs) | set(keep)
@@ -40,7 +41,9 @@ def run_graph(
             if name:
                 env[name] = value
                 if on_tensor is not None:
-                    on_tensor(name, value)
+                    replacement = on_tensor(name, value)
+                    if replacement is not None:
+                        env[name] = replacement
         for i in n.inputs:
             if i and last_use.get(i) == k and i not in wanted and i not in graph.constants:
                 env.pop(i, None)

@@ -3,12 +3,12 @@
 The search (every candidate is one quantize + one evaluation; calibration runs once):
 
 1. INT8 (no INT16 node). Done if it reaches the target.
-2. All ranked nodes at INT16. If even that misses the target: :class:`AccuracyTargetError`
-   with the best accuracy reached.
-3. Prefixes of the sensitivity ranking (:mod:`core.search.ranking`): k = 1, 2, 4, ... until one
-   reaches the target, then bisection between the last miss and the first hit. Greedy fallback
-   (NNCF / Neural Compressor: promote one node at a time in ranking order) evaluates k
-   candidates to find the k-node prefix; this finds the same prefix in about 2*log2(k).
+2. Prefixes of the sensitivity ranking (:mod:`core.search.ranking`): k = 1, 2, 4, ... until one
+   reaches the target; the last step is every ranked node at INT16, and if even that misses:
+   :class:`AccuracyTargetError` with the best accuracy reached.
+3. Bisection between the last miss and the first hit. Greedy fallback (NNCF / Neural
+   Compressor: promote one node at a time in ranking order) evaluates k candidates to find the
+   k-node prefix; doubling + bisection finds the same prefix in about 2*log2(k).
 4. Pruning: drop nodes from the best set, least sensitive first, keeping each drop that still
    reaches the target -- it can go below the smallest prefix.
 5. With budget left, Optuna's TPE explores subsets of the top ranked nodes (the history of
@@ -205,23 +205,22 @@ def search_int16_nodes(
         return min(feasible, key=lambda c: (len(c.int16_nodes), -c.accuracy)) if feasible else None
 
     try:
-        # 1-2: the two ends
+        # 1: INT8; 2-3: ranking prefixes, doubling (the last one is every ranked node) then bisection
         if evaluate((), "int8") < target:
-            top = evaluate(order, "all ranked")
-            if top < target:
-                best = max(c.accuracy for c in candidates)
-                raise AccuracyTargetError(
-                    f"target accuracy {target:g} is out of reach: INT8 reaches "
-                    f"{done[frozenset()]:.4f}, all {len(order)} ranked nodes at INT16 {top:.4f} "
-                    f"(best {best:.4f})", best_accuracy=best)
-            # 3: prefixes, doubling then bisection
-            lo, hi = 0, len(order)        # prefix lo misses, prefix hi reaches the target
+            lo, hi = 0, None              # prefix lo misses the target, prefix hi reaches it
             k = 1
-            while k < hi:
-                if evaluate(order[:k], f"prefix {k}") >= target:
+            while hi is None:
+                k = min(k, len(order))
+                if evaluate(order[:k], "all ranked" if k == len(order) else f"prefix {k}") >= target:
                     hi = k
-                    break
-                lo, k = k, k * 2
+                elif k == len(order):
+                    best = max(c.accuracy for c in candidates)
+                    raise AccuracyTargetError(
+                        f"target accuracy {target:g} is out of reach: INT8 reaches {done[frozenset()]:.4f}, "
+                        f"all {len(order)} ranked nodes at INT16 {done[frozenset(order)]:.4f} (best {best:.4f})",
+                        best_accuracy=best)
+                else:
+                    lo, k = k, k * 2
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 if evaluate(order[:mid], f"prefix {mid}") >= target:
