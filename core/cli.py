@@ -6,9 +6,11 @@ errors become one line on stderr and exit status 1, usage errors exit 2 (argpars
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
-from core.errors import MixqError
+from core.errors import InputError, MixqError, ModelLoadError
 
 
 def _zoo_list(args: argparse.Namespace) -> int:
@@ -43,6 +45,222 @@ def _zoo_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- models and data from the command line
+
+def _load_net(spec: str):
+    """A model file (.onnx, .tflite) or a zoo model name."""
+    from core import load_model, onnx_source, zoo
+
+    if os.path.exists(spec):
+        if spec.endswith(".tflite"):
+            from core import tflite_source  # noqa: F401  (issue "Fidelity": the TFLite importer)
+
+            return load_model(tflite_source(spec))
+        return load_model(onnx_source(spec))
+    if spec in zoo.list_models():
+        return load_model(onnx_source(zoo.build(spec)))
+    raise ModelLoadError(f"{spec!r} is neither a model file nor a zoo model ({', '.join(zoo.list_models())})")
+
+
+def _load_data(spec: str, net, labels_key: str | None = None):
+    """``(inputs, labels or None)``: ``inputs`` maps each model input to an array whose first axis
+    is the sample. ``spec``: an .npz with one array per model input (and optionally labels), or
+    ``zoo:natural_images:<split>:<count>``, ``zoo:imagenet_samples``, ``zoo:digits:<split>[:<count>]``."""
+    import numpy as np
+
+    from core import zoo
+
+    if spec.startswith("zoo:"):
+        parts = spec.split(":")[1:]
+        name = parts[0] if parts else ""
+        try:
+            count = int(parts[2]) if len(parts) > 2 else None
+        except ValueError:
+            raise InputError(f"bad count in data spec {spec!r}") from None
+        if name == "natural_images":
+            images = zoo.datasets.natural_images(parts[1] if len(parts) > 1 else "calibration", count or 64)
+        elif name == "imagenet_samples":
+            images = zoo.datasets.imagenet_samples()
+        elif name == "digits":
+            images = zoo.datasets.digits(parts[1] if len(parts) > 1 else "calibration")
+        else:
+            raise InputError(f"unknown zoo data set {name!r} in {spec!r} (natural_images, imagenet_samples, digits)")
+        x, y = images.inputs, images.labels
+        if count is not None and count < len(x):
+            idx = np.linspace(0, len(x) - 1, count).round().astype(int)     # spread over the classes
+            x, y = x[idx], y[idx]
+        if len(net.input_names) != 1:
+            raise InputError(f"zoo data feeds one input; the model has {net.input_names}")
+        return {net.input_names[0]: x}, y
+    if not os.path.isfile(spec):
+        raise InputError(f"data file {spec!r} does not exist (give an .npz or zoo:<data set>)")
+    try:
+        with np.load(spec, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise InputError(f"cannot read {spec!r} as an .npz file: {e}") from None
+    missing = [n for n in net.input_names if n not in arrays]
+    if missing:
+        raise InputError(f"{spec}: no array for model input(s) {missing}; it holds {sorted(arrays)}")
+    labels = None
+    if labels_key:
+        if labels_key not in arrays:
+            raise InputError(f"{spec}: no labels array {labels_key!r}; it holds {sorted(arrays)}")
+        labels = arrays[labels_key]
+    return {n: arrays[n] for n in net.input_names}, labels
+
+
+def _samples(inputs) -> list[dict]:
+    n = len(next(iter(inputs.values())))
+    return [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(n)]
+
+
+def _config(args):
+    from core import (CalibrationMethod, QuantizationPrecision, RequantizationMode, default_quantization,
+                      int16_quantization)
+
+    cfg = int16_quantization if args.precision == "int16" else default_quantization
+    if args.calibration:
+        cfg = cfg.with_calibration(CalibrationMethod.from_str(args.calibration))
+    if args.requantization:
+        cfg = cfg.with_requantization_mode(RequantizationMode.from_str(args.requantization))
+    if getattr(args, "int16_node", None):
+        cfg = cfg.with_custom_quantization_configs(
+            {n: {"quantization_precision": QuantizationPrecision.INT_16} for n in args.int16_node})
+    return cfg
+
+
+def _evaluation_set(net, inputs, labels):
+    """``(inputs, label)`` pairs and a top-1 score: against the labels, else agreement with FP32's top-1."""
+    import numpy as np
+
+    if labels is None:
+        name = net.input_names[0]
+        x = inputs[name]
+        labels = np.concatenate([net.execute({name: x[i:i + 32]})[0].argmax(-1).reshape(len(x[i:i + 32]), -1)[:, 0]
+                                 for i in range(0, len(x), 32)])
+        what = "agreement with FP32 top-1"
+    else:
+        what = "top-1 accuracy"
+    dataset = list(zip(_samples(inputs), [int(v) for v in np.asarray(labels).reshape(len(labels), -1)[:, 0]]))
+
+    def top1(outputs, refs):
+        return float(np.mean([o[0].reshape(len(o[0]), -1)[0].argmax() == r for o, r in zip(outputs, refs)]))
+
+    return dataset, top1, what
+
+
+def _table(rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    net = _load_net(args.model)
+    inputs, _ = _load_data(args.data, net)
+    cfg = _config(args)
+    t = time.perf_counter()
+    stats = net.calibrate(_samples(inputs), progress=not args.quiet)
+    model = net.quantize(stats, cfg, model_name=args.name)
+    seconds = time.perf_counter() - t
+    model.save(args.name, args.output)
+    rows = [("node", "op", "precision")]
+    for n in model.program.graph.nodes:
+        kind = model.program.kinds[n.name]
+        out = model.program.tensors.get(n.outputs[0]) if n.outputs else None
+        rows.append((n.name, n.op, "float (APU)" if kind == "apu" else f"int{out.bits}" if out else "-"))
+    if args.nodes:
+        print(_table(rows))
+    print(f"quantized {args.model} in {seconds:.1f} s ({stats.num_samples} calibration samples): "
+          f"{os.path.join(args.output, args.name)}.sima (+ .sima.json)")
+    if args.evaluate:
+        ev_inputs, labels = _load_data(args.evaluate, net, args.labels)
+        dataset, top1, what = _evaluation_set(net, ev_inputs, labels)
+        from core.search import Evaluator
+
+        score = Evaluator(dataset, net.input_names, net.input_shapes(), top1)(model)
+        print(f"{what} on {len(dataset)} samples: {score:.2%}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    net = _load_net(args.model)
+    inputs, _ = _load_data(args.data, net)
+    ev_inputs, labels = _load_data(args.evaluate, net, args.labels)
+    dataset, top1, what = _evaluation_set(net, ev_inputs, labels)
+    calib = _samples(inputs)
+    stats = net.calibrate(calib, progress=not args.quiet)
+    os.makedirs(args.output, exist_ok=True)
+    storage = args.storage or os.path.join(args.output, f"{args.name}.journal")
+    progress = _Progress(args.quiet)
+    options = net.search_quantization_options(stats, dataset, top1, max_trials=args.option_trials, storage=storage,
+                                              callbacks=[progress.option], fast_mode=not args.exact)
+    progress.done()
+    rows = [("calibration", "weights", "activations", what)]
+    for c in sorted(options.candidates, key=lambda c: -c.accuracy if c.accuracy == c.accuracy else 1):
+        rows.append((c.options["calibration_method"], c.options["weight_quantization_scheme"],
+                     c.options["activation_quantization_scheme"], c.error or f"{c.accuracy:.2%}"))
+    print(_table(rows))
+    best = options.best
+    print(f"best options: {best.options['calibration_method']}, weights {best.options['weight_quantization_scheme']}, "
+          f"activations {best.options['activation_quantization_scheme']}: {best.accuracy:.2%}")
+    model = net.quantize(stats, best.config, model_name=args.name)
+    if args.target is not None:
+        model = net.quantize_with_accuracy_feedback(stats, dataset, best.config, top1, args.target,
+                                                    max_trials=args.trials, storage=storage, model_name=args.name,
+                                                    callbacks=[progress.candidate], fast_mode=not args.exact)
+        progress.done()
+        r = model.accuracy_feedback
+        rows = [("#", "source", "INT16 nodes", what)]
+        for c in r.candidates:
+            rows.append((c.trial_number, c.source, len(c.int16_nodes), f"{c.accuracy:.2%}"))
+        print(_table(rows))
+        print(f"chosen: {len(r.int16_nodes)} INT16 node(s) {r.int16_nodes}: {r.accuracy:.2%} "
+              f"(target {args.target:.2%}; {r.evaluations} evaluations)")
+    model.save(args.name, args.output)
+    print(f"saved {os.path.join(args.output, args.name)}.sima (+ .sima.json); trials in {storage}")
+    return 0
+
+
+class _Progress:
+    """One status line per evaluated candidate (on stderr, so tables on stdout stay clean)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.count = quiet, 0
+
+    def _line(self, text: str) -> None:
+        self.count += 1
+        if self.quiet:
+            return
+        if sys.stderr.isatty():   # one line, rewritten
+            print(f"\r[{self.count}] {text[:100]:<100}", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"[{self.count}] {text}", file=sys.stderr, flush=True)
+
+    def option(self, c) -> None:
+        self._line(f"{c.options['calibration_method']}: {c.error or f'{c.accuracy:.2%}'}")
+
+    def candidate(self, c) -> None:
+        self._line(f"{c.source}: {len(c.int16_nodes)} INT16 nodes -> {c.accuracy:.2%}")
+
+    def done(self) -> None:
+        if not self.quiet and self.count and sys.stderr.isatty():
+            print(file=sys.stderr)
+        self.count = 0
+
+
+def _add_quantization_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file (.onnx) or zoo model name (mobilenet_v2, mnist_cnn)")
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="calibration data: an .npz with one array per model input (first axis: samples), "
+                        "or zoo:natural_images:calibration:128, zoo:digits:calibration:64")
+    p.add_argument("--name", default="model", help="saved model name (default: model)")
+    p.add_argument("--output", default=".", metavar="DIR", help="where to save (default: .)")
+    p.add_argument("--labels", metavar="KEY", help="labels array in the evaluation .npz (default: agreement "
+                                                   "with FP32 top-1)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixq", description="mixq: post-training quantization workbench")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -57,6 +275,31 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if a cached file exists")
     build.set_defaults(handler=_zoo_build, parser=build)
     zoo_parser.set_defaults(handler=lambda args: _usage(zoo_parser))
+
+    q = commands.add_parser("quantize", help="calibrate and quantize a model, save .sima + .sima.json",
+                            description="Calibrate a model on --data, quantize it and save it.")
+    _add_quantization_args(q)
+    q.add_argument("--precision", choices=["int8", "int16"], default="int8", help="preset (default: int8)")
+    q.add_argument("--calibration", choices=["min_max", "moving_average", "mse", "entropy", "percentile"],
+                   help="calibration method (default: the preset's, mse)")
+    q.add_argument("--requantization", choices=["sima", "tflite"], help="requantization arithmetic (default: sima)")
+    q.add_argument("--int16-node", action="append", metavar="NODE", help="run NODE at INT16 (repeatable)")
+    q.add_argument("--evaluate", metavar="SPEC", help="evaluation data (as --data) to score the quantized model")
+    q.add_argument("--nodes", action="store_true", help="print every node with its precision")
+    q.set_defaults(handler=_quantize)
+
+    s = commands.add_parser("search", help="search calibration/scheme options, then INT16 nodes toward a target",
+                            description="Cycle through calibration methods and schemes (one calibration pass), "
+                                        "then, with --target, find the fewest INT16 nodes that reach it.")
+    _add_quantization_args(s)
+    s.add_argument("--evaluate", required=True, metavar="SPEC", help="evaluation data (as --data)")
+    s.add_argument("--target", type=float, help="target score for accuracy feedback (e.g. 0.9)")
+    s.add_argument("--trials", type=int, default=24, help="accuracy feedback trial budget (default: 24)")
+    s.add_argument("--option-trials", type=int, help="options trial budget (default: the whole grid)")
+    s.add_argument("--storage", help="Optuna storage: journal file or RDB URL (default: OUTPUT/NAME.journal); "
+                                     "a rerun resumes from it")
+    s.add_argument("--exact", action="store_true", help="evaluate candidates bit-accurately (default: fast mode)")
+    s.set_defaults(handler=_search)
     return parser
 
 

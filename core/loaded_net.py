@@ -132,15 +132,16 @@ class LoadedNet:
             if value.dtype.kind == "f":
                 stats.observer(name).observe(value)
 
-        for k, feeds in enumerate(samples, start=1):
+        bar = _progress_bar(total, "calibrating", "sample") if progress else None
+        for feeds in samples:
             for name, value in feeds.items():
                 observe(name, value)
             run_graph(self.graph, feeds, on_tensor=observe)
             stats.num_samples += 1
-            if progress:
-                print(f"\rcalibrating: {k}/{total or '?'} samples", end="", flush=True)
-        if progress:
-            print()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
         # what identifies the data, so quantize() can reuse these statistics for the same samples
         stats.metadata["data_sha256"] = fingerprint.hexdigest()
         return stats
@@ -296,6 +297,22 @@ class LoadedNet:
         feeds = self.check_inputs(inputs)
         env = run_graph(self.graph, feeds)
         return [env[o] for o in self.graph.outputs]
+
+
+def _progress_bar(total, desc: str, unit: str):
+    """A tqdm progress bar on stderr (tqdm ships with optuna); a no-op object without it."""
+    try:
+        from tqdm import tqdm
+    except ImportError:   # progress is cosmetic
+        class _Silent:
+            def update(self, n):
+                pass
+
+            def close(self):
+                pass
+
+        return _Silent()
+    return tqdm(total=total, desc=desc, unit=unit, mininterval=0.5, leave=False)
 
 
 def _fingerprinted(samples, digest):

@@ -69,3 +69,65 @@ def test_python_dash_m_core_runs_the_cli():
                             cwd=pathlib.Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("NAME") and "mobilenet_v2" in result.stdout
+
+
+def test_quantize_command_saves_and_scores(tmp_path, capsys):
+    from core import Model
+
+    rc = main(["quantize", "mnist_cnn", "--data", "zoo:digits:calibration:32", "--output", str(tmp_path),
+               "--name", "mn", "--evaluate", "zoo:digits:evaluation:200", "--quiet", "--nodes"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "MLA_0/conv2d_add_relu_0  Conv     int8" in out
+    accuracy = float(out.split("top-1 accuracy on 200 samples: ")[1].split("%")[0]) / 100
+    assert accuracy >= 0.9
+    assert (tmp_path / "mn.sima").is_file() and (tmp_path / "mn.sima.json").is_file()
+    assert Model.load("mn", str(tmp_path)).name == "mn"
+
+
+def test_quantize_command_reads_npz_and_int16_nodes(tmp_path, capsys):
+    import numpy as np
+
+    from core import Model, zoo
+
+    digits = zoo.datasets.digits("calibration")
+    np.savez(tmp_path / "calib.npz", input=digits.inputs[::50], y=digits.labels[::50])
+    rc = main(["quantize", "mnist_cnn", "--data", str(tmp_path / "calib.npz"), "--output", str(tmp_path),
+               "--int16-node", "MLA_0/conv2d_add_relu_2", "--evaluate", str(tmp_path / "calib.npz"), "--labels", "y",
+               "--quiet"])
+    assert rc == 0
+    model = Model.load("model", str(tmp_path))
+    conv2 = next(n for n in model.program.graph.nodes if n.name == "MLA_0/conv2d_add_relu_2")
+    assert model.program.tensors[conv2.outputs[0]].bits == 16
+    assert f"top-1 accuracy on {len(digits.inputs[::50])} samples" in capsys.readouterr().out
+
+
+def test_quantize_command_errors_name_the_culprit(tmp_path, capsys):
+    import numpy as np
+
+    assert main(["quantize", "mnist_cnn", "--data", str(tmp_path / "nope.npz")]) == 1
+    assert "nope.npz' does not exist" in capsys.readouterr().err
+    np.savez(tmp_path / "wrong.npz", image=np.zeros((2, 1, 28, 28), np.float32))
+    assert main(["quantize", "mnist_cnn", "--data", str(tmp_path / "wrong.npz")]) == 1
+    assert "no array for model input(s) ['input']; it holds ['image']" in capsys.readouterr().err
+    assert main(["quantize", "no_such_model", "--data", "zoo:digits"]) == 1
+    assert "neither a model file nor a zoo model" in capsys.readouterr().err
+
+
+def test_search_command_prints_candidates_and_chosen_model(tmp_path, capsys):
+    rc = main(["search", "mnist_cnn", "--data", "zoo:digits:calibration:32", "--evaluate",
+               "zoo:digits:evaluation:200", "--output", str(tmp_path), "--name", "s", "--target", "0.5",
+               "--option-trials", "2", "--trials", "4", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.count("sym-per_") >= 4          # a table row per options candidate (weights + activations)
+    assert "chosen: 0 INT16 node(s) []" in out
+    assert (tmp_path / "s.sima").is_file() and (tmp_path / "s.journal").is_file()
+
+
+def test_every_command_has_help_that_fits(capsys):
+    for argv in (["--help"], ["zoo", "--help"], ["quantize", "--help"], ["search", "--help"]):
+        assert main(argv) == 0
+        text = capsys.readouterr().out
+        assert "usage: mixq" in text
+        assert max(len(line) for line in text.splitlines()) <= 100, argv
