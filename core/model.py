@@ -46,6 +46,26 @@ class Model:
         env = run_program(self.program, feeds, fast_mode=bool(fast_mode))
         return [env[o] for o in self.program.graph.outputs]
 
+    def analyze_quantization_error(self, evaluation_data, error_metric: str = "mae", *, local_feed: bool = True,
+                                   log_level: Optional[int] = logging.NOTSET, batch_size: int = 8,
+                                   progress: bool = False):
+        """Per-layer quantization statistics (the specification's API; see
+        :mod:`core.analysis.layer_error`): ``error_metric`` 'mae', 'mse', 'psnr', 'sqnr' or
+        'cosine'; ``local_feed=True`` feeds each node the float model's inputs (the error it adds),
+        ``False`` runs both models end to end (the error accumulated up to each node). The values
+        go into ``.sima.json`` as each layer's ``"Layer Statistics"`` on the next :meth:`save`, and
+        into the ``.sima``. Works on loaded models too. Returns a
+        :class:`~core.analysis.LayerErrorReport` (``table()``, ``ranking()``, ``plot(path)``)."""
+        from core.analysis import analyze_quantization_error
+
+        if log_level:
+            log.setLevel(log_level)
+        report = analyze_quantization_error(self, evaluation_data, error_metric, local_feed=local_feed,
+                                            batch_size=batch_size, progress=progress)
+        log.info("per-layer %s (%s feed) on %d samples:\n%s", report.metric,
+                 "local" if local_feed else "cumulative", report.num_samples, report.table())
+        return report
+
     # ---- saving and loading (docs/saved_models.md)
 
     @staticmethod

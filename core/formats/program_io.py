@@ -274,6 +274,8 @@ def netron_layers(program: QuantizedProgram) -> list[dict]:
     tq = program.tensors
     consts = g.constants
     node_names = {n.name for n in g.nodes}
+    # set by Model.analyze_quantization_error: {node: {"metric": ..., "error_value": ...}}
+    layer_stats = program.meta.get("layer_statistics") or {}
     layer_of: dict[str, str] = {}
     layers: list[dict] = []
 
@@ -316,7 +318,7 @@ def netron_layers(program: QuantizedProgram) -> list[dict]:
             cfg["output_int32"] = bool(c["output_int32"])
         if n.attrs:
             cfg["attrs"] = _view(dict(n.attrs))
-        cfg["Layer Statistics"] = None
+        cfg["Layer Statistics"] = layer_stats.get(n.name)
         layers.append({"name": n.name, "op": n.op, "inbound": [layer_of[i] for i in acts if i in layer_of],
                        "config": cfg})
         for o in outs:
