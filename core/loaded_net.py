@@ -194,6 +194,7 @@ class LoadedNet:
             raise QuantizationConfigError(
                 f"quantization_config must be QuantizationParams (e.g. default_quantization), got {type(params).__name__}")
         check_custom_config_nodes(params, [n.name for n in self.graph.nodes])   # before calibrating
+        samples = None      # calibration samples, kept when bias correction needs them again
         if isinstance(calibration_data, CalibrationStatistics):
             if statistics is not None:
                 raise CalibrationError("give calibration statistics either as calibration_data or as statistics=, not both")
@@ -201,12 +202,24 @@ class LoadedNet:
         elif statistics is None:
             if calibration_data is None:
                 raise CalibrationError("quantize needs calibration_data (or statistics=)")
+            if params.bias_correction and isinstance(calibration_data, Iterable) and \
+                    iter(calibration_data) is calibration_data:
+                calibration_data = list(calibration_data)     # a one-shot iterator: read it twice
+            samples = calibration_data
             statistics = self._cached_statistics(calibration_data)
         elif calibration_data is not None:
             raise CalibrationError("give either calibration_data or statistics=, not both")
         if not isinstance(statistics, CalibrationStatistics):
             raise CalibrationError(f"statistics must be CalibrationStatistics, got {type(statistics).__name__}")
         program = quantize_graph(self.graph, statistics, params)
+        if params.bias_correction:
+            if samples is None:
+                raise CalibrationError("bias_correction needs calibration samples (calibration_data=...), "
+                                       "not only calibration statistics")
+            from core.quantization.bias_correction import correct_bias
+
+            corrected = correct_bias(program, self.graph, self._calibration_samples(samples))
+            log.info("bias correction adjusted %d node(s)", len(corrected))
         name = model_name or self.graph.name
         log.info("quantized %s: %r", name, program)
         return Model(name, program, self.graph)

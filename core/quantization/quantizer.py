@@ -176,7 +176,7 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> Quantized
     if not isinstance(params, QuantizationParams):
         raise QuantizationConfigError(f"quantization_config must be QuantizationParams, got {type(params).__name__}")
     check_custom_config_nodes(params, [n.name for n in graph.nodes])
-    for flag in ("channel_equalization", "bias_correction"):
+    for flag in ("channel_equalization",):
         if getattr(params, flag):
             raise QuantizationConfigError(
                 f"{flag}=True is not implemented in this version of mixq (planned); quantize with "

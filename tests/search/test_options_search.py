@@ -68,11 +68,11 @@ def test_unimplemented_options_are_recorded_not_fatal(setup):
         "calibration_method": [MinMaxMethod(), HistogramMSEMethod()],
         "weight_quantization_scheme": [quantization_scheme(False, True)],
         "activation_quantization_scheme": [quantization_scheme(True, False)],
-        "bias_correction": [False, True]})
+        "channel_equalization": [False, True]})
     failed = [c for c in r.candidates if c.error]
     assert len(r.candidates) == 4 and len(failed) == 2
-    assert all("bias_correction" in c.error for c in failed)
-    assert r.best.config.bias_correction is False
+    assert all("channel_equalization" in c.error for c in failed)
+    assert r.best.config.channel_equalization is False
 
 
 def test_bad_options(setup):
