@@ -66,6 +66,14 @@ class Model:
                  "local" if local_feed else "cumulative", report.num_samples, report.table())
         return report
 
+    def export_onnx(self, path: str) -> str:
+        """Write the model as a QDQ ONNX file (QuantizeLinear/DequantizeLinear around every integer
+        tensor, quantized weights) that onnxruntime and other ONNX runtimes execute; see
+        :mod:`core.formats.onnx_export`. Returns the path."""
+        from core.formats.onnx_export import export_qdq_onnx
+
+        return export_qdq_onnx(self, path)
+
     # ---- saving and loading (docs/saved_models.md)
 
     @staticmethod
