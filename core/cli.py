@@ -222,6 +222,69 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_sima(path: str):
+    from core import Model
+
+    directory, name = os.path.split(path)
+    return Model.load(name, directory)
+
+
+class _NetInputs:
+    """What ``_load_data`` needs from a model: its input names."""
+
+    def __init__(self, model):
+        self.input_names = model.input_names
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    model = _load_sima(args.model)
+    inputs, _ = _load_data(args.data, _NetInputs(model))
+    samples = _samples(inputs)
+    report = model.analyze_quantization_error(samples, args.metric, local_feed=not args.cumulative,
+                                              progress=not args.quiet)
+    print(report.table(worst_first=args.worst_first))
+    if args.plot:
+        print(f"plot: {report.plot(args.plot, top=args.top)}")
+    if args.save:
+        directory, name = os.path.split(args.model)
+        model.save(name, directory)
+        print(f"Layer Statistics written into {args.model}.json")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    model = _load_sima(args.model)
+    report = model.compile(args.output, batch_size=args.batch_size, compress=not args.no_compress)
+    print(report)
+    return 0
+
+
+def _run_devkit(args: argparse.Namespace) -> int:
+    import getpass
+
+    import numpy as np
+
+    model = _load_sima(args.model)
+    inputs, _ = _load_data(args.data, _NetInputs(model))
+    samples = _samples(inputs)
+    password = getpass.getpass(f"password for {args.user}@{args.devkit}: ") if args.ask_password else ""
+    t = time.perf_counter()
+    outputs = model.execute_in_accelerator_mode(samples, args.devkit, username=args.user, password=password,
+                                                batch_size=args.batch_size, port=args.port,
+                                                key_filename=args.key, accept_unknown_host=args.accept_unknown_host)
+    seconds = time.perf_counter() - t
+    local = [model.execute(s) for s in samples] if args.check else None
+    if args.outputs:
+        arrays = {f"output_{k}": np.concatenate([o[k] for o in outputs]) for k in range(len(outputs[0]))}
+        np.savez(args.outputs, **arrays)
+    print(f"{len(samples)} samples on {args.devkit} in {seconds:.1f} s")
+    if local is not None:
+        same = all(np.array_equal(a, b) for o, l in zip(outputs, local) for a, b in zip(o, l))
+        print("bit-identical to local execution" if same else "DIFFERENT from local execution")
+        return 0 if same else 1
+    return 0
+
+
 class _Progress:
     """One status line per evaluated candidate (on stderr, so tables on stdout stay clean)."""
 
@@ -300,6 +363,43 @@ def build_parser() -> argparse.ArgumentParser:
                                      "a rerun resumes from it")
     s.add_argument("--exact", action="store_true", help="evaluate candidates bit-accurately (default: fast mode)")
     s.set_defaults(handler=_search)
+
+    a = commands.add_parser("analyze", help="per-layer quantization error of a saved model",
+                            description="Per-layer error of a saved .sima model against its float graph.")
+    a.add_argument("model", help="saved model (.sima)")
+    a.add_argument("--data", required=True, metavar="SPEC", help="evaluation data: .npz or zoo:<data set>")
+    a.add_argument("--metric", default="mae", choices=["mae", "mse", "psnr", "sqnr", "cosine"])
+    a.add_argument("--cumulative", action="store_true", help="error up to each node (default: the error "
+                                                               "each node adds, local feed)")
+    a.add_argument("--worst-first", action="store_true", help="sort the table by error")
+    a.add_argument("--plot", metavar="PNG", help="write a bar chart of the worst nodes")
+    a.add_argument("--top", type=int, default=30, help="nodes in the plot (default: 30)")
+    a.add_argument("--save", action="store_true", help="write the statistics into the model's .sima.json")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(handler=_analyze)
+
+    c = commands.add_parser("compile", help="compile a saved model to .lm (memory plan report)",
+                            description="Compile a saved .sima model to an .lm package for the devkit.")
+    c.add_argument("model", help="saved model (.sima)")
+    c.add_argument("--output", default=".", metavar="DIR")
+    c.add_argument("--batch-size", type=int, default=1)
+    c.add_argument("--no-compress", action="store_true", help="store constant data uncompressed")
+    c.set_defaults(handler=_compile)
+
+    r = commands.add_parser("run-devkit", help="run a saved model on a devkit over SSH",
+                            description="Compile, upload and run a saved model on a devkit (accelerator mode).")
+    r.add_argument("model", help="saved model (.sima)")
+    r.add_argument("--devkit", required=True, metavar="HOST")
+    r.add_argument("--user", required=True)
+    r.add_argument("--port", type=int, default=22)
+    r.add_argument("--key", metavar="FILE", help="private key file (default: ssh agent / ~/.ssh keys)")
+    r.add_argument("--ask-password", action="store_true", help="prompt for a password (never echoed or logged)")
+    r.add_argument("--accept-unknown-host", action="store_true", help="trust a host key not in known_hosts")
+    r.add_argument("--data", required=True, metavar="SPEC", help="inputs: .npz or zoo:<data set>")
+    r.add_argument("--batch-size", type=int, default=1)
+    r.add_argument("--outputs", metavar="NPZ", help="write the outputs here")
+    r.add_argument("--check", action="store_true", help="compare with local bit-accurate execution")
+    r.set_defaults(handler=_run_devkit)
     return parser
 
 

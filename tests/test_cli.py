@@ -131,3 +131,23 @@ def test_every_command_has_help_that_fits(capsys):
         text = capsys.readouterr().out
         assert "usage: mixq" in text
         assert max(len(line) for line in text.splitlines()) <= 100, argv
+
+
+def test_analyze_command_prints_table_plot_and_saves_statistics(tmp_path, capsys):
+    import json
+
+    assert main(["quantize", "mnist_cnn", "--data", "zoo:digits:calibration:32", "--output", str(tmp_path),
+                 "--name", "m", "--quiet"]) == 0
+    capsys.readouterr()
+    sima = str(tmp_path / "m.sima")
+    rc = main(["analyze", sima, "--data", "zoo:digits:evaluation:40", "--metric", "psnr", "--worst-first",
+               "--plot", str(tmp_path / "m.png"), "--save", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[0].split() == ["node", "op", "precision", "psnr"]
+    values = [float(line.split()[-1]) for line in lines[2:9]]
+    assert values == sorted(values)                       # worst (lowest PSNR) first
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+    layers = json.loads((tmp_path / "m.sima.json").read_text())["config"]["layers"]
+    assert sum(1 for layer in layers if (layer["config"].get("Layer Statistics") or {}).get("metric") == "psnr") == 7
