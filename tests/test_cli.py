@@ -126,7 +126,8 @@ def test_search_command_prints_candidates_and_chosen_model(tmp_path, capsys):
 
 
 def test_every_command_has_help_that_fits(capsys):
-    for argv in (["--help"], ["zoo", "--help"], ["quantize", "--help"], ["search", "--help"]):
+    for argv in (["--help"], ["zoo", "--help"], ["quantize", "--help"], ["search", "--help"], ["analyze", "--help"],
+                 ["compile", "--help"], ["run-devkit", "--help"]):
         assert main(argv) == 0
         text = capsys.readouterr().out
         assert "usage: mixq" in text
