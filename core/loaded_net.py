@@ -39,6 +39,14 @@ def load_model(params: ImporterParams, *, log_level: Optional[int] = logging.NOT
         from core.importers.onnx import import_onnx
 
         graph = import_onnx(params)
+    elif params.format == "tflite":
+        from core.importers.tflite import import_tflite
+
+        graph = import_tflite(params)
+    elif params.format == "tensorflow":
+        from core.importers.tensorflow import import_tensorflow
+
+        graph = import_tensorflow(params)
     else:
         raise ModelLoadError(f"unknown model format {params.format!r}")
     from core.ir.passes import optimize
@@ -55,10 +63,24 @@ class LoadedNet:
     # specification's "cycling through quantization options" loop): a few MB each
     _STATS_CACHE_SIZE = 2
 
-    def __init__(self, graph: Graph, params: Optional[ImporterParams] = None):
+    def __init__(self, graph: Graph, params: Optional[ImporterParams] = None, *, equalized: bool = False):
         self.graph = graph
         self.params = params
         self._stats_cache: dict[tuple[str, int], Any] = {}
+        self._equalized = equalized          # this graph is already channel-equalized
+        self._equalized_copy: Optional["LoadedNet"] = None
+
+    def _equalized_net(self) -> "LoadedNet":
+        """This model with cross-layer channel equalization applied (float outputs unchanged;
+        see core/ir/passes/equalize_channels.py), built once."""
+        if self._equalized_copy is None:
+            from core.ir.passes.equalize_channels import equalize_channels
+
+            graph = self.graph.copy()
+            pairs = equalize_channels(graph)
+            log.info("channel equalization: %d conv/dense pairs", pairs)
+            self._equalized_copy = LoadedNet(graph, self.params, equalized=True)
+        return self._equalized_copy
 
     # ---- description -----------------------------------------------------
     @property
@@ -123,7 +145,8 @@ class LoadedNet:
         from core.quantization.calibration import DEFAULT_FINE_BINS, CalibrationStatistics
         from core.runtime.float_interpreter import run_graph
 
-        stats = CalibrationStatistics(num_bins or DEFAULT_FINE_BINS, {"model": self.graph.name})
+        stats = CalibrationStatistics(num_bins or DEFAULT_FINE_BINS,
+                                      {"model": self.graph.name, "channel_equalized": self._equalized})
         fingerprint = hashlib.sha256()
         samples = _fingerprinted(self._calibration_samples(calibration_data), fingerprint)
         total = len(calibration_data) if hasattr(calibration_data, "__len__") else None
@@ -194,6 +217,9 @@ class LoadedNet:
             raise QuantizationConfigError(
                 f"quantization_config must be QuantizationParams (e.g. default_quantization), got {type(params).__name__}")
         check_custom_config_nodes(params, [n.name for n in self.graph.nodes])   # before calibrating
+        if params.channel_equalization and not self._equalized:
+            # an equalized copy of the float graph, calibrated and quantized on its own
+            return self._equalized_net().quantize(calibration_data, params, model_name, statistics=statistics)
         samples = None      # calibration samples, kept when bias correction needs them again
         if isinstance(calibration_data, CalibrationStatistics):
             if statistics is not None:
@@ -211,6 +237,12 @@ class LoadedNet:
             raise CalibrationError("give either calibration_data or statistics=, not both")
         if not isinstance(statistics, CalibrationStatistics):
             raise CalibrationError(f"statistics must be CalibrationStatistics, got {type(statistics).__name__}")
+        if bool(statistics.metadata.get("channel_equalized", False)) != bool(params.channel_equalization):
+            raise CalibrationError(
+                "these calibration statistics were recorded on the "
+                f"{'channel-equalized' if statistics.metadata.get('channel_equalized') else 'original'} graph, "
+                f"but channel_equalization={params.channel_equalization}: pass calibration data instead "
+                "(equalization changes every range)")
         program = quantize_graph(self.graph, statistics, params)
         if params.bias_correction:
             if samples is None:
@@ -257,8 +289,11 @@ class LoadedNet:
         check_custom_config_nodes(params, [n.name for n in self.graph.nodes])
         evaluator = Evaluator(evaluation_dataset, self.input_names, self.input_shapes(), accuracy_score,
                               batch_size=batch_size, fast_mode=fast_mode)
-        stats = calibration_data if isinstance(calibration_data, CalibrationStatistics) else \
-            self._cached_statistics(calibration_data)
+        if isinstance(calibration_data, CalibrationStatistics):
+            stats = calibration_data
+        else:   # statistics of the graph the configuration quantizes (channel-equalized or not)
+            owner = self._equalized_net() if params.channel_equalization and not self._equalized else self
+            stats = owner._cached_statistics(calibration_data)
         if ranking is None:
             int8 = self.quantize(statistics=stats, quantization_config=params)
             head = evaluator.samples[:max(1, int(ranking_samples))]
@@ -295,10 +330,15 @@ class LoadedNet:
 
         evaluator = Evaluator(evaluation_dataset, self.input_names, self.input_shapes(), accuracy_score,
                               batch_size=batch_size, fast_mode=fast_mode)
-        stats = calibration_data if isinstance(calibration_data, CalibrationStatistics) else \
-            self._cached_statistics(calibration_data)
+        if isinstance(calibration_data, CalibrationStatistics):
+            stats = calibration = calibration_data
+        else:
+            if isinstance(calibration_data, Iterable) and iter(calibration_data) is calibration_data:
+                calibration_data = list(calibration_data)      # read once per graph variant
+            stats = self._cached_statistics(calibration_data)
+            calibration = calibration_data    # quantize() reuses its cache; equalized candidates calibrate theirs
         key = f"{stats.metadata.get('data_sha256', '')}/{evaluator.fingerprint()}"
-        return search_quantization_options(self, stats, evaluator, options, base_config=base_config,
+        return search_quantization_options(self, calibration, evaluator, options, base_config=base_config,
                                            max_trials=max_trials, timeout=timeout, storage=storage,
                                            study_name=study_name, study_key=key, seed=seed, callbacks=callbacks,
                                            model_name=model_name or self.graph.name)

@@ -41,8 +41,17 @@ def apply_activation(x: np.ndarray, node: Node) -> np.ndarray:
     if kind == "relu":
         return np.maximum(x, 0, out=x)
     if kind == "clip":
-        return np.clip(x, act.get("min", -np.inf), act.get("max", np.inf), out=x)
+        # bounds may be per channel (channel equalization): arrays over axis 1 (NC..., or (N, O))
+        lo, hi = (_channel_bound(act.get(k, d), x.ndim) for k, d in (("min", -np.inf), ("max", np.inf)))
+        return np.clip(x, lo, hi, out=x)
     raise UnsupportedOperatorError(node.op, node.name, f"fused activation {kind!r}")
+
+
+def _channel_bound(bound, ndim: int):
+    b = np.asarray(bound)
+    if b.ndim == 0 or ndim < 2:
+        return b
+    return b.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 def activation_suffix(node: Node) -> str:

@@ -160,13 +160,35 @@ def _weight_axis(node: Node, w: np.ndarray) -> int:
     return w.ndim - 1  # MatMul: (K, O) or (K,)
 
 
-def _fused_bounds(node: Node) -> tuple[float, float]:
+def _fused_bounds(node: Node) -> tuple[Any, Any]:
+    """The fused activation's (lo, hi): floats, or per-channel arrays (channel equalization)."""
     act = node.attrs.get("activation")
     if not act:
         return -math.inf, math.inf
     if act["kind"] == "relu":
         return 0.0, math.inf
-    return float(act.get("min", -math.inf)), float(act.get("max", math.inf))
+    bounds = []
+    for key, default in (("min", -math.inf), ("max", math.inf)):
+        b = np.asarray(act.get(key, default), np.float64)
+        bounds.append(float(b) if b.ndim == 0 else b.reshape(-1))
+    return bounds[0], bounds[1]
+
+
+def _activation_range(q: TensorQuant, lo, hi, c: dict) -> None:
+    """``c["act_min"], c["act_max"]``: the integer clamp of a fused activation; with per-channel
+    bounds, the loosest ones (for requantize) and ``c["act_channel_bounds"]``: the per-channel
+    (min array, max array) that the interpreter applies after requantization."""
+    if np.ndim(lo) == 0 and np.ndim(hi) == 0:
+        c["act_min"], c["act_max"] = activation_range_int(q.zero_point, q.scale, lo, hi, q.qmin, q.qmax)
+        return
+    n = max(np.size(lo), np.size(hi))
+    los, his = np.broadcast_to(lo, (n,)), np.broadcast_to(hi, (n,))
+    pairs = [activation_range_int(q.zero_point, q.scale, float(a), float(b), q.qmin, q.qmax) for a, b in zip(los, his)]
+    mins = np.array([p[0] for p in pairs], np.int64)
+    maxs = np.array([p[1] for p in pairs], np.int64)
+    c["act_min"], c["act_max"] = int(mins.min()), int(maxs.max())
+    if mins.min() != mins.max() or maxs.min() != maxs.max():
+        c["act_channel_bounds"] = (mins, maxs)
 
 
 # --------------------------------------------------------------------------- main entry
@@ -176,11 +198,6 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> Quantized
     if not isinstance(params, QuantizationParams):
         raise QuantizationConfigError(f"quantization_config must be QuantizationParams, got {type(params).__name__}")
     check_custom_config_nodes(params, [n.name for n in graph.nodes])
-    for flag in ("channel_equalization",):
-        if getattr(params, flag):
-            raise QuantizationConfigError(
-                f"{flag}=True is not implemented in this version of mixq (planned); quantize with "
-                f"{flag}=False, e.g. config.with_{flag}(False)")
     graph = graph.copy()   # the program owns its node list (constant arrays are shared, immutable)
     consts = graph.constants
     act_scheme = params.activation_quantization_scheme
@@ -264,9 +281,8 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> Quantized
         elif n.op in RESCALE_OPS and len(ins) == len([i for i in n.inputs if i]) and \
                 (n.op in ("GlobalAveragePool", "Concat") or len(ins) == 2):
             tq[out] = own_quant(out)
-            q = tq[out]
             lo, hi = _fused_bounds(n)
-            c["act_min"], c["act_max"] = activation_range_int(q.zero_point, q.scale, lo, hi, q.qmin, q.qmax)
+            _activation_range(tq[out], lo, hi, c)
         else:
             kind = "float"
             for o in n.outputs:
@@ -335,6 +351,6 @@ def _finish_dense(c: dict[str, Any], n: Node, q_in: TensorQuant, q_out: TensorQu
     c["multiplier"], c["shift"] = np.asarray(m, np.int64), np.asarray(s, np.int64)
     c["real_multiplier"] = real
     lo, hi = _fused_bounds(n)
-    c["act_min"], c["act_max"] = activation_range_int(q_out.zero_point, q_out.scale, lo, hi, q_out.qmin, q_out.qmax)
+    _activation_range(q_out, lo, hi, c)
     # TFLite: 16-bit inputs accumulate in int64 and use the int64 multiplier variant
     c["tflite_rounding"] = "int64" if q_in.bits == 16 else "double"

@@ -146,7 +146,7 @@ def search_quantization_options(
         t0 = time.perf_counter()
         error = ""
         try:
-            model = net.quantize(statistics=statistics, quantization_config=cfg, model_name=model_name)
+            model = net.quantize(statistics, cfg, model_name)   # statistics: CalibrationStatistics or samples
             acc = float(evaluator(model))
         except MixqError as e:               # e.g. an option this version does not implement
             acc, error = float("nan"), f"{type(e).__name__}: {e}"

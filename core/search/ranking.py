@@ -61,7 +61,7 @@ def rank_nodes_by_output_gain(net, int8_model, samples: Mapping[str, np.ndarray]
     from core.runtime.float_interpreter import run_graph
 
     prog = int8_model.program
-    graph = net.graph
+    graph = int8_model.float_graph        # the graph the program was quantized from (maybe equalized)
     feeds = net.check_inputs(samples)
     owned = _owned_tensors(prog)
     owner = {t: node for node, ts in owned.items() for t in ts}
@@ -117,7 +117,7 @@ def rank_nodes_by_int8_noise(net, int8_model, samples: Mapping[str, np.ndarray])
             noise[name] = noise.get(name, 0.0) + float(((v - tq.dequantize(tq.quantize(v))) ** 2).sum())
             signal[name] = signal.get(name, 0.0) + float(((v - v.mean()) ** 2).sum())
 
-    run_graph(net.graph, net.check_inputs(samples), on_tensor=observe)
+    run_graph(int8_model.float_graph, net.check_inputs(samples), on_tensor=observe)
     scores: dict[str, float] = {}
     for t in noise:
         scores[owner[t]] = max(scores.get(owner[t], 0.0), noise[t] / max(signal[t], 1e-30))

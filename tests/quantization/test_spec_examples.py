@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from core import (CalibrationMethod, HistogramEntropyMethod, HistogramMSEMethod, HistogramPercentileMethod,
+from core import (CalibrationError, CalibrationMethod, HistogramEntropyMethod, HistogramMSEMethod, HistogramPercentileMethod,
                   MinMaxMethod, Model, MovingAverageMinMaxMethod, QuantizationConfigError, QuantizationPrecision,
                   RequantizationMode, default_quantization, int16_quantization, load_model, onnx_source,
                   quantization_scheme, zoo)
@@ -186,8 +186,10 @@ def test_overriding_configuration_example(loaded_net, calib_data):
     assert {t.bits for t in sdk_net.program.tensors.values()} == {16}
     assert any(t.zero_point != 0 for t in sdk_net.program.tensors.values())       # asymmetric int16
     assert sdk_net.program.params.bias_correction
-    with pytest.raises(QuantizationConfigError, match="channel_equalization"):
-        loaded_net.quantize(calib_data, default_quantization.with_channel_equalization(True))
+    equalized = loaded_net.quantize(calib_data, default_quantization.with_channel_equalization(True))
+    assert equalized.program.params.channel_equalization
+    with pytest.raises(CalibrationError, match="channel_equalization=True"):
+        loaded_net.quantize(loaded_net.calibrate(calib_data), default_quantization.with_channel_equalization(True))
 
 
 def test_saved_json_marks_int16_nodes(loaded_net, calib_data, tmp_path):

@@ -62,17 +62,26 @@ def test_tpe_within_budget_and_object_scores(setup, tmp_path):
     assert again.evaluations == 0 and len(again.candidates) == 4 and again.best.accuracy == r.best.accuracy
 
 
-def test_unimplemented_options_are_recorded_not_fatal(setup):
+def test_equalization_and_bias_correction_options(setup):
     net, calib, dataset = setup
     r = net.search_quantization_options(calib, dataset, top1, {
-        "calibration_method": [MinMaxMethod(), HistogramMSEMethod()],
-        "weight_quantization_scheme": [quantization_scheme(False, True)],
+        "calibration_method": [HistogramMSEMethod()],
+        "weight_quantization_scheme": [quantization_scheme(False, False)],
         "activation_quantization_scheme": [quantization_scheme(True, False)],
-        "channel_equalization": [False, True]})
+        "channel_equalization": [False, True], "bias_correction": [False, True]})
+    assert len(r.candidates) == 4 and not [c for c in r.candidates if c.error]
+    assert {(c.config.channel_equalization, c.config.bias_correction) for c in r.candidates} == \
+        {(False, False), (False, True), (True, False), (True, True)}
+    assert min(c.accuracy for c in r.candidates) >= 0.85
+
+
+def test_options_search_from_statistics_records_what_cannot_run(setup):
+    net, calib, dataset = setup
+    r = net.search_quantization_options(net.calibrate(calib), dataset, top1, {
+        "calibration_method": [MinMaxMethod()], "weight_quantization_scheme": [quantization_scheme(False, True)],
+        "activation_quantization_scheme": [quantization_scheme(True, False)], "bias_correction": [False, True]})
     failed = [c for c in r.candidates if c.error]
-    assert len(r.candidates) == 4 and len(failed) == 2
-    assert all("channel_equalization" in c.error for c in failed)
-    assert r.best.config.channel_equalization is False
+    assert len(r.candidates) == 2 and len(failed) == 1 and "calibration samples" in failed[0].error
 
 
 def test_bad_options(setup):
