@@ -27,6 +27,7 @@ onnxruntime's artifacts (augmented model, quantized models) live in a temporary 
 
     python bench/bench_quantization.py            # 128 calibration, 200 evaluation crops, 7 timing runs
     python bench/bench_quantization.py --quick    # 32 calibration, 48 evaluation crops, 3 timing runs
+    python bench/bench_quantization.py --timing-only  # section 2 only: TIMING_CALIB crops, MinMax QDQ, 7 runs
 """
 import argparse
 import logging
@@ -49,6 +50,7 @@ MIXED_NODES = 5
 RANK_SAMPLES = 16
 TIMING_BATCH = 32
 TARGET_EXACT, TARGET_FAST = 4.0, 1.5
+TIMING_CALIB = 8  # --timing-only: calibration crops for both quantizers (timing does not depend on them)
 
 
 def ort_session(model_proto):
@@ -134,7 +136,11 @@ def rank_nodes(net, model, samples):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer crops and timing runs (development)")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="skip fidelity: time only, onnxruntime QDQ from MinMax calibration on a few crops")
     args = ap.parse_args()
+    if args.timing_only:
+        return timing_only(3 if args.quick else 7)
     n_calib, n_eval, repeats = (32, 48, 3) if args.quick else (128, 200, 7)
 
     import onnxruntime as ort
@@ -212,7 +218,13 @@ def main() -> int:
           f"INT16 {a16:.1%} >= 99% -> {verdict(a16 >= 0.99)}; mixed {amix:.1%} > INT8 {a8:.1%} -> {verdict(amix > a8)}")
 
     # ---- 2. time at batch 32
-    sess = ort_sessions[best_method]
+    time_batch(int8, ort_sessions[best_method], f"QDQ {best_method}", name, evalset, repeats)
+    print(f"load average now {os.getloadavg()[0]:.1f}; total {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+def time_batch(int8, sess, ort_label, name, evalset, repeats):
+    """Section 2: mixq INT8 exact and fast_mode vs onnxruntime at batch TIMING_BATCH, alternating runs."""
     x = evalset[np.arange(TIMING_BATCH) % len(evalset)]
     int8.execute({name: x}, fast_mode=False)
     int8.execute({name: x}, fast_mode=True)
@@ -226,14 +238,41 @@ def main() -> int:
             fn()
             lst.append(time.perf_counter() - t)
     e, f, o = (statistics.median(v) for v in (t_exact, t_fast, t_ort))
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     print(f"\ntime at batch {TIMING_BATCH}, median of {repeats} alternating runs "
-          f"(onnxruntime: QDQ {best_method}, {ORT_THREADS} intra-op threads)")
+          f"(onnxruntime: {ort_label}, {ORT_THREADS} intra-op threads)")
     print(f"{'runner':<30}  {'ms':>8}  {'vs onnxruntime':>14}  {'target':>7}")
     print(f"{'onnxruntime INT8 QDQ':<30}  {o * 1e3:>8.1f}  {'1.00x':>14}  {'':>7}")
     print(f"{'mixq INT8 exact':<30}  {e * 1e3:>8.1f}  {e / o:>13.2f}x  {'<= ' + format(TARGET_EXACT, 'g') + 'x':>7}  "
           f"{verdict(e / o <= TARGET_EXACT)}")
     print(f"{'mixq INT8 fast_mode':<30}  {f * 1e3:>8.1f}  {f / o:>13.2f}x  {'<= ' + format(TARGET_FAST, 'g') + 'x':>7}  "
           f"{verdict(f / o <= TARGET_FAST)}")
+    return e / o, f / o
+
+
+def timing_only(repeats) -> int:
+    """Section 2 alone: both quantizers calibrate on TIMING_CALIB crops (onnxruntime with MinMax)."""
+    import onnxruntime as ort
+
+    t_start = time.perf_counter()
+    path = zoo.build("mobilenet_v2")
+    net = load_model(onnx_source(path))
+    name = net.input_names[0]
+    calib = zoo.datasets.natural_images("calibration", TIMING_CALIB).inputs
+    evalset = zoo.datasets.natural_images("evaluation", TIMING_BATCH).inputs
+    print(f"MobileNetV2 ({path.name}) [TIMING ONLY]: {TIMING_CALIB} calibration crops; onnxruntime "
+          f"{ort.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    int8 = net.quantize(net.calibrate([{name: calib[i:i + 1]} for i in range(TIMING_CALIB)]), default_quantization)
+    with tempfile.TemporaryDirectory(prefix="mixq_bench_ort_") as tmp:
+        dst = pathlib.Path(tmp) / "mobilenet_v2_qdq_minmax.onnx"
+        cwd = os.getcwd()
+        os.chdir(tmp)  # onnxruntime writes its augmented model to the working directory
+        try:
+            ort_quantize(path, dst, calib, name, "MinMax")
+        finally:
+            os.chdir(cwd)
+        sess = ort_session(batch_free(dst))
+    time_batch(int8, sess, "QDQ MinMax", name, evalset, repeats)
     print(f"load average now {os.getloadavg()[0]:.1f}; total {time.perf_counter() - t_start:.0f} s")
     return 0
 

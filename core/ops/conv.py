@@ -217,13 +217,15 @@ def _windows(xl, kernel, strides, dilations, out):
     return np.lib.stride_tricks.as_strided(xl, shape, view_strides, writeable=False)
 
 
-def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype, result_dtype=None, x_shift=None):
+def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype, result_dtype=None, x_shift=None,
+               finish=None):
     """Dense and grouped conv as GEMMs over row blocks of the channels-last output.
 
     The GEMMs run in ``dtype``; with a different ``result_dtype`` (the exact integer path),
     each block is computed into a per-thread buffer and converted while in cache, before the
     bias is added. With ``x_shift`` (1x1, stride 1, unpadded only), each block's input rows
-    are converted to ``dtype`` minus x_shift while in cache, instead of in a pass before."""
+    are converted to ``dtype`` minus x_shift while in cache, instead of in a pass before.
+    ``finish(yb, tb)`` replaces the bias/activation step (e.g. a requantizer writing int8)."""
     n = len(kernel)
     N, C, O = xl.shape[0], xl.shape[-1], w.shape[0]
     cg, og = C // group, O // group
@@ -249,14 +251,18 @@ def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype, 
             else:
                 cols = windows[g][n0:n1, r0:r1].reshape(yb.shape[0], -1)  # a view for 1x1 stride-1 conv
             np.matmul(cols, wmats[g], out=tb[:, g * og:(g + 1) * og] if group > 1 else tb)
-        _finish(yb, tb, bias, act)
+        if finish is not None:
+            finish(yb, tb)
+        else:
+            _finish(yb, tb, bias, act)
 
     with _SingleThreadedBlas() as single:
         _parallel(one_block, _row_blocks(N, out, target), serial=not single)
     return y
 
 
-def _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype, result_dtype=None, x_shift=None):
+def _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype, result_dtype=None, x_shift=None,
+                    finish=None):
     """Depthwise conv: einsum over a windows view sums the taps in C, one pass per output,
     instead of a multiply-add pass per tap. Per image (in threads), padded into a per-thread
     buffer that stays in cache. With a ``result_dtype`` other than ``dtype``, each image is
@@ -309,7 +315,10 @@ def _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dty
                 + tuple(st[d] * dilations[d] for d in range(n)) + (st[-1],)
         windows = np.lib.stride_tricks.as_strided(img, shape, view_strides, writeable=False)
         np.einsum(spec, windows, wk, out=yi)
-        _finish(y[i], yi.reshape(y[i].shape) if staged else y[i], bias, act)
+        if finish is not None:
+            finish(y[i], yi.reshape(y[i].shape) if staged else y[i])
+        else:
+            _finish(y[i], yi.reshape(y[i].shape) if staged else y[i], bias, act)
 
     _parallel(one_image, range(N))
     return y
@@ -329,7 +338,7 @@ def conv_forward(x, w, b, node: Node):
     return _channels_first(_conv_channels_last(_channels_last(x), w, bias, node.attrs.get("activation"), node, dtype))
 
 
-def _conv_channels_last(xl, w, bias, act, node: Node, dtype, result_dtype=None, x_shift=None):
+def _conv_channels_last(xl, w, bias, act, node: Node, dtype, result_dtype=None, x_shift=None, finish=None):
     """The conv of channels-last ``xl`` (padding with zeros), computed in ``dtype``, fused
     bias and activation; a channels-last result of ``result_dtype`` (default ``dtype``).
 
@@ -341,13 +350,14 @@ def _conv_channels_last(xl, w, bias, act, node: Node, dtype, result_dtype=None, 
     kernel, strides, dilations, pads, out = _conv_out_shape(node, x_shape, w.shape)
     group = node.attrs.get("group", 1)
     if group == x_shape[1] == w.shape[0] and w.shape[1] == 1:
-        return _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype, result_dtype, x_shift)
+        return _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype, result_dtype, x_shift,
+                               finish)
     pointwise = not any(pads) and all(k == 1 for k in kernel) and all(s == 1 for s in strides)
     if x_shift is not None and not pointwise:
         xl, x_shift = np.subtract(xl, x_shift, dtype=dtype, casting="unsafe"), None
     if any(pads):
         xl = np.pad(xl, [(0, 0)] + [(pads[d], pads[d + n]) for d in range(n)] + [(0, 0)])
-    return _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype, result_dtype, x_shift)
+    return _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype, result_dtype, x_shift, finish)
 
 
 # ---- exact integer accumulation ---------------------------------------------------------------
@@ -452,7 +462,7 @@ def _shifted(x, zero_point: int, dtype) -> np.ndarray:
     return out
 
 
-def conv_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node) -> np.ndarray:
+def conv_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node, requant=None) -> np.ndarray:
     """Exact integer accumulators of a quantized Conv:
     ``acc[n, o, ...] = bias_q[o] + sum_{c, k} w_q[o, c, k] * (x_q[n, c, k'] - x_zero_point)``
     as int64, logical NC(spatial) (a view of channels-last memory, like :func:`conv_forward`).
@@ -465,6 +475,11 @@ def conv_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node) -> np.ndarray:
 
     The GEMMs/einsums run in float32 or float64 BLAS when the bound above proves them exact,
     else in int64.
+
+    ``requant`` (a :class:`core.quantization.requantize.Requant`): return ``requant`` applied
+    to the accumulators instead, as ``requant.dtype``, each block requantized while in cache
+    (bit for bit; fast mode's approximate ``Requant`` accumulates in float32 with its
+    ``weight_scale`` folded into the weights).
     """
     x_q = _int_operand(x_q, "x_q", node)
     w_q = _int_operand(w_q, "w_q", node)
@@ -477,12 +492,17 @@ def conv_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node) -> np.ndarray:
     if tuple(kernel) != tuple(w_q.shape[2:]):
         raise ShapeInferenceError(f"{node.describe()}: kernel_shape {kernel} != weight shape {tuple(w_q.shape[2:])}")
     dtype, bound = _exact_plan(x_q, zp, w_q.reshape(w_q.shape[0], -1), bias_q, node)
-    bias = _exact_bias(bias_q, dtype, bound)
+    result, finish, bias = np.int64, None, _exact_bias(bias_q, dtype, bound)
+    if requant is not None:
+        dtype, finish = requant.bind(dtype, bias_q, bound)
+        result, bias = requant.dtype, None
+        if requant.weight_scale is not None:   # fast mode: the blocks come out rescaled
+            w_q = w_q.astype(dtype) * requant.weight_scale.reshape((-1,) + (1,) * (w_q.ndim - 1))
     xl = _channels_last(x_q)
     if _direct_shift(x_q, zp, dtype):   # the kernels subtract the zero point block by block
-        y = _conv_channels_last(xl, w_q, bias, None, node, dtype, np.int64, dtype.type(zp))
+        y = _conv_channels_last(xl, w_q, bias, None, node, dtype, result, dtype.type(zp), finish)
     else:
-        y = _conv_channels_last(_shifted(xl, zp, dtype), w_q, bias, None, node, dtype, np.int64)
+        y = _conv_channels_last(_shifted(xl, zp, dtype), w_q, bias, None, node, dtype, result, finish=finish)
     return _channels_first(y)
 
 

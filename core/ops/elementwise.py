@@ -1,6 +1,8 @@
 """Add, Sub, Mul, Div with numpy broadcasting; TFLite-exact integer Add/Sub/Mul (add_int, sub_int, mul_int)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
@@ -49,9 +51,49 @@ for _name, _fn, _mla, _kind, _doc in [
 # --------------------------------------------------------------------------- integer kernels
 # Bit-exact with TensorFlow Lite's reference integer kernels (reference/integer_ops/add.h,
 # mul.h, reference_ops sub.h; multipliers as in kernels/add.cc, sub.cc, mul.cc). Inputs are
-# integer arrays (any integer dtype); outputs are int64 arrays clamped to [qmin, qmax].
+# integer arrays (any integer dtype); outputs are int64 arrays clamped to [qmin, qmax] (or
+# ``dtype``, which must hold [qmin, qmax]).
 
 _ADD_LEFT_SHIFT = {8: 20, 16: 15}
+
+# 8-bit inputs take 256 x 256 values: the kernel is then a lookup in a table computed by the
+# kernel itself on every (a, b) pair, bit-identical by construction (elementwise, and the
+# only data-dependent checks, overflows, cannot fail for 8-bit values). Cached per parameters,
+# as int32 (results lie in [qmin, qmax], within int32): 256 KiB a table.
+_TABLE_MIN_SIZE = 1 << 16
+_BYTES = (np.dtype(np.int8), np.dtype(np.uint8))
+
+
+@functools.lru_cache(maxsize=64)
+def _table(fn, a_dtype: str, b_dtype: str, params: tuple, kw: tuple) -> np.ndarray:
+    grid = np.arange(256, dtype=np.uint8)   # indexed by the bytes of a and b
+    a, b = grid.view(a_dtype)[:, None], grid.view(b_dtype)[None, :]
+    a_scale, a_zp, b_scale, b_zp, *rest = params
+    return fn(a, a_scale, a_zp, b, b_scale, b_zp, *rest, **dict(kw)).reshape(-1).astype(np.int32)
+
+
+def _by_table(fn, a_q, b_q, params: tuple, kw: dict, dtype):
+    """fn's result by table lookup as ``dtype`` (int64 if None), or None where the table does not apply."""
+    a, b = np.asarray(a_q), np.asarray(b_q)
+    if a.dtype not in _BYTES or b.dtype not in _BYTES or max(a.size, b.size) < _TABLE_MIN_SIZE:
+        return None
+    if a.shape != b.shape or a.strides != b.strides:
+        return None
+    try:
+        table = _table(fn, a.dtype.str, b.dtype.str, params, tuple(sorted(kw.items())))
+    except (TypeError, ExecutionError):   # unhashable parameters; a value-dependent check failed
+        return None
+    dtype = np.dtype(np.int64 if dtype is None else dtype)
+    if not (np.iinfo(dtype).min <= table.min() and table.max() <= np.iinfo(dtype).max):
+        return None
+    table = table.astype(dtype)
+    # work in memory order, so a channels-last operand gives a channels-last result
+    order = tuple(int(i) for i in np.argsort([-abs(st) for st in a.strides], kind="stable"))
+    am, bm = a.transpose(order), b.transpose(order)
+    idx = am.view(np.uint8).astype(np.uint16)
+    idx <<= 8
+    idx |= bm.view(np.uint8)
+    return table[idx].transpose(np.argsort(order))
 
 
 def _q_array(value, name: str) -> np.ndarray:
@@ -104,7 +146,7 @@ def _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qm
     return np.clip(out, qmin, qmax).astype(np.int64)
 
 
-def add_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits=8):
+def add_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits=8, dtype=None):
     """Quantized Add, bit-exact with TFLite's reference ``integer_ops::Add`` (add.h, add.cc).
 
     ``L = 20`` (bits 8) or ``15`` (bits 16); ``m_a = s_a / (2 max(s_a, s_b))``,
@@ -115,25 +157,40 @@ def add_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qma
     Scales are rounded to float32 first (TFLite stores them so). Broadcasts ``a_q``/``b_q``;
     returns int64. ``[qmin, qmax]`` is the output type's range or the fused activation range.
     """
-    return _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, 1)
+    params = (a_scale, a_zp, b_scale, b_zp, out_scale, out_zp, qmin, qmax)
+    y = _by_table(add_int, a_q, b_q, params, {"bits": bits}, dtype)
+    if y is not None:
+        return y
+    y = _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, 1)
+    return y if dtype is None else y.astype(dtype)
 
 
-def sub_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits=8):
+def sub_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits=8, dtype=None):
     """Quantized Sub ``a - b``, bit-exact with TFLite (sub.cc, reference_ops SubElementwise).
 
     The same multipliers as :func:`add_int`. int8: ``raw = MBQM(xa, m_a) - MBQM(xb, m_b)``;
     int16: TFLite runs the Add kernel with ``m_b`` negated, ``raw = MBQM(xa, m_a) + MBQM(xb, -m_b)``
     (SRDHM rounds ties towards +inf, so the two differ by 1 at exact ties).
     """
-    return _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, -1)
+    params = (a_scale, a_zp, b_scale, b_zp, out_scale, out_zp, qmin, qmax)
+    y = _by_table(sub_int, a_q, b_q, params, {"bits": bits}, dtype)
+    if y is not None:
+        return y
+    y = _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, -1)
+    return y if dtype is None else y.astype(dtype)
 
 
-def mul_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax):
+def mul_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, dtype=None):
     """Quantized Mul, bit-exact with TFLite's reference ``integer_ops::Mul`` (mul.h, mul.cc).
 
     ``M = s_a * s_b / s_out`` (float64 from the float32 scales) -> ``quantize_multiplier``;
     ``out = clamp(MBQM((a - zp_a) * (b - zp_b), M) + zp_out, qmin, qmax)``. int8 and int16 alike.
     """
+    y = _by_table(mul_int, a_q, b_q, (a_scale, a_zp, b_scale, b_zp, out_scale, out_zp, qmin, qmax), {}, dtype)
+    if y is not None:
+        return y
+    if dtype is not None:
+        return mul_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax).astype(dtype)
     qmin, qmax, (a_zp, b_zp, out_zp) = qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
     if not qmin <= out_zp <= qmax:
         raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")

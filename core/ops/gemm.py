@@ -6,7 +6,7 @@ import numpy as np
 from core.errors import ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import activation_suffix, apply_activation, broadcast_shape
-from core.ops.conv import _int_operand, _shifted, _zero_point, exact_accumulation_dtype
+from core.ops.conv import _exact_plan, _int_operand, _shifted, _zero_point, exact_accumulation_dtype
 from core.ops.registry import OpDef, register
 
 
@@ -71,7 +71,7 @@ register(OpDef("MatMul", _matmul_infer, _matmul_run, mla=lambda n, g: g.is_const
 
 # ---- exact integer accumulation ---------------------------------------------------------------
 
-def dense_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node) -> np.ndarray:
+def dense_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node, requant=None) -> np.ndarray:
     """Exact integer accumulators of a quantized Gemm or MatMul with constant weights:
     ``acc[..., o] = bias_q[o] + sum_k (x_q[..., k] - x_zero_point) * w[k, o]`` as int64, where
     ``w`` is ``w_q`` (``w_q.T`` for Gemm with transB; x is ``x_q.T`` with transA).
@@ -80,6 +80,7 @@ def dense_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node) -> np.ndarray:
     MatMul takes x of any rank (``(..., K)``) and 1-D or 2-D weights, numpy's rules.
     ``bias_q`` is None or has shape (O,) (or (1, O), Gemm's C). Computed in float32/float64
     BLAS when :func:`core.ops.conv.exact_accumulation_dtype` proves it exact, else int64.
+    ``requant``: as in :func:`core.ops.conv.conv_accumulate` (the requantized output instead).
     """
     x_q = _int_operand(x_q, "x_q", node)
     w_q = _int_operand(w_q, "w_q", node)
@@ -116,7 +117,14 @@ def dense_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node) -> np.ndarray:
             raise ShapeInferenceError(
                 f"{node.describe()}: bias_q shape {bias_q.shape} != ({out_features},)")
         bias_q = bias_q.reshape(out_features)
-    dtype = exact_accumulation_dtype(x_q, zp, w2.T, bias_q, node)
+    dtype, bound = _exact_plan(x_q, zp, w2.T, bias_q, node)
+    if requant is not None:
+        dtype, finish = requant.bind(dtype, bias_q, bound)
+        w2 = w2.astype(dtype) if requant.weight_scale is None else w2.astype(dtype) * requant.weight_scale
+        y = np.matmul(_shifted(x_q, zp, dtype), w2)
+        out = np.empty(y.shape, requant.dtype)
+        finish(out, y)
+        return out[..., 0] if vector_w else out
     xs = _shifted(x_q, zp, dtype)
     y = np.matmul(xs, w2.astype(dtype))
     acc = y.astype(np.int64) if y.dtype != np.int64 else y

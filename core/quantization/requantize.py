@@ -21,7 +21,10 @@ is proven to fit int64; see docs/quantization.md):
     ``real ~= m / 2**s``. Round half up (towards +inf). :func:`quantize_multiplier_sima`.
 
 :func:`requantize` is the single entry point integer kernels call:
-``clamp(scale(acc) + zero_point, qmin, qmax)``.
+``clamp(scale(acc) + zero_point, qmin, qmax)``. :class:`BlockRequantizer` computes the same, bit
+for bit, block by block into a preallocated integer output (float64 where a bound proves it
+exact, see the comment above it); :class:`Requant` is how the interpreter asks the conv/dense
+kernels for it (or for fast mode's approximate float32 rescaling).
 
 Where the C code is undefined (int32 overflow of ``x << left_shift``) or only guarded by a
 DCHECK, these functions raise instead of silently wrapping: accumulator (data) problems
@@ -30,6 +33,7 @@ raise :class:`~core.errors.ExecutionError`, parameter problems
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -38,7 +42,9 @@ from core.errors import ExecutionError, QuantizationConfigError
 from core.quantization.params import RequantizationMode, _enum_from
 
 __all__ = [
+    "BlockRequantizer",
     "INT32_MAX",
+    "Requant",
     "INT32_MIN",
     "TFLITE_ROUNDINGS",
     "multiply_by_quantized_multiplier",
@@ -392,3 +398,168 @@ def requantize(acc: Any, multiplier: Any, shift: Any, mode: Any, zero_point: Any
     # Exact: |scaled| < 2**62 and |zero_point| <= 2**31.
     out = np.clip(np.asarray(scaled, dtype=np.int64) + zp, qmin_i, qmax_i)
     return np.asarray(out, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- block requantizers
+#
+# requantize() runs many full-array int64 passes (and range checks); kernels that produce
+# accumulators block by block (conv, dense) instead bind a requantizer that validates its
+# parameters once and writes each block, while it is in cache, into the integer output.
+#
+# Float64 route: every variant but TFLite's double rounding is "round half up of x * m / 2**t"
+# (sima: m, t = s; single: m, t = 31 - shift; int64: the 16-bit reduced m, t = 15 - shift),
+# i.e. y = floor(x * m * 2**-t + 1/2). With x = acc + bias and r = m * 2**-t, compute
+# floor(acc * r + c), c = bias * r + 1/2 + zp. Every term is an integer multiple of 2**-t
+# (t >= 1; of 2**-1 when t == 0, hence a factor 2 below); when
+# ((|acc| + |bias|) * m + 2**(t-1) + |zp| * 2**t) * (2 if t == 0 else 1) < 2**53 each of them,
+# and their sum, is exact in float64 (an integer below 2**53 scaled by a power of two), so
+# floor gives the exact result.
+# TFLite's double rounding: h = SRDHM(x * 2**left, M) = floor(x * M * 2**(left-31) + 1/2) (its
+# nudges make ties go to +inf, for both signs), exact under |x| * 2**left * M + 2**30 < 2**53;
+# then RDBPOT(h, right) = trunc(h * 2**-right + copysign(1/2, h)) (half away from zero), exact
+# since |h| < 2**31 and right <= 31 need at most 63 - 31 bits. The bound |acc| comes from the
+# kernel's static proof, or else from the block itself (one min/max); when neither proves the
+# float route exact, the block goes through requantize() in int64.
+
+_F64_EXACT = 1 << 53
+
+
+class BlockRequantizer:
+    """``out[...] = requantize(acc + bias, multiplier, shift, mode, zero_point, qmin, qmax,
+    tflite_rounding=...)`` for blocks whose *last* axis is the channel axis, bit for bit.
+
+    ``multiplier``/``shift``/``zero_point``: scalars or one value per channel; ``bias``: None or
+    one integer per channel; ``acc_bound``: a proven bound on ``|acc|`` (without the bias), or
+    None. ``dtype``: the output's integer dtype ([qmin, qmax] must fit it). Call it as
+    ``requantizer(out_block, acc_block)`` (acc in float32/float64 holding exact integers, or int64).
+    """
+
+    def __init__(self, multiplier, shift, mode, zero_point, qmin, qmax, *, tflite_rounding="double",
+                 bias=None, acc_bound=None, dtype=np.int8):
+        self.args = dict(multiplier=multiplier, shift=shift, mode=mode, zero_point=zero_point, qmin=qmin,
+                         qmax=qmax, tflite_rounding=tflite_rounding)
+        self.dtype = np.dtype(dtype)
+        mode = _mode(mode)
+        variant = _rounding(tflite_rounding)
+        self.qmin, self.qmax = int(qmin), int(qmax)
+        if not (np.iinfo(self.dtype).min <= self.qmin <= self.qmax <= np.iinfo(self.dtype).max):
+            raise QuantizationConfigError(f"[qmin, qmax] = [{qmin}, {qmax}] does not fit {self.dtype}")
+        # validate once, as requantize() would (on a one-element accumulator)
+        requantize(np.zeros(1, np.int64), multiplier, shift, mode, zero_point, qmin, qmax, tflite_rounding=variant)
+        m = np.asarray(multiplier, np.int64).reshape(-1)
+        s = np.asarray(shift, np.int64).reshape(-1)
+        zp = np.asarray(zero_point, np.int64).reshape(-1)
+        self.bias = None if bias is None else np.asarray(bias, np.int64).reshape(-1)
+        b_max = 0 if self.bias is None or not self.bias.size else int(np.abs(self.bias).max())
+        self.double = mode is RequantizationMode.tflite and variant == "double"
+        # the accumulator range where the original raises: int32 for the int32-accumulator
+        # TFLite variants, 2**47 otherwise
+        self.x_limit = INT32_MAX if mode is RequantizationMode.tflite and variant != "int64" else _INT64_ACC_LIMIT - 1
+        bias_f = 0.0 if self.bias is None else self.bias.astype(np.float64)
+        if self.double:
+            left, right = np.maximum(s, 0), np.maximum(-s, 0)
+            self.r = m * np.exp2(left - 31.0)                      # exact: M < 2**31
+            self.c = bias_f * self.r + 0.5
+            self.r2 = np.exp2(-right.astype(np.float64))
+            self.zp = zp.astype(np.float64)
+            # |x| * 2**left * M + 2**30 < 2**53, and x * 2**left within int32
+            self.m_eff = np.abs(m) << left
+            self.x_limit = min(self.x_limit, int((INT32_MAX >> int(left.max())) if left.size else INT32_MAX))
+            self.extra, self.unit = 1 << 30, 1
+        else:
+            if mode is RequantizationMode.sima:
+                m_eff, t = m, s
+            elif variant == "single":
+                m_eff, t = m, 31 - s
+            else:
+                m_eff, t = np.where(m < 0x7FFF0000, (m + (1 << 15)) >> 16, 0x7FFF), 15 - s
+            self.r = m_eff * np.exp2(-t.astype(np.float64))
+            self.c = bias_f * self.r + 0.5 + zp
+            self.m_eff = m_eff
+            t_max = int(t.max()) if t.size else 0
+            self.extra = (1 << max(t_max - 1, 0)) + int(np.abs(zp).max()) * (1 << t_max)
+            self.unit = 2 if t.size and int(t.min()) == 0 else 1
+        self.m_max = int(self.m_eff.max()) if self.m_eff.size else 0
+        self.b_max = b_max
+        self.static_ok = acc_bound is not None and self._float_ok(int(acc_bound))
+
+    def _float_ok(self, acc_max: int) -> bool:
+        x_max = acc_max + self.b_max
+        return x_max <= self.x_limit and (x_max * self.m_max + self.extra) * self.unit < _F64_EXACT
+
+    def __call__(self, out: np.ndarray, acc: np.ndarray) -> None:
+        ok = self.static_ok
+        if not ok and acc.size:
+            ok = self._float_ok(max(-int(acc.min()), int(acc.max())))
+        if not ok:   # the int64 arithmetic, raising where requantize() raises
+            x = acc.astype(np.int64) if acc.dtype != np.int64 else acc
+            if self.bias is not None:
+                x = x + self.bias
+            np.copyto(out, requantize(x, channel_axis=-1 if np.size(self.args["multiplier"]) > 1 else None,
+                                      **self.args), casting="unsafe")
+            return
+        y = _scratch(acc.shape, np.float64)
+        np.multiply(acc, self.r, out=y)
+        y += self.c
+        np.floor(y, out=y)
+        if self.double:
+            y *= self.r2
+            half = _scratch(acc.shape, np.float64, "half")
+            np.copysign(0.5, y, out=half)
+            y += half
+            np.trunc(y, out=y)
+            y += self.zp
+        np.clip(y, self.qmin, self.qmax, out=out, casting="unsafe")   # exact integers: the cast is exact
+
+
+_local = threading.local()
+
+
+def _scratch(shape, dtype, tag: str = "") -> np.ndarray:
+    """A per-thread scratch array (reused: a fresh large array costs page faults every block)."""
+    bufs = getattr(_local, "buffers", None)
+    if bufs is None:
+        bufs = _local.buffers = {}
+    size = int(np.prod(shape))
+    key = (np.dtype(dtype).str, tag)
+    buf = bufs.get(key)
+    if buf is None or buf.size < size:
+        buf = bufs[key] = np.empty(max(size, 1 << 16), dtype)
+    return buf[:size].reshape(shape)
+
+
+class Requant:
+    """What an accumulating kernel (conv_accumulate, dense_accumulate) should turn its
+    accumulators into: ``requantize(acc, multiplier, shift, mode, zero_point, qmin, qmax, ...)``
+    as ``dtype``, block by block (:class:`BlockRequantizer`, bit for bit).
+
+    With ``real`` (per-channel or scalar real multipliers) it is instead the *approximate*
+    fast-mode rescaling ``clamp(rint(acc * real + bias * real + zero_point))`` in float32: the
+    kernel multiplies its weights by ``weight_scale`` (= real, per output channel) and
+    accumulates in float32, so its blocks already hold ``acc * real`` (a pass fewer).
+    """
+
+    def __init__(self, multiplier, shift, mode, zero_point, qmin, qmax, *, tflite_rounding="double",
+                 dtype=np.int8, real=None):
+        self.args = dict(multiplier=multiplier, shift=shift, mode=mode, zero_point=zero_point, qmin=qmin, qmax=qmax,
+                         tflite_rounding=tflite_rounding)
+        self.dtype = np.dtype(dtype)
+        self.real = None if real is None else np.asarray(real, np.float32).reshape(-1)
+        self.weight_scale = self.real
+
+    def bind(self, acc_dtype, bias_q, acc_bound):
+        """(the dtype to accumulate in, finish(out_block, acc_block)) for one call of a kernel
+        whose accumulators (without bias) are proven to satisfy |acc| <= acc_bound in acc_dtype."""
+        if self.real is None:
+            return acc_dtype, BlockRequantizer(bias=bias_q, acc_bound=acc_bound, dtype=self.dtype, **self.args)
+        offset = np.float32(self.args["zero_point"]) + (0 if bias_q is None else
+                                                        np.asarray(bias_q, np.float32).reshape(-1) * self.real)
+        lo, hi = self.args["qmin"], self.args["qmax"]
+
+        def finish(out, scaled_acc):
+            y = _scratch(scaled_acc.shape, np.float32)
+            np.add(scaled_acc, offset, out=y)
+            np.rint(y, out=y)
+            np.clip(y, lo, hi, out=y)
+            np.copyto(out, y, casting="unsafe")
+        return np.dtype(np.float32), finish

@@ -3,20 +3,25 @@
 * Graph inputs (and APU outputs) read by MLA nodes are quantized with
   ``clamp(np.round(x / scale) + zp)`` (float64 division, ``np.round`` = round half to even).
 * MLA nodes run their integer kernel (exact integer accumulation, the requantization arithmetic
-  of the configured mode); activations are stored as int8 / int16.
+  of the configured mode); activations are stored as int8 / int16, in whatever memory layout
+  the kernel produced (convs: channels-last behind an NCHW view; kernels take any strides).
+  Conv/Gemm/MatMul requantize block by block inside the kernel (``requant=``, bit-identical
+  to ``requantize`` of the accumulators); 8-bit Add/Sub/Mul look their results up in a table
+  the kernel computes from its own arithmetic.
 * Float islands and APU nodes run the float kernel on dequantized inputs; graph outputs are
   dequantized to float32 (``(q - zp) * scale``).
 
 Every integer step is exact and elementwise or per-sample, so results are bit-identical for any
 batch size or batch split.
 
-``fast_mode=True``: Conv/Gemm/MatMul compute ``(x - zp) * w_q + bias_q`` in float32 BLAS (exact
-while the accumulators stay below 2**24, approximate beyond) and requantize with the *real*
-multiplier in float32, ``clamp(np.round(acc * real) + zp)``, instead of the fixed-point one.
-It differs from the exact path by off-by-one output codes where the fixed-point multiplier's
-rounding (sima: relative error <= 2**-15) or float32 rounding flips a tie; those differences
-propagate. The tests bound it (MNIST: dequantized logits within 4 output steps, >= 99% argmax
-agreement with the exact path). All other ops use the exact kernels in both modes.
+``fast_mode=True``: Conv/Gemm/MatMul compute ``(x - zp) * w_q`` in float32 BLAS (exact while
+the accumulators stay below 2**24, approximate beyond) and requantize with the *real*
+multiplier in float32, ``clamp(np.rint(acc * real + (bias_q * real + zp)))``, instead of the
+fixed-point one. It differs from the exact path by off-by-one output codes where the
+fixed-point multiplier's rounding (sima: relative error <= 2**-15) or float32 rounding flips a
+tie; those differences propagate. The tests bound it (MNIST: dequantized logits within 4
+output steps, >= 99% argmax agreement with the exact path). All other ops use the exact
+kernels in both modes.
 """
 from __future__ import annotations
 
@@ -35,14 +40,20 @@ from core.ops.registry import get_op
 from core.ops.resize import resize_nearest_int
 from core.ops.shape import concat_int
 from core.quantization.quantizer import QuantizedProgram, TensorQuant
-from core.quantization.requantize import requantize
+from core.quantization.requantize import Requant
 
 __all__ = ["run_program"]
 
 
+def _dtype(tq: TensorQuant):
+    return np.dtype(np.int8 if tq.bits == 8 else np.int16 if tq.bits == 16 else np.int64)
+
+
 def _storage(q: np.ndarray, tq: TensorQuant) -> np.ndarray:
-    dtype = np.int8 if tq.bits == 8 else np.int16 if tq.bits == 16 else np.int64
-    return np.ascontiguousarray(q, dtype=dtype)
+    # kernels take any strides: a conv's channels-last result stays as it is (no transposing copy)
+    q = np.asarray(q)
+    dtype = _dtype(tq)
+    return q if q.dtype == dtype else q.astype(dtype)
 
 
 def _no_activation(node: Node) -> Node:
@@ -112,6 +123,15 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
         x_name = n.inputs[0]
         x, q_in = get_int(x_name), tq[x_name]
         axis = 1 if op == "Conv" else -1
+        fn = conv_accumulate if op == "Conv" else dense_accumulate
+        if not c["output_int32"]:
+            # the kernel requantizes block by block, while each block is in cache
+            q_out = tq[out]
+            requant = Requant(c["multiplier"], c["shift"], program.requantization_mode, q_out.zero_point,
+                              c["act_min"], c["act_max"], tflite_rounding=c["tflite_rounding"], dtype=_dtype(q_out),
+                              real=c["real_multiplier"] if fast_mode else None)
+            qenv[out] = fn(x, q_in.zero_point, c["w_q"], c["bias_q"], n, requant=requant)
+            return
         if fast_mode:
             xf = (x.astype(np.float32) - np.float32(q_in.zero_point))
             args = [xf, c["w_q"].astype(np.float32)]
@@ -119,27 +139,13 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
                 args.append(c["bias_q"].astype(np.float32))
             acc = get_op(op, n).run(_no_activation(n), args)[0]
         else:
-            fn = conv_accumulate if op == "Conv" else dense_accumulate
             acc = fn(x, q_in.zero_point, c["w_q"], c["bias_q"], n)
-        if c["output_int32"]:
-            shape = [1] * acc.ndim
-            shape[axis] = -1
-            scale = c["acc_scale"].reshape(shape) if c["acc_scale"].size > 1 else c["acc_scale"].reshape(())
-            y = (np.asarray(acc, np.float64) * scale).astype(np.float32)
-            fenv[out] = apply_activation(np.ascontiguousarray(y), n)
-            return
-        q_out = tq[out]
-        if fast_mode:
-            shape = [1] * acc.ndim
-            shape[axis] = -1
-            real = np.asarray(c["real_multiplier"], np.float32)
-            real = real.reshape(shape) if real.size > 1 else real.reshape(())
-            y = np.clip(np.round(acc * real) + np.float32(q_out.zero_point), c["act_min"], c["act_max"])
-        else:
-            y = requantize(acc, c["multiplier"], c["shift"], program.requantization_mode, q_out.zero_point,
-                           c["act_min"], c["act_max"], tflite_rounding=c["tflite_rounding"],
-                           channel_axis=axis % acc.ndim if c["multiplier"].size > 1 else None)
-        qenv[out] = _storage(y, q_out)
+        # output_int32: the accumulators leave the MLA as float (acc * acc_scale)
+        shape = [1] * acc.ndim
+        shape[axis] = -1
+        scale = c["acc_scale"].reshape(shape) if c["acc_scale"].size > 1 else c["acc_scale"].reshape(())
+        y = (np.asarray(acc, np.float64) * scale).astype(np.float32)
+        fenv[out] = apply_activation(np.ascontiguousarray(y), n)
         return
 
     q_out = tq[out]
@@ -161,10 +167,10 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
         args = (get_int(a), qa.scale, qa.zero_point, get_int(b), qb.scale, qb.zero_point,
                 q_out.scale, q_out.zero_point, c["act_min"], c["act_max"])
         if op == "Mul":
-            y = mul_int(*args)
+            y = mul_int(*args, dtype=_dtype(q_out))
         else:
             bits = 16 if max(qa.bits, qb.bits, q_out.bits) == 16 else 8
-            y = (add_int if op == "Add" else sub_int)(*args, bits=bits)
+            y = (add_int if op == "Add" else sub_int)(*args, bits=bits, dtype=_dtype(q_out))
     elif op == "GlobalAveragePool":
         x = acts[0]
         y = global_avg_pool_int(get_int(x), tq[x].scale, tq[x].zero_point, q_out.scale, q_out.zero_point,
