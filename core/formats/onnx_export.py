@@ -130,10 +130,20 @@ def export_qdq_onnx(model, path: str | os.PathLike) -> str:
         if act:
             if act["kind"] == "relu":
                 nodes.append(helper.make_node("Relu", [pre[0]], [float_outs[0]], name=uniq(f"{n.name}/relu")))
-            elif act["kind"] == "clip":
+            elif act["kind"] == "clip" and np.ndim(act.get("min", 0.0)) == 0 and np.ndim(act.get("max", 0.0)) == 0:
                 lo = init(f"{n.name}/clip_min", np.array(act.get("min", -np.inf), np.float32))
                 hi = init(f"{n.name}/clip_max", np.array(act.get("max", np.inf), np.float32))
                 nodes.append(helper.make_node("Clip", [pre[0], lo, hi], [float_outs[0]], name=uniq(f"{n.name}/clip")))
+            elif act["kind"] == "clip":   # per-channel bounds (channel equalization): Max then Min, broadcast
+                rank = len(g.tensors[n.outputs[0]].shape)
+                shape = (1, -1) + (1,) * (rank - 2)
+                lo = init(f"{n.name}/clip_min", np.broadcast_to(np.asarray(act.get("min", -np.inf), np.float32),
+                                                                 (g.tensors[n.outputs[0]].shape[1],)).reshape(shape))
+                hi = init(f"{n.name}/clip_max", np.broadcast_to(np.asarray(act.get("max", np.inf), np.float32),
+                                                                 (g.tensors[n.outputs[0]].shape[1],)).reshape(shape))
+                mid = f"{float_outs[0]}__lo"
+                nodes.append(helper.make_node("Max", [pre[0], lo], [mid], name=uniq(f"{n.name}/clip_lo")))
+                nodes.append(helper.make_node("Min", [mid, hi], [float_outs[0]], name=uniq(f"{n.name}/clip_hi")))
             else:
                 raise UnsupportedOperatorError(n.op, n.name, f"QDQ export of fused activation {act['kind']!r}")
         for o, fo in zip(outs, float_outs):

@@ -130,7 +130,13 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
             requant = Requant(c["multiplier"], c["shift"], program.requantization_mode, q_out.zero_point,
                               c["act_min"], c["act_max"], tflite_rounding=c["tflite_rounding"], dtype=_dtype(q_out),
                               real=c["real_multiplier"] if fast_mode else None)
-            qenv[out] = fn(x, q_in.zero_point, c["w_q"], c["bias_q"], n, requant=requant)
+            y = fn(x, q_in.zero_point, c["w_q"], c["bias_q"], n, requant=requant)
+            if c.get("act_channel_bounds") is not None:   # per-channel Clip bounds (channel equalization)
+                lo, hi = c["act_channel_bounds"]
+                shape = [1] * y.ndim
+                shape[axis] = -1
+                np.clip(y, lo.reshape(shape).astype(y.dtype), hi.reshape(shape).astype(y.dtype), out=y)
+            qenv[out] = y
             return
         if fast_mode:
             xf = (x.astype(np.float32) - np.float32(q_in.zero_point))
