@@ -1,0 +1,346 @@
+"""Prefect tasks over core's searches: the options search (calibration x schemes) and accuracy
+feedback (INT16 node sets toward a target). Every newly evaluated candidate goes to MLflow as a
+child run (through core's callbacks) and advances the flow's progress artifact.
+
+Options spec (JSON, every key optional; the values are tried in every combination)::
+
+    {"calibration": ["mse", "min_max", "percentile"],
+     "weights": [{"per_channel": true}, {"per_channel": false}],
+     "activations": [{"asymmetric": true}, {"asymmetric": false}],
+     "bias_correction": [false], "channel_equalization": [false]}
+
+Fault injection for tests: with ``$MIXQ_KILL_AFTER_CANDIDATES=N`` the process SIGKILLs itself
+right after the N-th candidate it evaluated has been recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Optional
+
+from prefect import task
+
+from tasks.data import build_config, config_spec_of, spec_json
+from tasks.evaluation import _stamp, get_net, int16_node_count, model_sha256, scorer_for
+from tasks.steps import load_statistics
+
+__all__ = ["DEFAULT_SEARCH_OPTIONS", "options_search_task", "reference_task", "accuracy_feedback_task",
+           "options_grid_size", "KILL_ENV"]
+
+KILL_ENV = "MIXQ_KILL_AFTER_CANDIDATES"
+DEFAULT_SEARCH_OPTIONS = {
+    "calibration": ["mse", "min_max", "percentile"],
+    "weights": [{"per_channel": True}, {"per_channel": False}],
+    "activations": [{"asymmetric": True}],
+}
+_OPTION_FIELDS = {"calibration": "calibration_method", "weights": "weight_quantization_scheme",
+                  "activations": "activation_quantization_scheme", "bias_correction": "bias_correction",
+                  "channel_equalization": "channel_equalization"}
+_evaluated = [0]        # candidates evaluated by this process (for the fault-injection hook)
+
+
+def _logger():
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("mixq.tasks")
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(spec_json(list(parts)).encode()).hexdigest()[:16]
+
+
+def options_grid_size(options: Optional[dict]) -> int:
+    opts = DEFAULT_SEARCH_OPTIONS if options is None else options
+    return math.prod(len(v) for v in opts.values()) if opts else 1
+
+
+class Progress:
+    """Advances a Prefect progress artifact: ``{"artifact_id", "total", "done"}``."""
+
+    def __init__(self, spec: Optional[dict]):
+        self.spec = dict(spec or {})
+
+    def step(self, what: str = "") -> None:
+        if not self.spec.get("artifact_id"):
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        self.spec["done"] = int(self.spec.get("done", 0)) + 1
+        total = max(1, int(self.spec.get("total", 1)))
+        try:
+            update_progress_artifact(self.spec["artifact_id"], min(100.0, 100.0 * self.spec["done"] / total),
+                                     description=f"{self.spec['done']} candidate(s) evaluated (budget {total})"
+                                                 + (f"; last: {what}" if what else ""))
+        except Exception as e:  # noqa: BLE001  (progress must never fail a search)
+            _logger().warning("cannot update the progress artifact: %s", e)
+
+
+def _after_candidate() -> None:
+    _evaluated[0] += 1
+    limit = os.environ.get(KILL_ENV)
+    if limit and _evaluated[0] >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _candidate_params(spec: dict, source: str, trial: Any) -> dict:
+    return {"calibration_method": spec.get("calibration"), "weight_scheme": spec.get("weights"),
+            "activation_scheme": spec.get("activations"), "requantization_mode": spec.get("requantization"),
+            "bias_correction": spec.get("bias_correction"), "channel_equalization": spec.get("channel_equalization"),
+            "int16_nodes": spec.get("int16_nodes", []), "int16_node_count": len(spec.get("int16_nodes", [])),
+            "source": source, "trial_number": trial}
+
+
+def _logger_for(tracking: Optional[dict]):
+    if not tracking or not tracking.get("parent_run_id"):
+        return None
+    from tasks.tracking import CandidateLogger
+
+    return CandidateLogger(tracking["experiment_id"], tracking["parent_run_id"])
+
+
+def _log_candidate(logger, study: str, trial: Any, spec: dict, metrics: dict, source: str, run_name: str,
+                   resumed: bool = False) -> Optional[str]:
+    if logger is None:
+        return None
+    from tasks.tracking import candidate_key, config_key
+
+    key = candidate_key(study, trial) if isinstance(trial, int) else f"{study}#{trial}"
+    json_artifacts = {"int16_nodes.json": spec.get("int16_nodes", [])} if len(spec.get("int16_nodes", [])) > 4 else None
+    cfg = config_key(study, spec)
+    run_id = logger.log(key, cfg_key=cfg, run_name=run_name, params=_candidate_params(spec, source, trial),
+                        metrics=metrics, tags={"mixq_study": study, "mixq_resumed": str(bool(resumed)).lower(),
+                                               "mixq_config": json.dumps(spec, sort_keys=True)},
+                        json_artifacts=json_artifacts)
+    return run_id or logger.existing(key, cfg)      # already logged (by an earlier, killed run): its id
+
+
+def _core_options(options: Optional[dict], base_spec: dict):
+    """JSON options -> (core options dict, {field: {label: JSON value}})."""
+    from core import CalibrationMethod
+    from core.errors import QuantizationConfigError
+    from core.search.options import describe
+
+    from tasks.data import _scheme
+
+    opts = DEFAULT_SEARCH_OPTIONS if options is None else options
+    unknown = set(opts) - set(_OPTION_FIELDS)
+    if unknown:
+        raise QuantizationConfigError(f"unknown option(s) {sorted(unknown)}; options are {sorted(_OPTION_FIELDS)}")
+    base = build_config(base_spec)
+    core_opts, labels = {}, {}
+    for key, values in opts.items():
+        if not isinstance(values, list) or not values:
+            raise QuantizationConfigError(f"option {key!r} must be a non-empty list, got {values!r}")
+        field = _OPTION_FIELDS[key]
+        objs = []
+        for v in values:
+            if key == "calibration":
+                obj = CalibrationMethod.from_str(v)
+            elif key == "weights":
+                obj = _scheme(base.weight_quantization_scheme, v, "weights")
+            elif key == "activations":
+                obj = _scheme(base.activation_quantization_scheme, v, "activations")
+            else:
+                obj = bool(v)
+            objs.append(obj)
+            labels.setdefault(field, {})[describe(obj)] = v
+        core_opts[field] = objs
+    return core_opts, labels
+
+
+def _spec_from_labels(chosen: dict, labels: dict, base_spec: dict) -> dict:
+    spec = config_spec_of(build_config(base_spec))
+    inverse = {v: k for k, v in _OPTION_FIELDS.items()}
+    for field, label in chosen.items():
+        if field not in labels or label not in labels[field]:
+            continue
+        key, value = inverse[field], labels[field][label]
+        if key in ("weights", "activations"):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return config_spec_of(build_config(spec))
+
+
+def _metric_dict(scorer, extra: dict) -> dict:
+    last = dict(scorer.last)
+    out = {"accuracy": last.get("accuracy"), "agreement": last.get("agreement"),
+           "logit_sqnr_db": last.get("logit_sqnr_db")}
+    if "top1_accuracy" in last:
+        out["top1_accuracy"] = last["top1_accuracy"]
+    out.update(extra)
+    return out
+
+
+@task(name="options-search")
+def options_search_task(model_path: str, statistics_path: str, evaluation: dict, options: Optional[dict] = None,
+                        base_config: Optional[dict] = None, storage: Optional[str] = None,
+                        tracking: Optional[dict] = None, progress: Optional[dict] = None, fast_mode: bool = True,
+                        max_trials: Optional[int] = None, calibration_seconds: float = 0.0) -> dict:
+    """Every combination of ``options`` on one calibration; returns the candidates and the best
+    one's config spec."""
+    from core.errors import QuantizationConfigError
+
+    log = _logger()
+    net = get_net(model_path)
+    stats = load_statistics(statistics_path)
+    scorer = scorer_for(model_path, evaluation)
+    base_spec = dict(base_config or {})
+    core_opts, labels = _core_options(options, base_spec)
+    study = "mixq-options-" + _digest(model_sha256(_stamp(model_path)), os.path.basename(statistics_path),
+                                      scorer.samples.digest(), base_spec, options, fast_mode, max_trials)
+    logger = _logger_for(tracking)
+    prog = Progress(progress)
+    rows: list[dict] = []
+
+    def on_candidate(c) -> None:
+        spec = _spec_from_labels(c.options, labels, base_spec)
+        metrics = {} if c.error else _metric_dict(scorer, {})
+        metrics.update({"int16_node_count": 0, "quantize_evaluate_seconds": c.seconds,
+                        "calibration_seconds": calibration_seconds})
+        run_id = _log_candidate(logger, study, c.trial_number, spec, metrics, "options",
+                                f"options-{c.trial_number}")
+        rows.append(_option_row(c, spec, metrics, run_id))
+        log.info("options candidate %d: %s %s -> %s", c.trial_number, spec["calibration"],
+                 {"w": spec["weights"], "a": spec["activations"]}, c.error or f"{c.accuracy:.4f}")
+        prog.step(f"options #{c.trial_number}")
+        _after_candidate()
+
+    result = net.search_quantization_options(stats, scorer.dataset, scorer, core_opts,
+                                             base_config=build_config(base_spec), max_trials=max_trials,
+                                             storage=storage, study_name=study, callbacks=[on_candidate],
+                                             fast_mode=fast_mode)
+    for c in result.candidates:
+        if c.resumed:
+            spec = _spec_from_labels(c.options, labels, base_spec)
+            metrics = {"accuracy": c.accuracy, "int16_node_count": 0}
+            run_id = _log_candidate(logger, study, c.trial_number, spec, metrics, "options",
+                                    f"options-{c.trial_number}", resumed=True)
+            rows.append(_option_row(c, spec, metrics, run_id))
+    rows.sort(key=lambda r: r["trial"])
+    best = _spec_from_labels(result.best.options, labels, base_spec)
+    if not math.isfinite(result.best.accuracy):
+        raise QuantizationConfigError("the options search found no usable configuration")
+    return {"study_name": study, "candidates": rows, "best": {"config": best, "accuracy": result.best.accuracy,
+                                                              "trial": result.best.trial_number},
+            "evaluations": result.evaluations, "metric": scorer.metric, "progress": prog.spec}
+
+
+def _option_row(c, spec: dict, metrics: dict, run_id: Optional[str]) -> dict:
+    return {"stage": "options", "trial": c.trial_number, "calibration": spec["calibration"],
+            "weights": _scheme_label(spec["weights"]), "activations": _scheme_label(spec["activations"]),
+            "int16_nodes": 0, "accuracy": None if c.error or not math.isfinite(c.accuracy) else c.accuracy,
+            "agreement": metrics.get("agreement"), "logit_sqnr_db": metrics.get("logit_sqnr_db"),
+            "seconds": round(c.seconds, 3), "error": c.error, "resumed": bool(c.resumed), "mlflow_run_id": run_id,
+            "config": spec}
+
+
+def _scheme_label(s: dict) -> str:
+    return (f"{'asym' if s.get('asymmetric') else 'sym'}-{'per_channel' if s.get('per_channel') else 'per_tensor'}"
+            f"-{s.get('bits', 8)}")
+
+
+@task(name="int16-reference")
+def reference_task(model_path: str, statistics_path: str, evaluation: dict, config: dict,
+                   tracking: Optional[dict] = None, progress: Optional[dict] = None, fast_mode: bool = True,
+                   study: str = "mixq-reference") -> dict:
+    """The INT16 version of ``config`` (every node at 16 bits), scored: the upper end of the
+    accuracy-feedback target."""
+    net = get_net(model_path)
+    stats = load_statistics(statistics_path)
+    scorer = scorer_for(model_path, evaluation)
+    spec = dict(config, preset="int16", weights={**config.get("weights", {}), "bits": 16},
+                activations={**config.get("activations", {}), "bits": 16, "asymmetric": False}, int16_nodes=[])
+    t0 = time.perf_counter()
+    model = net.quantize(stats, build_config(spec))
+    metrics = scorer.evaluate(model, fast_mode=fast_mode)
+    seconds = time.perf_counter() - t0
+    n16 = int16_node_count(model)
+    full = config_spec_of(build_config(spec))
+    run_id = _log_candidate(_logger_for(tracking), study, "int16", full,
+                            {"accuracy": metrics["accuracy"], "agreement": metrics["agreement"],
+                             "logit_sqnr_db": metrics["logit_sqnr_db"], "int16_node_count": n16,
+                             "quantize_evaluate_seconds": seconds}, "int16 reference", "int16-reference")
+    Progress(progress).step("int16 reference")
+    return {"accuracy": metrics["accuracy"], "agreement": metrics["agreement"],
+            "logit_sqnr_db": metrics["logit_sqnr_db"], "int16_nodes": n16, "seconds": seconds,
+            "mlflow_run_id": run_id, "config": full}
+
+
+@task(name="accuracy-feedback")
+def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: dict, config: dict, target: float,
+                           output_dir: str, model_name: str, max_trials: int = 12, timeout: Optional[float] = None,
+                           storage: Optional[str] = None, tracking: Optional[dict] = None,
+                           progress: Optional[dict] = None, fast_mode: bool = True,
+                           calibration_seconds: float = 0.0, ranking_samples: int = 16) -> dict:
+    """The fewest INT16 nodes on top of ``config`` that reach ``target``; saves the chosen model
+    as ``<output_dir>/<model_name>.sima`` and returns every candidate and the Pareto front."""
+    log = _logger()
+    net = get_net(model_path)
+    stats = load_statistics(statistics_path)
+    scorer = scorer_for(model_path, evaluation)
+    base_spec = config_spec_of(build_config(config))
+    study = "mixq-accuracy-feedback-" + _digest(model_sha256(_stamp(model_path)), os.path.basename(statistics_path),
+                                                scorer.samples.digest(), base_spec, round(float(target), 9),
+                                                fast_mode, int(ranking_samples))
+    logger = _logger_for(tracking)
+    prog = Progress(progress)
+    run_ids: dict[int, Optional[str]] = {}
+
+    def spec_for(nodes) -> dict:
+        return dict(base_spec, int16_nodes=sorted(set(base_spec.get("int16_nodes", [])) | set(nodes)))
+
+    def on_candidate(c) -> None:
+        metrics = _metric_dict(scorer, {"int16_node_count": len(c.int16_nodes), "quantize_evaluate_seconds": c.seconds,
+                                        "calibration_seconds": calibration_seconds, "target": target,
+                                        "feasible": float(c.feasible)})
+        run_ids[c.trial_number] = _log_candidate(logger, study, c.trial_number, spec_for(c.int16_nodes), metrics,
+                                                 c.source, f"af-{c.trial_number}-{len(c.int16_nodes)}x16")
+        log.info("accuracy feedback #%d (%s): %d INT16 node(s) -> %.4f%s", c.trial_number, c.source,
+                 len(c.int16_nodes), c.accuracy, " (meets target)" if c.feasible else "")
+        prog.step(f"accuracy feedback #{c.trial_number}")
+        _after_candidate()
+
+    model = net.quantize_with_accuracy_feedback(
+        stats, scorer.dataset, build_config(base_spec), scorer, float(target), model_name=model_name,
+        max_trials=int(max_trials), timeout=timeout, storage=storage, study_name=study, callbacks=[on_candidate],
+        fast_mode=fast_mode, ranking_samples=int(ranking_samples))
+    r = model.accuracy_feedback
+    for c in r.candidates:
+        if c.resumed and c.trial_number not in run_ids:
+            run_ids[c.trial_number] = _log_candidate(
+                logger, study, c.trial_number, spec_for(c.int16_nodes),
+                {"accuracy": c.accuracy, "int16_node_count": len(c.int16_nodes), "target": target,
+                 "feasible": float(c.feasible)}, c.source, f"af-{c.trial_number}-{len(c.int16_nodes)}x16",
+                resumed=True)
+    if logger is not None:                     # the ids of candidates logged by an earlier (killed) run
+        from tasks.tracking import candidate_key
+
+        for c in r.candidates:
+            if run_ids.get(c.trial_number) is None:
+                run_ids[c.trial_number] = logger.existing(candidate_key(study, c.trial_number))
+    model.save(model_name, output_dir)
+    sima = os.path.abspath(os.path.join(output_dir, model_name + ".sima"))
+    chosen = min((c for c in r.candidates if c.feasible and set(c.int16_nodes) == set(r.int16_nodes)),
+                 key=lambda c: c.trial_number, default=None)
+    rows = [{"stage": "accuracy feedback", "trial": c.trial_number, "source": c.source,
+             "int16_nodes": len(c.int16_nodes), "int16_node_names": list(c.int16_nodes), "accuracy": c.accuracy,
+             "feasible": c.feasible, "seconds": round(c.seconds, 3), "resumed": c.resumed,
+             "mlflow_run_id": run_ids.get(c.trial_number)} for c in sorted(r.candidates, key=lambda c: c.trial_number)]
+    return {"study_name": study, "int16_nodes": list(r.int16_nodes), "accuracy": r.accuracy, "target": float(target),
+            "evaluations": r.evaluations, "candidates": rows,
+            "resumed": sum(1 for c in r.candidates if c.resumed),
+            "pareto": [{"trial": c.trial_number, "int16_nodes": len(c.int16_nodes), "accuracy": c.accuracy}
+                       for c in r.pareto_front],
+            "ranking": [[n, float(s)] for n, s in r.ranking[:50]], "sima": sima, "config": spec_for(r.int16_nodes),
+            "chosen_trial": None if chosen is None else chosen.trial_number,
+            "chosen_run_id": None if chosen is None else run_ids.get(chosen.trial_number), "progress": prog.spec}
