@@ -17,7 +17,7 @@ from core.errors import (
     UnsupportedOperatorError,
     ZooError,
 )
-from core.importers.sources import ImporterParams, onnx_source
+from core.importers.sources import ImporterParams, onnx_source, tensorflow_source, tflite_source
 from core.loaded_net import LoadedNet, NodeInfo, load_model
 from core.model import Model
 from core.types import ScalarType
@@ -81,5 +81,7 @@ __all__ = [
     "load_model",
     "onnx_source",
     "quantization_scheme",
+    "tensorflow_source",
+    "tflite_source",
     "zoo",
 ]

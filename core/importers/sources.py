@@ -82,3 +82,41 @@ def onnx_source(
         output_names=tuple(output_names) if output_names else None,
         input_values={k: np.asarray(v) for k, v in input_values.items()} if input_values else None,
     )
+
+
+def tflite_source(
+    model_path: str | os.PathLike,
+    shape_dict: Optional[ShapeDict] = None,
+    dtype_dict: Optional[DtypeDict] = None,
+) -> ImporterParams:
+    """Parameters to import a TFLite flatbuffer (float or pre-quantized int8 / 16x8).
+
+    Inputs and outputs keep the model's layout (NHWC); ``shape_dict``/``dtype_dict`` keys are
+    the model's input tensor names (or its signature's input names).
+    """
+    return ImporterParams(
+        format="tflite",
+        model_path=os.fspath(model_path),
+        shape_dict=_norm_shapes(shape_dict),
+        dtype_dict=_norm_dtypes(dtype_dict),
+    )
+
+
+def tensorflow_source(
+    model_path: str | os.PathLike,
+    shape_dict: Optional[ShapeDict] = None,
+    output_names: Optional[Sequence[str]] = None,
+) -> ImporterParams:
+    """Parameters to import a TensorFlow model: a SavedModel directory, a Keras ``.keras``/``.h5``
+    file or a frozen GraphDef ``.pb`` (which needs ``shape_dict`` and ``output_names``).
+
+    The model is converted with TensorFlow's own TFLite converter (float) and imported as TFLite.
+    """
+    if isinstance(output_names, str):
+        output_names = [output_names]
+    return ImporterParams(
+        format="tensorflow",
+        model_path=os.fspath(model_path),
+        shape_dict=_norm_shapes(shape_dict),
+        output_names=tuple(output_names) if output_names else None,
+    )
