@@ -132,5 +132,127 @@ class Model:
         # The program's graph and the float graph are copies sharing the constant arrays.
         return cls(name, program, program.graph.copy())
 
+    # ---- accelerator mode (docs/accelerator.md)
+
+    def compile(self, output_directory: str = "", batch_size: int = 1, compress: Any = True, target: Any = None, *,
+                log_level: Optional[int] = logging.NOTSET):
+        """Compile the model to ``<output_directory>/<name>.lm`` (directory: the current one by
+        default, created if missing) for the devkit runtime: the integer program, its memory plan
+        for ``target`` (a :class:`core.devkit.planner.Target`; documented defaults when None) at
+        ``batch_size``, and metadata; constant data compressed unless ``compress`` is False
+        (``'lzma'`` picks lzma over zlib). Returns a :class:`core.devkit.planner.CompileReport`
+        (``str(report)``: the per-layer plan, totals, compile time, ``.lm`` size and compression
+        ratio). Raises :class:`~core.errors.ModelFileError`."""
+        from core.devkit.lm import write_lm
+
+        if log_level:
+            log.setLevel(log_level)
+        if output_directory is None:
+            output_directory = ""
+        if not isinstance(output_directory, (str, os.PathLike)):
+            raise ModelFileError(f"cannot compile: output_directory must be a string, got {output_directory!r}")
+        directory = os.fspath(output_directory) or os.getcwd()
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise ModelFileError(f"cannot create the output directory {directory!r}: {e}") from e
+        report = write_lm(os.path.join(directory, f"{self.name}.lm"), self.program, self.name,
+                          batch_size=batch_size, compress=compress, target=target)
+        log.info("%s", report)
+        return report
+
+    def execute_in_accelerator_mode(self, input_data: Any, devkit: str, *, username: str, password: str = "",
+                                    batch_size: int = 1, compress: Any = True, port: int = 22,
+                                    key_filename: Optional[str] = None, timeout: float = 600,
+                                    accept_unknown_host: bool = False, known_hosts: Optional[str] = None,
+                                    remote_python: str = "python3", remote_root: str = "/tmp",
+                                    remote_env: Optional[Mapping[str, str]] = None, retry: Any = None,
+                                    target: Any = None, tessellate_parameters: Any = None,
+                                    l2_caching_mode: Any = None,
+                                    log_level: Optional[int] = logging.NOTSET) -> list[list[np.ndarray]]:
+        """Run the model on a devkit over SSH (the specification's accelerator mode): compile to
+        a ``.lm`` (``batch_size``, ``compress``, ``target``) in a local temporary directory,
+        connect to ``devkit:port`` (host key checked against ``known_hosts``, default
+        ``~/.ssh/known_hosts``; ``accept_unknown_host=True`` to trust a new one), upload the
+        ``.lm`` and the inputs (``.npz``) into a fresh ``<remote_root>/mixq-<uuid>`` directory,
+        run ``<remote_python> -m core.devkit run`` there (``remote_env``: extra environment, e.g.
+        ``{"PYTHONPATH": "/opt/mixq"}`` where mixq's ``core`` package was copied) with a limit of
+        ``timeout`` seconds, download the outputs and remove the remote directory.
+
+        ``input_data``: one ``{input name: array}`` dict or an iterable of them (samples of equal
+        shapes). Returns one list of float32 arrays (graph-output order) per sample, bit-identical
+        to ``execute(sample, fast_mode=False)``. Passwords are never logged. ``retry``: a
+        :class:`core.devkit.transport.RetryPolicy` for transfers. ``tessellate_parameters`` and
+        ``l2_caching_mode`` are reserved (the specification's; must stay None). Faults raise the
+        :class:`~core.errors.DevkitError` types (connection, authentication, host key, command
+        with the runtime's stderr tail, timeout, transfer, disk full); nothing is left behind."""
+        import shlex
+        import tempfile
+        from collections.abc import Mapping as _Mapping
+
+        from core.devkit.transport import DevkitSession
+
+        if log_level:
+            log.setLevel(log_level)
+        if tessellate_parameters is not None or l2_caching_mode is not None:
+            raise InputError("tessellate_parameters and l2_caching_mode are reserved: leave them None")
+        if isinstance(input_data, _Mapping):
+            samples = [input_data]
+        else:
+            try:
+                samples = list(input_data)
+            except TypeError:
+                raise InputError(f"input_data must be an input dict or an iterable of them, got "
+                                 f"{type(input_data).__name__}") from None
+        if not samples:
+            raise InputError("input_data holds no samples")
+        feeds = []
+        for i, sample in enumerate(samples):
+            feed = check_graph_inputs(self.program.graph, sample)
+            for name, value in feed.items():
+                if value.dtype.kind == "f" and not np.isfinite(value).all():
+                    raise InputError(f"sample {i}: input {name!r} holds NaN/Inf values: the quantized model needs "
+                                     f"finite inputs")
+            if feeds and any(feed[k].shape != feeds[0][k].shape for k in feed):
+                raise InputError(f"sample {i} has shapes {[feed[k].shape for k in feed]}, sample 0 "
+                                 f"{[feeds[0][k].shape for k in feed]}: all samples need the same shapes")
+            feeds.append(feed)
+
+        with tempfile.TemporaryDirectory(prefix="mixq-accel-") as tmp:
+            report = self.compile(tmp, batch_size=batch_size, compress=compress, target=target)
+            lm_path = report.path
+            inputs_path = os.path.join(tmp, "inputs.npz")
+            np.savez(inputs_path, **{k: np.stack([f[k] for f in feeds]) for k in self.program.graph.inputs})
+            outputs_path = os.path.join(tmp, "outputs.npz")
+            timing_path = os.path.join(tmp, "timing.json")
+            log.info("accelerator mode: %d sample(s) of %s on %s@%s:%s", len(feeds), self.name, username, devkit, port)
+            session = DevkitSession(devkit, port, username=username, password=password or None,
+                                    key_filename=key_filename, timeout=min(float(timeout), 30.0),
+                                    known_hosts=known_hosts, accept_unknown_host=accept_unknown_host,
+                                    retry=retry, remote_root=remote_root)
+            with session as dk:
+                work = dk.create_workdir()
+                dk.upload(lm_path, f"{work}/model.lm")
+                dk.upload(inputs_path, f"{work}/inputs.npz")
+                command = (f"{shlex.quote(remote_python)} -m core.devkit run model.lm inputs.npz outputs.npz "
+                           f"--timing timing.json")
+                dk.run(command, timeout=float(timeout), cwd=work, env=dict(remote_env) if remote_env else None)
+                dk.download(f"{work}/outputs.npz", outputs_path)
+                dk.download(f"{work}/timing.json", timing_path)
+            try:
+                with np.load(outputs_path, allow_pickle=False) as z:
+                    arrays = [z[f"output_{k}"] for k in range(len(self.output_names))]
+            except (OSError, ValueError, KeyError) as e:
+                from core.errors import DevkitError
+
+                raise DevkitError(f"the devkit {devkit}:{port} returned unreadable outputs: {e}") from None
+        for k, a in enumerate(arrays):
+            if a.shape[0] != len(feeds):
+                from core.errors import DevkitError
+
+                raise DevkitError(f"the devkit {devkit}:{port} returned {a.shape[0]} samples of output {k}, "
+                                  f"expected {len(feeds)}")
+        return [[np.asarray(a[i]) for a in arrays] for i in range(len(feeds))]
+
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.program!r})"
