@@ -271,7 +271,10 @@ def _run_devkit(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     outputs = model.execute_in_accelerator_mode(samples, args.devkit, username=args.user, password=password,
                                                 batch_size=args.batch_size, port=args.port,
-                                                key_filename=args.key, accept_unknown_host=args.accept_unknown_host)
+                                                key_filename=args.key, accept_unknown_host=args.accept_unknown_host,
+                                                known_hosts=args.known_hosts, remote_python=args.remote_python,
+                                                remote_env={"PYTHONPATH": args.remote_pythonpath}
+                                                if args.remote_pythonpath else None, timeout=args.timeout)
     seconds = time.perf_counter() - t
     local = [model.execute(s) for s in samples] if args.check else None
     if args.outputs:
@@ -395,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--key", metavar="FILE", help="private key file (default: ssh agent / ~/.ssh keys)")
     r.add_argument("--ask-password", action="store_true", help="prompt for a password (never echoed or logged)")
     r.add_argument("--accept-unknown-host", action="store_true", help="trust a host key not in known_hosts")
+    r.add_argument("--known-hosts", metavar="FILE", help="known_hosts file (default: ~/.ssh/known_hosts)")
+    r.add_argument("--remote-python", default="python3", help="python on the devkit that imports mixq's core")
+    r.add_argument("--remote-pythonpath", metavar="DIR", help="PYTHONPATH on the devkit (where core/ is)")
+    r.add_argument("--timeout", type=float, default=600, help="seconds for the remote run (default: 600)")
     r.add_argument("--data", required=True, metavar="SPEC", help="inputs: .npz or zoo:<data set>")
     r.add_argument("--batch-size", type=int, default=1)
     r.add_argument("--outputs", metavar="NPZ", help="write the outputs here")

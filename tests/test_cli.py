@@ -152,3 +152,12 @@ def test_analyze_command_prints_table_plot_and_saves_statistics(tmp_path, capsys
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
     layers = json.loads((tmp_path / "m.sima.json").read_text())["config"]["layers"]
     assert sum(1 for layer in layers if (layer["config"].get("Layer Statistics") or {}).get("metric") == "psnr") == 7
+
+
+def test_compile_command_reports_the_plan(tmp_path, capsys):
+    assert main(["quantize", "mnist_cnn", "--data", "zoo:digits:calibration:16", "--output", str(tmp_path),
+                 "--name", "m", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["compile", str(tmp_path / "m.sima"), "--output", str(tmp_path / "lm")]) == 0
+    out = capsys.readouterr().out
+    assert "MLA_0/conv2d_add_relu_0" in out and (tmp_path / "lm" / "m.lm").is_file()
