@@ -215,3 +215,26 @@ def test_remote_disk_full(mnist_models, digits, accel_kwargs, remote_root, monke
         mnist_models["int8"].execute_in_accelerator_mode(_samples(digits, 1), "127.0.0.1", compress=False,
                                                          **accel_kwargs())
     _no_workdirs(remote_root)
+
+
+def test_run_devkit_command(devkit, mnist_models, tmp_path, capsys):
+    """`mixq run-devkit` against the loopback OpenSSH server: bit-identical to local execution."""
+    import sys
+
+    import numpy as np
+
+    from core.cli import main
+    from core.devkit.testing import REPO
+
+    mnist_models["int8"].save("m", str(tmp_path))
+    x = np.random.default_rng(0).normal(size=(3, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", input=x)
+    rc = main(["run-devkit", str(tmp_path / "m.sima"), "--devkit", devkit.host, "--port", str(devkit.port),
+               "--user", devkit.username, "--key", devkit.key, "--known-hosts", devkit.known_hosts,
+               "--remote-python", sys.executable, "--remote-pythonpath", REPO, "--data", str(tmp_path / "in.npz"),
+               "--outputs", str(tmp_path / "out.npz"), "--check"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "3 samples on 127.0.0.1" in out and "bit-identical to local execution" in out
+    with np.load(tmp_path / "out.npz") as f:
+        assert f["output_0"].shape == (3, 10)
