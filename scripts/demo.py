@@ -37,7 +37,6 @@ def main() -> int:
     os.chdir(work)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     os.environ.setdefault("MIXQ_RESULTS_DIR", str(work / "mixq-results"))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")   # no telemetry (and no network here)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     t0 = time.perf_counter()
