@@ -247,17 +247,19 @@ def log_metrics(run_id: str, metrics: Mapping[str, Any]) -> None:
 
 def register_model(run_id: str, sima_path: str, registered_name: str, alias: Optional[str] = "champion",
                    tags: Optional[Mapping[str, str]] = None) -> dict:
-    """Log the ``.sima`` as a pyfunc model (:class:`tasks.pyfunc.SimaPyfunc`) in ``run_id``,
+    """Log the ``.sima`` as a pyfunc model (:class:`tasks.pyfunc.SimaPyfunc`, logged as code from
+    ``tasks/pyfunc_model.py``, not pickled) in ``run_id``,
     register it as a new version of ``registered_name`` and point ``alias`` at it. Returns
     ``{"name", "version", "alias", "model_uri", "run_id"}``."""
     import mlflow
 
-    from tasks.pyfunc import SimaPyfunc, requirements
+    from tasks.pyfunc import requirements
 
+    code = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py")   # models from code
     client = get_client()
     with _lock:
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-            info = mlflow.pyfunc.log_model(name="model", python_model=SimaPyfunc(),
+            info = mlflow.pyfunc.log_model(name="model", python_model=code,
                                            artifacts={"sima": os.path.abspath(sima_path)},
                                            pip_requirements=requirements())
         try:
