@@ -3,7 +3,7 @@
 :func:`loopback_sshd` starts ``/usr/sbin/sshd -D -e`` on a free port with generated ed25519 host
 and user keys, its own ``sshd_config``, ``authorized_keys`` and a ``known_hosts`` holding the host
 key, all in a directory of its own; it yields a :class:`LoopbackDevkit` and stops the server on
-exit. Same configuration as ``tests/devkit/conftest.py`` (which the transport tests use);
+exit. The transport, accelerator-mode and CLI tests and the accelerator bench all use it;
 ``scripts/ensure_sshd.sh`` installs openssh-server when it is missing. The "devkit" is this
 machine, so its Python (``sys.executable``) and this checkout (:data:`REPO`, for ``PYTHONPATH``)
 serve as the remote runtime.
@@ -43,6 +43,9 @@ class LoopbackDevkit:
     log: str
     dir: str
     proc: subprocess.Popen
+    host_public_key: str = ""         # "ssh-ed25519 AAAA..."
+    key_with_passphrase: str = ""     # a second user key, encrypted with ``passphrase`` (when asked for)
+    passphrase: str = ""
 
     def accelerator_kwargs(self, remote_root: str, **overrides) -> dict:
         """Keyword arguments for ``Model.execute_in_accelerator_mode`` against this server."""
@@ -58,8 +61,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _keygen(path: Path, comment: str) -> list[str]:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+def _keygen(path: Path, comment: str, passphrase: str = "") -> list[str]:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", comment, "-f", str(path)],
                    check=True, stdin=subprocess.DEVNULL, capture_output=True)
     return path.with_suffix(".pub").read_text().split()[0:2]
 
@@ -76,9 +79,11 @@ def _account_locked(user: str) -> bool:
 
 
 @contextlib.contextmanager
-def loopback_sshd(directory: str | os.PathLike | None = None, timeout: float = 15.0) -> Iterator[LoopbackDevkit]:
+def loopback_sshd(directory: str | os.PathLike | None = None, timeout: float = 15.0,
+                  passphrase: str = "") -> Iterator[LoopbackDevkit]:
     """Run sshd on 127.0.0.1 for the duration of the ``with`` block (files in ``directory``, a
-    fresh temporary directory when None). Raises :class:`SshdUnavailable`."""
+    fresh temporary directory when None); with ``passphrase``, a second authorized user key
+    encrypted with it. Raises :class:`SshdUnavailable`."""
     if not os.access(SSHD, os.X_OK) or shutil.which("ssh-keygen") is None:
         raise SshdUnavailable(f"{SSHD} or ssh-keygen is missing: run scripts/ensure_sshd.sh")
     with contextlib.ExitStack() as stack:
@@ -90,8 +95,10 @@ def loopback_sshd(directory: str | os.PathLike | None = None, timeout: float = 1
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         host_type, host_b64 = _keygen(d / "host_ed25519", "mixq-loopback-host")
-        user_pub = _keygen(d / "user_ed25519", "mixq-loopback")
-        (d / "authorized_keys").write_text(" ".join(user_pub) + "\n")
+        authorized = [" ".join(_keygen(d / "user_ed25519", "mixq-loopback"))]
+        if passphrase:
+            authorized.append(" ".join(_keygen(d / "user_pass_ed25519", "mixq-loopback", passphrase)))
+        (d / "authorized_keys").write_text("\n".join(authorized) + "\n")
         os.chmod(d / "authorized_keys", 0o600)
         port = _free_port()
         options = [
@@ -138,7 +145,8 @@ def loopback_sshd(directory: str | os.PathLike | None = None, timeout: float = 1
                     raise SshdUnavailable(f"sshd did not accept connections on 127.0.0.1:{port} within {timeout} s")
                 time.sleep(0.05)
             yield LoopbackDevkit("127.0.0.1", port, user, str(d / "user_ed25519"), str(known_hosts), str(log),
-                                 str(d), proc)
+                                 str(d), proc, f"{host_type} {host_b64}",
+                                 str(d / "user_pass_ed25519") if passphrase else "", passphrase)
         finally:
             proc.terminate()
             try:
