@@ -5,13 +5,10 @@
    ImageNet images (top-1 accuracy against the labels is shown too). FP32 is mixq's float run of
    the same file. Quantized models:
    * mixq INT8 ``default_quantization``, mixq ``int16_quantization``;
-   * mixq mixed: INT8 with the MIXED_NODES most error-prone nodes at INT16. Heuristic (one float
-     pass, no extra quantize): run the float model on RANK_SAMPLES calibration crops and, for every
-     node whose output the INT8 program stores as an integer tensor, quantize-dequantize that float
-     output with the INT8 model's own scale / zero point and take the noise-to-signal ratio
-     ``sum((x - dq(q(x)))**2) / sum((x - mean x)**2)``: the relative error that node's INT8 output
-     adds on its own (rounding + clipping). The per-node override sets the node's activation
-     precision, which is exactly what this measures. The MIXED_NODES highest go to INT16;
+   * mixq mixed: INT8 with the MIXED_NODES most sensitive nodes at INT16, ranked by
+     ``core.search.rank_nodes_by_output_gain`` on RANK_SAMPLES calibration crops (float passes that
+     simulate the INT8 program, leaving one node in float at a time: how much the output error
+     drops; the ranking the accuracy-feedback search uses);
    * onnxruntime ``quantize_static``: QDQ, per_channel=True, activations QUInt8, weights QInt8,
      with MinMax, Entropy and Percentile calibration on the same calibration crops (fed one sample
      at a time: the zoo file fixes batch 1), each with default options (Entropy / Percentile keep
@@ -44,6 +41,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from core import (QuantizationPrecision, default_quantization, int16_quantization, load_model,  # noqa: E402
                   onnx_source, zoo)
+from core.search import rank_nodes_by_output_gain  # noqa: E402
 
 ORT_THREADS = 2
 MIXED_NODES = 5
@@ -104,35 +102,6 @@ def top1(run, x, batch=32):
     return np.concatenate([run(x[i:i + batch]).argmax(-1).ravel() for i in range(0, len(x), batch)])
 
 
-def rank_nodes(net, model, samples):
-    """Node names by INT8 output noise-to-signal ratio, highest first (see the module docstring)."""
-    from core.runtime.float_interpreter import run_graph
-
-    prog = model.program
-    owner = {}
-    for n in prog.graph.nodes:
-        if prog.kinds[n.name] == "int":
-            for o in n.outputs:
-                if o in prog.tensors and prog.tensors[o].bits == 8:
-                    owner[o] = n.name
-    names = {n.name for n in net.nodes()}
-    noise, signal = {}, {}
-
-    def observe(name, value):
-        if name in owner and value.dtype.kind == "f":
-            tq = prog.tensors[name]
-            v = np.asarray(value, np.float64)
-            noise[name] = noise.get(name, 0.0) + float(((v - tq.dequantize(tq.quantize(v))) ** 2).sum())
-            signal[name] = signal.get(name, 0.0) + float(((v - v.mean()) ** 2).sum())
-
-    run_graph(net.graph, {net.input_names[0]: samples}, on_tensor=observe)
-    scores = {}
-    for t in noise:
-        if owner[t] in names:
-            scores[owner[t]] = max(scores.get(owner[t], 0.0), noise[t] / max(signal[t], 1e-30))
-    return sorted(scores.items(), key=lambda kv: -kv[1])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer crops and timing runs (development)")
@@ -162,7 +131,7 @@ def main() -> int:
 
     stats = net.calibrate([{name: calib[i:i + 1]} for i in range(n_calib)])
     int8 = net.quantize(stats, default_quantization)
-    ranked = rank_nodes(net, int8, calib[:RANK_SAMPLES])
+    ranked = rank_nodes_by_output_gain(net, int8, {name: calib[:RANK_SAMPLES]})
     chosen = [n for n, _ in ranked[:MIXED_NODES]]
     mixed_cfg = default_quantization.with_custom_quantization_configs(
         {n: {"quantization_precision": QuantizationPrecision.INT_16} for n in chosen})
@@ -198,7 +167,7 @@ def main() -> int:
     def overall(pred):
         return float(sum((pred[k] == fp32[k]).sum() for k in sets) / sum(len(x) for x in sets.values()))
 
-    print("\nnodes at INT16 in 'mixed' (INT8 output noise / signal on "
+    print("\nnodes at INT16 in 'mixed' (output-error drop when left in float, on "
           f"{RANK_SAMPLES} calibration crops): " + ", ".join(f"{n} ({s:.2e})" for n, s in ranked[:MIXED_NODES]))
     print(f"\n{'model':<48}  {'eval crops':>10}  {'labelled':>8}  {'all':>6}  {'label acc':>9}")
     print(f"{'FP32 (mixq float)':<48}  {'-':>10}  {'-':>8}  {'-':>6}  {fp32_acc:>9.0%}")
