@@ -256,6 +256,28 @@ class LoadedNet:
         log.info("quantized %s: %r", name, program)
         return Model(name, program, self.graph)
 
+    def convert_to_sima_quantization(self, *, requantization_mode: Any = None, model_name: Optional[str] = None,
+                                     log_level: Optional[int] = logging.NOTSET) -> "Model":
+        """Convert a pre-quantized TFLite model (int8 full-integer) into a :class:`core.model.Model`
+        that keeps the model's own scales and zero points; no calibration. ``requantization_mode``:
+        ``RequantizationMode.sima`` (default) or ``.tflite``, or ``QuantizationFlavor.sima / .tflite``;
+        with ``tflite``, ``Model.execute(fast_mode=False)`` follows TensorFlow Lite's reference
+        kernels bit for bit on the ops listed in docs/quantization.md. Float ops stay float.
+        Raises :class:`~core.errors.UnsupportedOperatorError` naming an operator that cannot be
+        converted, :class:`~core.errors.QuantizationConfigError` if the model is not pre-quantized."""
+        from core.model import Model
+        from core.quantization.params import RequantizationMode
+        from core.quantization.tflite_convert import convert_tflite_program
+
+        if log_level:
+            log.setLevel(log_level)
+        if requantization_mode is None:
+            requantization_mode = RequantizationMode.sima
+        program = convert_tflite_program(self.graph, requantization_mode, model_name)
+        name = model_name or self.graph.name
+        log.info("converted pre-quantized %s: %r", name, program)
+        return Model(name, program, self.graph)
+
     def quantize_with_accuracy_feedback(
             self, calibration_data: Any, evaluation_dataset: Any, quantization_config: Any = default_quantization,
             accuracy_score: Any = None, target_accuracy: Optional[float] = None, *, model_name: Optional[str] = None,

@@ -174,3 +174,156 @@ def relu_int(x_q, zp, scale, qmin, qmax) -> np.ndarray:
     """ReLU on quantized integers: :func:`clip_int` with ``lo = 0``, ``hi = +inf``, i.e.
     ``clamp(x, max(qmin, zp), qmax)``."""
     return clip_int(x_q, zp, scale, 0.0, np.inf, qmin, qmax)
+
+
+# --------------------------------------------------------------------------- TFLite int8 Logistic / Softmax
+# The reference kernels of TensorFlow Lite (2.21) for int8 LOGISTIC and SOFTMAX, for pre-quantized
+# TFLite models (core/quantization/tflite_convert.py). Integer arithmetic emulates int32 C code
+# on int64 numpy arrays.
+
+_I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def _roundf(v: np.ndarray) -> np.ndarray:
+    """TfLiteRound (roundf) of float32 values: half away from zero, exact in float64."""
+    d = np.asarray(v, np.float32).astype(np.float64)
+    return np.sign(d) * np.floor(np.abs(d) + 0.5)
+
+
+def logistic_int8(x_q, in_scale, in_zp, out_scale=1.0 / 256, out_zp=-128) -> np.ndarray:
+    """TFLite's int8 LOGISTIC (reference and built-in kernels alike): a 256-entry table filled by
+    ``LUTPopulate`` in float32, ``q = clamp(roundf((1 / (1 + expf(-s_in * (v - zp_in)))) *
+    (1 / s_out)) + zp_out)``, then looked up. Returns int64 in ``x_q``'s shape."""
+    x = np.asarray(x_q)
+    if x.dtype.kind not in "iu":
+        raise ExecutionError(f"x_q must be an integer array, got dtype {x.dtype}")
+    vals = np.arange(-128, 128, dtype=np.int64)
+    deq = np.float32(in_scale) * (vals - int(in_zp)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        e = np.exp(-deq.astype(np.float64)).astype(np.float32)   # expf, correctly rounded
+        t = np.float32(1.0) / (np.float32(1.0) + e)
+    inv = np.float32(1.0) / np.float32(out_scale)
+    q = np.clip(_roundf(t * inv) + int(out_zp), -128, 127).astype(np.int64)
+    return q[x.astype(np.int64) + 128]
+
+
+def _srdhm(a, b):
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held as int64."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    ab = a * b
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    s = ab + nudge
+    high = np.where(s >= 0, s >> 31, -((-s) >> 31))   # C truncating division by 2**31
+    return np.where((a == _I32_MIN) & (b == _I32_MIN), _I32_MAX, high)
+
+
+def _rdbpot(x, e: int):
+    x = np.asarray(x, np.int64)
+    if e == 0:
+        return x
+    mask = (1 << e) - 1
+    return (x >> e) + ((x & mask) > ((mask >> 1) + (x < 0))).astype(np.int64)
+
+
+def _wrap(x):
+    return ((np.asarray(x, np.int64) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def _sat_shl(x, e: int):
+    """SaturatingRoundingMultiplyByPOT<e> for e > 0 (saturating left shift)."""
+    x = np.asarray(x, np.int64)
+    thr = (1 << (31 - e)) - 1
+    return np.where(x > thr, _I32_MAX, np.where(x < -thr, _I32_MIN, x << e))
+
+
+def _exp_on_interval(a):
+    """exp_on_interval_between_negative_one_quarter_and_0_excl, Q0.31 in and out."""
+    constant_term, one_third = 1895147668, 715827883
+    x = _wrap(a + (1 << 28))
+    x2 = _srdhm(x, x)
+    x3 = _srdhm(x2, x)
+    x4 = _srdhm(x2, x2)
+    x4_over_4 = _rdbpot(x4, 2)
+    poly = _rdbpot(_wrap(_srdhm(_wrap(x4_over_4 + x3), one_third) + x2), 1)
+    return _wrap(constant_term + _srdhm(constant_term, _wrap(x + poly)))
+
+
+def _exp_on_negative_values(a, integer_bits: int = 5):
+    """gemmlowp exp_on_negative_values for a Q(integer_bits).(31 - integer_bits) input; Q0.31 out."""
+    frac = 31 - integer_bits
+    quarter = 1 << (frac - 2)
+    mask = quarter - 1
+    a_mod = (a & mask) - quarter
+    result = _exp_on_interval(_sat_shl(a_mod, integer_bits))
+    remainder = _wrap(a_mod - a)
+    for exponent, mult in ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
+                           (2, 39332535), (3, 720401), (4, 242)):
+        if integer_bits > exponent:
+            bit = 1 << (frac + exponent)
+            result = np.where((remainder & bit) != 0, _srdhm(result, mult), result)
+    return np.where(a == 0, _I32_MAX, result)
+
+
+def _one_over_one_plus_x(a):
+    """gemmlowp one_over_one_plus_x_for_x_in_0_1: Q0.31 in, Q0.31 out (Newton-Raphson in Q2.29)."""
+    s = np.asarray(a, np.int64) + _I32_MAX
+    half_den = (s + np.where(s >= 0, 1, -1))
+    half_den = np.where(half_den >= 0, half_den // 2, -((-half_den) // 2))   # C division
+    x = _wrap(1515870810 + _srdhm(half_den, -1010580540))
+    for _ in range(3):
+        hdx = _srdhm(half_den, x)
+        one_minus = _wrap((1 << 29) - hdx)
+        x = _wrap(x + _sat_shl(_srdhm(x, one_minus), 2))
+    return _sat_shl(x, 1)
+
+
+def softmax_int8(x_q, in_scale, beta: float = 1.0, axis: int = -1) -> np.ndarray:
+    """TFLite's reference int8 SOFTMAX (``reference_ops::Softmax``, output scale 1/256, zero point
+    -128): ``(M, left_shift) = QuantizeMultiplierGreaterThanOne(min(beta * s_in * 2**26,
+    2**31 - 1))``, ``diff_min = -floor(31 * 2**26 / 2**left_shift)``; per row: differences to the
+    row max, scaled to Q5.26, gemmlowp's fixed-point exp, sum in Q12.19, reciprocal by
+    Newton-Raphson, ``RoundingDivideByPOT(scale * exp, bits_over_unit + 23) - 128``. Returns int64."""
+    from core.quantization.requantize import quantize_multiplier
+
+    x = np.asarray(x_q)
+    if x.dtype.kind not in "iu":
+        raise ExecutionError(f"x_q must be an integer array, got dtype {x.dtype}")
+    axis = axis % x.ndim
+    xm = np.moveaxis(x.astype(np.int64), axis, -1)
+    real = min(float(beta) * float(np.float32(in_scale)) * float(1 << 26), float((1 << 31) - 1))
+    mult, shift = quantize_multiplier(real)
+    mult, shift = int(mult), int(shift)
+    if shift < 0:
+        raise QuantizationConfigError(f"softmax input scale {in_scale!r} gives a negative left shift")
+    diff_min = -int(np.floor(1.0 * ((1 << 5) - 1) * (1 << 26) / (1 << shift)))
+    diff = xm - xm.max(axis=-1, keepdims=True)
+    valid = diff >= diff_min
+    scaled = _srdhm(_wrap(np.where(valid, diff, 0) * (1 << shift)), mult)
+    exps = _exp_on_negative_values(scaled, 5)
+    acc = np.where(valid, _rdbpot(exps, 12), 0)
+    total = _wrap(acc.sum(axis=-1, keepdims=True))
+    # GetReciprocal(total, 12)
+    headroom = _clz32(total)
+    bits_over_unit = 12 - headroom
+    shifted = _wrap(((total << headroom) & 0xFFFFFFFF) - (1 << 31))
+    scale = _one_over_one_plus_x(shifted)
+    prod = _srdhm(scale, exps)
+    out = np.empty_like(prod)
+    e = bits_over_unit + 31 - 8
+    for v in np.unique(e):
+        sel = np.broadcast_to(e == v, prod.shape)
+        out[sel] = _rdbpot(prod[sel], int(v))
+    out = np.clip(out - 128, -128, 127)
+    out = np.where(valid, out, -128)
+    return np.moveaxis(out, -1, axis).astype(np.int64)
+
+
+def _clz32(v):
+    v = np.asarray(v, np.int64) & 0xFFFFFFFF
+    n = np.zeros(v.shape, np.int64)
+    for k in (16, 8, 4, 2, 1):
+        small = v < (1 << (32 - k))
+        n = np.where(small, n + k, n)
+        v = np.where(small, v << k, v)
+    return np.where(np.asarray(v) == 0, 32, n)

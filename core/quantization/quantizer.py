@@ -70,6 +70,13 @@ class TensorQuant:
     scale: float
     zero_point: int
     bits: int
+    # how ``quantize`` rounds float inputs: "half_even" (np.round of x / scale in float64) or
+    # "tflite" (TFLite's QUANTIZE: x / scale in float32, TfLiteRound = half away from zero)
+    rounding: str = "half_even"
+
+    def __post_init__(self):
+        if self.rounding not in ("half_even", "tflite"):
+            raise QuantizationConfigError(f"TensorQuant.rounding must be 'half_even' or 'tflite', got {self.rounding!r}")
 
     @property
     def qmin(self) -> int:
@@ -81,8 +88,16 @@ class TensorQuant:
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """``clamp(np.round(x / scale) + zp)`` as int64; ``np.round`` rounds half to even, in
-        float64 (exact for float32 inputs up to the final rounding, so batch-independent)."""
-        q = np.round(np.asarray(x, np.float64) / self.scale)
+        float64 (exact for float32 inputs up to the final rounding, so batch-independent).
+        ``rounding="tflite"``: TFLite's QUANTIZE, ``x / scale`` in float32 rounded half away from zero."""
+        if self.rounding == "tflite":
+            # reference_ops::AffineQuantize: static_cast<int32>(TfLiteRound(val / scale)) + zp,
+            # the division in float32; the rounding of that float32 quotient is exact in float64
+            with np.errstate(over="ignore", invalid="ignore"):
+                d = (np.asarray(x, np.float32) / np.float32(self.scale)).astype(np.float64)
+            q = np.sign(d) * np.floor(np.abs(d) + 0.5)
+        else:
+            q = np.round(np.asarray(x, np.float64) / self.scale)
         return np.clip(q, self.qmin - self.zero_point, self.qmax - self.zero_point).astype(np.int64) + self.zero_point
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:

@@ -124,6 +124,19 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
         x, q_in = get_int(x_name), tq[x_name]
         axis = 1 if op == "Conv" else -1
         fn = conv_accumulate if op == "Conv" else dense_accumulate
+        if c.get("tflite_requant") == "float" and not c["output_int32"]:
+            # TFLite's reference FULLY_CONNECTED (TF >= 2.18): round(double(acc) * double(real)),
+            # half away from zero, as in reference_integer_ops::FullyConnected(PerChannel)
+            acc = np.asarray(fn(x, q_in.zero_point, c["w_q"], c["bias_q"], n), np.int64)
+            real = np.asarray(c["real_multiplier"], np.float64)
+            shape = [1] * acc.ndim
+            shape[axis] = -1
+            v = acc.astype(np.float64) * (real.reshape(shape) if real.size > 1 else real.reshape(()))
+            r = np.sign(v) * np.floor(np.abs(v) + 0.5)
+            q_out = tq[out]
+            y = np.clip(r + q_out.zero_point, c["act_min"], c["act_max"])
+            qenv[out] = _storage(y, q_out)
+            return
         if not c["output_int32"]:
             # the kernel requantizes block by block, while each block is in cache
             q_out = tq[out]
@@ -155,6 +168,10 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
         return
 
     q_out = tq[out]
+    kernel = c.get("tflite_kernel")
+    if kernel is not None:   # TFLite reference kernels of converted pre-quantized models
+        qenv[out] = _storage(_run_tflite_kernel(kernel, n, c, get_int(acts[0]), tq[acts[0]], q_out), q_out)
+        return
     if op == "MaxPool":
         y = max_pool_int(get_int(acts[0]), n)
     elif op == "AveragePool":
@@ -168,14 +185,21 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
         y = resize_nearest_int(get_int(x), n, *extra, extrapolation_q=tq[x].quantize(
             np.float32(n.attrs.get("extrapolation_value", 0.0))).item())
     elif op in ("Add", "Sub", "Mul"):
-        a, b = acts
-        qa, qb = tq[a], tq[b]
-        args = (get_int(a), qa.scale, qa.zero_point, get_int(b), qb.scale, qb.zero_point,
-                q_out.scale, q_out.zero_point, c["act_min"], c["act_max"])
+        if c.get("const_q") is not None:   # an integer constant operand (converted TFLite models)
+            xa = (get_int(acts[0]), tq[acts[0]].scale, tq[acts[0]].zero_point)
+            xc = (c["const_q"], c["const_scale"], c["const_zp"])
+            first, second = (xc, xa) if c["const_pos"] == 0 else (xa, xc)
+            args = (*first, *second, q_out.scale, q_out.zero_point, c["act_min"], c["act_max"])
+            bits = q_out.bits
+        else:
+            a, b = acts
+            qa, qb = tq[a], tq[b]
+            args = (get_int(a), qa.scale, qa.zero_point, get_int(b), qb.scale, qb.zero_point,
+                    q_out.scale, q_out.zero_point, c["act_min"], c["act_max"])
+            bits = 16 if max(qa.bits, qb.bits, q_out.bits) == 16 else 8
         if op == "Mul":
             y = mul_int(*args, dtype=_dtype(q_out))
         else:
-            bits = 16 if max(qa.bits, qb.bits, q_out.bits) == 16 else 8
             y = (add_int if op == "Add" else sub_int)(*args, bits=bits, dtype=_dtype(q_out))
     elif op == "GlobalAveragePool":
         x = acts[0]
@@ -194,3 +218,22 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
     else:  # layout ops: the float kernel moves integers unchanged
         y = get_op(op, n).run(n, [None if not i else consts[i] if i in consts else get_int(i) for i in n.inputs])[0]
     qenv[out] = _storage(y, q_out)
+
+
+def _run_tflite_kernel(kernel: str, n: Node, c: dict, x: np.ndarray, q_in: TensorQuant, q_out: TensorQuant):
+    """The TFLite reference kernels that pre-quantized TFLite models need beyond mixq's own
+    (see core/quantization/tflite_convert.py)."""
+    if kernel == "mean_quantized":
+        from core.quantization.tflite_convert import mean_int_tflite
+
+        return mean_int_tflite(x, kernel, q_in.scale, q_in.zero_point, q_out.scale, q_out.zero_point,
+                               c["qmin"], c["qmax"])
+    if kernel == "logistic_int8":
+        from core.ops.activation import logistic_int8
+
+        return logistic_int8(x, q_in.scale, q_in.zero_point, q_out.scale, q_out.zero_point)
+    if kernel == "softmax_int8":
+        from core.ops.activation import softmax_int8
+
+        return softmax_int8(x, q_in.scale, float(c.get("beta", 1.0)), int(c.get("axis", -1)))
+    raise ExecutionError(f"{n.describe()}: unknown TFLite kernel {kernel!r}")
