@@ -8,7 +8,10 @@ The search (every candidate is one quantize + one evaluation; calibration runs o
    :class:`AccuracyTargetError` with the best accuracy reached.
 3. Bisection between the last miss and the first hit. Greedy fallback (NNCF / Neural
    Compressor: promote one node at a time in ranking order) evaluates k candidates to find the
-   k-node prefix; doubling + bisection finds the same prefix in about 2*log2(k).
+   k-node prefix; doubling + bisection finds the same prefix in about 2*log2(k) when accuracy
+   grows with k. Measured accuracy is not monotone (a finite evaluation set), so the prefixes
+   below the best one that bisection skipped are then checked, smallest first: the result never
+   has more nodes than greedy's (budget permitting), at the cost of those extra evaluations.
 4. Pruning: drop nodes from the best set, least sensitive first, keeping each drop that still
    reaches the target -- it can go below the smallest prefix.
 5. With budget left, Optuna's TPE explores subsets of the top ranked nodes (the history of
@@ -227,6 +230,12 @@ def search_int16_nodes(
                     hi = mid
                 else:
                     lo = mid
+            # 3b: accuracy measured on a finite set is not monotone in k: bisection can step over
+            # a smaller prefix that reaches the target. Check the prefixes below the best one that
+            # were never evaluated, smallest first (never more nodes than the greedy fallback).
+            for k in range(1, len(best_feasible().int16_nodes)):
+                if frozenset(order[:k]) not in done and evaluate(order[:k], f"prefix {k}") >= target:
+                    break
             # 4: prune the best set, least sensitive first
             current = list(best_feasible().int16_nodes)
             for n in sorted(current, key=rank_of.__getitem__, reverse=True):

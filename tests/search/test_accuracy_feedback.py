@@ -136,3 +136,25 @@ def test_killed_search_resumes_from_its_journal(env, tmp_path):
     # a third run finds everything done and evaluates nothing
     again = search(env, target, storage=str(journal), max_trials=10).accuracy_feedback
     assert again.evaluations == 0 and again.int16_nodes == result.int16_nodes
+
+
+def test_non_monotone_accuracy_never_costs_more_nodes_than_greedy(env):
+    """A scripted score that is not monotone in the prefix length (as finite evaluation sets are):
+    prefix 3 reaches the target, 4 does not, 5+ do. Doubling + bisection alone would settle on 5
+    or more; the gap check finds 3, what greedy finds."""
+    from core.search import search_int16_nodes
+
+    net = env["net"]
+    order = [n.name for n in net.graph.nodes]
+    scores = {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.9, 4: 0.4}
+
+    def scripted(model):
+        custom = model.program.params.custom_quantization_configs or {}
+        k = sum(1 for c in custom.values() if c.get("quantization_precision") is not None)
+        return scores.get(k, 0.95)
+
+    stats = net.calibrate(env["calib"])
+    result = search_int16_nodes(net, stats, scripted, default_quantization, 0.8, [(n, 0.0) for n in order],
+                                max_trials=12, storage=None)
+    assert result.int16_nodes == order[:3]
+    assert [c.source for c in result.candidates][:4] == ["int8", "prefix 1", "prefix 2", "prefix 4"]
