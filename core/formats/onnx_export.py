@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ModelFileError, UnsupportedOperatorError
+from core.ops.common import weight_output_axis
 
 __all__ = ["export_qdq_onnx", "EXPORT_OPSET"]
 
@@ -95,7 +96,7 @@ def export_qdq_onnx(model, path: str | os.PathLike) -> str:
         # quantized weights and biases replace the float constants below
         ins = [reads(i) if not (quantized_weights and k > 0) else "" for k, i in enumerate(n.inputs)]
         if quantized_weights:
-            axis = 0 if n.op == "Conv" else (0 if n.attrs.get("transB", 0) else np.ndim(c["w_q"]) - 1)
+            axis = weight_output_axis(n, np.ndim(c["w_q"]))
             w = init(f"{n.name}/w_q", c["w_q"])
             ws = init(f"{n.name}/w_scale", c["w_scale"].astype(np.float32))
             wz = init(f"{n.name}/w_zp", np.zeros(c["w_scale"].shape, c["w_q"].dtype))

@@ -54,6 +54,23 @@ def _channel_bound(bound, ndim: int):
     return b.reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def weight_output_axis(node: Node, ndim: int) -> int:
+    """The output-channel axis of a Conv/Gemm/MatMul weight of rank ``ndim``: Conv OIHW -> 0,
+    Gemm (O, K) with transB -> 0 else (K, O) -> 1, MatMul (K, O) or (K,) -> last."""
+    if node.op == "Conv":
+        return 0
+    if node.op == "Gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    return ndim - 1
+
+
+def without_activation(node: Node) -> Node:
+    """A copy of ``node`` without its fused activation (to get pre-activation values)."""
+    attrs = {k: v for k, v in node.attrs.items() if k != "activation"}
+    return Node(node.op, node.inputs, node.outputs, attrs, name=node.name, source_name=node.source_name,
+                segment=node.segment)
+
+
 def activation_suffix(node: Node) -> str:
     act = node.attrs.get("activation")
     return f"_{act['kind']}" if act else ""

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from core.errors import CalibrationError
-from core.ir.graph import Node
+from core.ops.common import without_activation
 
 __all__ = ["correct_bias"]
 
@@ -42,12 +42,6 @@ def _batched(samples, limit: int, batch: int):
             pending = [last] if last is not None else []
     if pending:
         yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-
-
-def _no_activation(node: Node) -> Node:
-    attrs = {k: v for k, v in node.attrs.items() if k != "activation"}
-    return Node(node.op, node.inputs, node.outputs, attrs, name=node.name, source_name=node.source_name,
-                segment=node.segment)
 
 
 def correct_bias(program, float_graph, samples: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -79,7 +73,7 @@ def correct_bias(program, float_graph, samples: Iterable[Mapping[str, np.ndarray
             x_q = q_in.quantize(x).astype(np.int8 if q_in.bits == 8 else np.int16)
             fn = conv_accumulate if n.op == "Conv" else dense_accumulate
             acc = fn(x_q, q_in.zero_point, c["w_q"], c["bias_q"], n)
-            plain = _no_activation(n)
+            plain = without_activation(n)
             args = [x] + [consts[i] if i else None for i in n.inputs[1:]]
             (y,) = get_op(n.op, plain).run(plain, args)[:1]
             axis = 1 if n.op == "Conv" else acc.ndim - 1

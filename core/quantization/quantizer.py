@@ -45,6 +45,7 @@ import numpy as np
 from core.errors import CalibrationError, QuantizationConfigError
 from core.ir.graph import Graph, Node
 from core.ops.activation import activation_range_int
+from core.ops.common import weight_output_axis
 from core.quantization.params import (
     QuantizationParams,
     QuantizationPrecision,
@@ -164,15 +165,6 @@ def quantize_weights(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np
         shape[axis] = -1
         q = np.round(w / scales.reshape(shape))
     return np.clip(q, -qmax, qmax).astype(np.int8 if bits == 8 else np.int16), scales.astype(np.float64)
-
-
-def _weight_axis(node: Node, w: np.ndarray) -> int:
-    """The output-channel axis of a dense node's weight."""
-    if node.op == "Conv":
-        return 0
-    if node.op == "Gemm":
-        return 0 if node.attrs.get("transB", 0) else 1
-    return w.ndim - 1  # MatMul: (K, O) or (K,)
 
 
 def _fused_bounds(node: Node) -> tuple[Any, Any]:
@@ -329,7 +321,7 @@ def _clip_bounds(n: Node, consts) -> tuple[float, float]:
 def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: QuantizationParams, mode) -> dict[str, Any]:
     w = np.asarray(graph.constants[n.inputs[1]])
     per_channel = params.weight_quantization_scheme.per_channel
-    axis = _weight_axis(n, w)
+    axis = weight_output_axis(n, w.ndim)
     w_q, s_w = quantize_weights(w, axis if per_channel else None, _weight_bits(n, params))
     n_out = w.shape[axis] if w.ndim else 1
     s_w = np.broadcast_to(s_w, (n_out,)).astype(np.float64)

@@ -44,6 +44,7 @@ import numpy as np
 from core.errors import QuantizationConfigError, UnsupportedOperatorError
 from core.ir.graph import Graph, Node
 from core.ops.activation import activation_range_int
+from core.ops.common import weight_output_axis
 from core.quantization.params import QuantizationFlavor, RequantizationMode, default_quantization
 from core.quantization.quantizer import (
     QuantizedProgram,
@@ -226,7 +227,7 @@ class _Converter:
         """(w_q in mixq's layout, per-output-channel scales float64)."""
         wname = n.inputs[1]
         w = np.asarray(self.consts[wname])
-        axis = 0 if n.op == "Conv" else (0 if n.attrs.get("transB", 0) else 1) if n.op == "Gemm" else w.ndim - 1
+        axis = weight_output_axis(n, w.ndim)
         n_out = w.shape[axis]
         src = self.const_src.get(wname)
         if src is None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from core.errors import ExecutionError, MixqError
 from core.ir.graph import Node
-from core.ops.common import apply_activation
+from core.ops.common import apply_activation, without_activation
 from core.ops.conv import conv_accumulate
 from core.ops.elementwise import add_int, mul_int, sub_int
 from core.ops.gemm import dense_accumulate
@@ -54,12 +54,6 @@ def _storage(q: np.ndarray, tq: TensorQuant) -> np.ndarray:
     q = np.asarray(q)
     dtype = _dtype(tq)
     return q if q.dtype == dtype else q.astype(dtype)
-
-
-def _no_activation(node: Node) -> Node:
-    attrs = {k: v for k, v in node.attrs.items() if k != "activation"}
-    return Node(node.op, node.inputs, node.outputs, attrs, name=node.name, source_name=node.source_name,
-                segment=node.segment)
 
 
 def run_program(program: QuantizedProgram, feeds: Mapping[str, np.ndarray], fast_mode: bool = False) -> dict[str, np.ndarray]:
@@ -156,7 +150,7 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
             args = [xf, c["w_q"].astype(np.float32)]
             if c["bias_q"] is not None:
                 args.append(c["bias_q"].astype(np.float32))
-            acc = get_op(op, n).run(_no_activation(n), args)[0]
+            acc = get_op(op, n).run(without_activation(n), args)[0]
         else:
             acc = fn(x, q_in.zero_point, c["w_q"], c["bias_q"], n)
         # output_int32: the accumulators leave the MLA as float (acc * acc_scale)

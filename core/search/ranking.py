@@ -26,6 +26,8 @@ from typing import Mapping
 
 import numpy as np
 
+from core.ops.common import weight_output_axis
+
 __all__ = ["rank_nodes_by_int8_noise", "rank_nodes_by_output_gain"]
 
 
@@ -40,18 +42,19 @@ def _owned_tensors(prog) -> dict[str, list[str]]:
     return owned
 
 
-def _dequantized_weights(prog) -> dict[str, tuple[str, np.ndarray]]:
-    """Node name -> (weight constant name, its quantize-dequantized float32 value)."""
+def _dequantized_weights(prog, dtype=None) -> dict[str, tuple[str, np.ndarray]]:
+    """Node name -> (weight constant name, its quantize-dequantized value, in ``dtype`` or the
+    float weight's own dtype)."""
     out = {}
     for n in prog.graph.nodes:
         c = prog.constants.get(n.name) or {}
         if "w_q" in c and "w_scale" in c and np.ndim(c["w_q"]) >= 2:
             w = np.asarray(prog.graph.constants[n.inputs[1]])
-            axis = 0 if n.op == "Conv" else (0 if n.attrs.get("transB", 0) else w.ndim - 1)
             shape = [1] * w.ndim
+            axis = weight_output_axis(n, w.ndim)
             shape[axis] = -1
             out[n.name] = (n.inputs[1], (np.asarray(c["w_q"], np.float64) * c["w_scale"].reshape(shape))
-                           .astype(w.dtype))
+                           .astype(dtype or w.dtype))
     return out
 
 
@@ -121,14 +124,8 @@ def rank_nodes_by_int8_noise(net, int8_model, samples: Mapping[str, np.ndarray])
     scores: dict[str, float] = {}
     for t in noise:
         scores[owner[t]] = max(scores.get(owner[t], 0.0), noise[t] / max(signal[t], 1e-30))
-    for n in prog.graph.nodes:
-        c = prog.constants.get(n.name) or {}
-        if n.name in scores and "w_q" in c and "w_scale" in c and np.ndim(c["w_q"]) >= 2:
-            w = np.asarray(prog.graph.constants[n.inputs[1]], np.float64)
-            axis = 0 if n.op == "Conv" else (0 if n.attrs.get("transB", 0) else w.ndim - 1)
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            scales = c["w_scale"].reshape(shape) if w.ndim else c["w_scale"].reshape(())
-            dq = np.asarray(c["w_q"], np.float64) * scales
-            scores[n.name] += float(((w - dq) ** 2).sum() / max((w ** 2).sum(), 1e-30))
+    for node, (const, dq) in _dequantized_weights(prog, np.float64).items():
+        if node in scores:
+            w = np.asarray(prog.graph.constants[const], np.float64)
+            scores[node] += float(((w - dq) ** 2).sum() / max((w ** 2).sum(), 1e-30))
     return sorted(scores.items(), key=lambda kv: -kv[1])

@@ -22,16 +22,11 @@ from __future__ import annotations
 import numpy as np
 
 from core.ir.graph import Graph, Node
+from core.ops.common import weight_output_axis
 
 __all__ = ["equalize_channels", "equalizable_pairs"]
 
 _MIN_SCALE, _MAX_SCALE = 1e-4, 1e4
-
-
-def _out_axis(node: Node, w: np.ndarray) -> int:
-    if node.op == "Conv":
-        return 0
-    return 0 if node.attrs.get("transB", 0) else w.ndim - 1
 
 
 def _in_view(node: Node, w: np.ndarray, channels: int):
@@ -81,7 +76,7 @@ def _equalize_pair(graph: Graph, a: Node, b: Node) -> float:
     """Rescale one pair in place (new arrays); returns max |log s| (0 when nothing moved)."""
     wa = np.asarray(graph.constants[a.inputs[1]], np.float64)
     wb = np.asarray(graph.constants[b.inputs[1]], np.float64)
-    axis = _out_axis(a, wa)
+    axis = weight_output_axis(a, wa.ndim)
     channels = wa.shape[axis]
     view = _in_view(b, wb, channels)
     if view is None:
