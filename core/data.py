@@ -177,3 +177,13 @@ def length_hinted(length: int, iterable: Iterable) -> Iterable:
     if not isinstance(iterable, Iterable):
         raise InputError(f"length_hinted takes an iterable, got {type(iterable).__name__}")
     return _LengthHinted(n, iterable)
+
+
+def update_digest(digest, arrays: Mapping[str, Any], names: Iterable[str]) -> None:
+    """Feed ``arrays[name]`` for each of ``names`` (in that order) to a hashlib ``digest``: the
+    name, dtype, shape and bytes, so equal data gives equal fingerprints (calibration reuse,
+    search study names)."""
+    for name in names:
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value)   # the buffer protocol: no copy

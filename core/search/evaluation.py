@@ -7,6 +7,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from core.data import update_digest
 from core.errors import InputError, QuantizationConfigError
 
 __all__ = ["Evaluator", "score_outputs"]
@@ -75,10 +76,7 @@ class Evaluator:
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for sample, label in zip(self.samples, self.labels):
-            for n in self.input_names:
-                v = np.ascontiguousarray(sample[n])
-                h.update(f"{n}|{v.dtype.str}|{v.shape}|".encode())
-                h.update(v)
+            update_digest(h, sample, self.input_names)
             h.update(repr(label).encode())
         return h.hexdigest()
 
