@@ -66,13 +66,16 @@ class Model:
                  "local" if local_feed else "cumulative", report.num_samples, report.table())
         return report
 
-    def export_onnx(self, path: str) -> str:
-        """Write the model as a QDQ ONNX file (QuantizeLinear/DequantizeLinear around every integer
-        tensor, quantized weights) that onnxruntime and other ONNX runtimes execute; see
-        :mod:`core.formats.onnx_export`. Returns the path."""
-        from core.formats.onnx_export import export_qdq_onnx
+    def export_onnx(self, path: str, form: str = "qdq") -> str:
+        """Write the model as an ONNX file that onnxruntime and other ONNX runtimes execute; returns
+        the path. ``form="qdq"``: QuantizeLinear/DequantizeLinear around every integer tensor and
+        quantized weights, float ops in between (the format TensorRT and onnxruntime's quantizer
+        use; each runtime requantizes its own way, so outputs can differ by LSBs).
+        ``form="integer"``: ConvInteger/MatMulInteger and integer requantization, bit-exact with
+        ``execute(fast_mode=False)``. See :mod:`core.formats.onnx_export`."""
+        from core.formats.onnx_export import export_onnx
 
-        return export_qdq_onnx(self, path)
+        return export_onnx(self, path, form)
 
     # ---- saving and loading (docs/saved_models.md)
 

@@ -1,185 +1,776 @@
-"""Export a quantized program as a QDQ ONNX model that any ONNX runtime runs.
+"""Export a quantized program as an ONNX model that onnxruntime and other ONNX runtimes run.
 
-QDQ ("quantize-dequantize") form, the interchange format of onnxruntime's and TensorRT's
-quantizers: every integer tensor of the program appears as ``QuantizeLinear`` ->
-``DequantizeLinear`` with its scale and zero point (int8, or int16 at opset 21); weights are
-stored quantized (int8/int16, per output channel on ``axis``) behind a ``DequantizeLinear``;
-int32 biases likewise (scale ``s_in * s_w[c]``). ONNX has no int64 ``DequantizeLinear``, so the
-int64 biases of 16-bit-input nodes are stored as the equal float values. A runtime fuses the
-patterns into integer kernels (onnxruntime: QLinearConv, QLinearAdd, ...); its requantization
-is its own (float multiplier), so outputs can differ from mixq's bit-accurate ones by an LSB.
+Two forms, ``Model.export_onnx(path, form=...)``:
 
-Node by node: the float op runs on dequantized inputs, a fused activation becomes an explicit
-Relu/Clip, and the output is re-quantized with the program's parameters. APU nodes stay float.
-``output_int32`` outputs are exported dequantized (float).
+``form="qdq"`` (default): the interchange format of onnxruntime's and TensorRT's quantizers.
+Every integer tensor is ``QuantizeLinear`` -> ``DequantizeLinear`` with its scale and zero point
+(int8, or int16 at opset 21); weights are stored quantized (int8/int16, per output channel on
+``axis``) behind a ``DequantizeLinear``, int32 biases likewise; the float op runs on dequantized
+inputs, a fused activation becomes an explicit Relu/Clip. A runtime fuses the patterns into its
+own integer kernels (onnxruntime: QLinearConv, QLinearAdd, ...) with its own requantization
+(a float multiplier, round half to even), so outputs differ from mixq's by an LSB where a
+rounding tie flips, and such differences grow through a deep network (measured on MobileNetV2:
+docs/saved_models.md). To keep the gap small, a weight's exported scale is its *effective* one,
+``multiplier_actually_applied * s_out / s_in``: the fixed-point multiplier mixq's kernels use
+(sima's 15-bit multiplier is off the real one by up to 2**-15) instead of the ideal real number.
+
+``form="integer"``: bit-exact with ``Model.execute(fast_mode=False)``, in standard ONNX ops.
+Integer tensors are int8/int16 tensors; Conv/Gemm/MatMul accumulate in ``ConvInteger`` /
+``MatMulInteger`` (16-bit operands as two bytes: ``x = 256 * hi + lo``, four exact int32 partial
+products), and requantization, Add/Sub/Mul, GlobalAveragePool, Concat rescaling, graph-input
+quantization and output dequantization are written out in int64 / float64 element-wise ops that
+compute mixq's arithmetic step by step (sima and TFLite fixed point, double/single/int64
+rounding). Ops without an integer lowering here (TFLite MEAN/LOGISTIC/SOFTMAX kernels, pooling
+with ``ceil_mode``/``count_include_pad``, ...) run as float between exact dequantize/quantize
+steps and are listed in the model's ``doc_string``. Runtimes without ConvInteger (TensorRT) need
+the QDQ form.
+
+APU nodes stay float in both forms; ``output_int32`` outputs are exported dequantized (float).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
 import numpy as np
 
-from core.errors import ModelFileError, UnsupportedOperatorError
+from core.errors import ModelFileError, QuantizationConfigError, UnsupportedOperatorError
 from core.ops.common import weight_output_axis
+from core.quantization.params import RequantizationMode
 
-__all__ = ["export_qdq_onnx", "EXPORT_OPSET"]
+__all__ = ["EXPORT_FORMS", "EXPORT_OPSET", "export_onnx"]
 
 EXPORT_OPSET = 21   # QuantizeLinear/DequantizeLinear with int16 and per-axis parameters
+EXPORT_FORMS = ("qdq", "integer")
+_LAYOUT_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
 
-def export_qdq_onnx(model, path: str | os.PathLike) -> str:
-    """Write ``model`` (a :class:`core.model.Model`) as a QDQ ONNX file at ``path`` (atomically);
-    returns the path. The batch dimension is free."""
+def export_onnx(model, path: str | os.PathLike, form: str = "qdq") -> str:
+    """Write ``model`` (a :class:`core.model.Model`) as an ONNX file at ``path`` (atomically), in
+    ``form`` ``"qdq"`` or ``"integer"`` (see the module docstring); returns the path. The batch
+    dimension is free."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     from core.formats.atomic import atomic_write
 
-    program = model.program
-    g = program.graph
-    tq = program.tensors
-    consts = g.constants
-    nodes: list = []
-    inits: list = []
-    made: set[str] = set()
-    counter = [0]
+    if form not in EXPORT_FORMS:
+        raise QuantizationConfigError(f"export_onnx form must be one of {', '.join(map(repr, EXPORT_FORMS))}, "
+                                      f"got {form!r}")
+    lowering = _Lowering(model.program, exact=form == "integer")
+    lowering.run()
+    g = model.program.graph
 
-    def uniq(base: str) -> str:
-        counter[0] += 1
-        return f"{base}__{counter[0]}"
-
-    def init(name: str, value: np.ndarray) -> str:
-        if name not in made:
-            made.add(name)
-            inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def qdtype(bits: int):
-        return {8: np.int8, 16: np.int16}[bits]
-
-    def q_params(t: str) -> tuple[str, str]:
-        q = tq[t]
-        s = init(f"{t}__scale", np.array(q.scale, np.float32))
-        z = init(f"{t}__zp", np.array(q.zero_point, qdtype(q.bits)))
-        return s, z
-
-    dq_name: dict[str, str] = {}      # tensor -> the float name consumers read
-
-    def requantized(float_name: str, t: str) -> str:
-        """Q then DQ of ``float_name`` with tensor ``t``'s parameters; returns the DQ output."""
-        s, z = q_params(t)
-        q_out = f"{t}__q"
-        nodes.append(helper.make_node("QuantizeLinear", [float_name, s, z], [q_out], name=uniq(f"{t}/quantize")))
-        out = t if t in g.outputs else f"{t}__dq"
-        nodes.append(helper.make_node("DequantizeLinear", [q_out, s, z], [out], name=uniq(f"{t}/dequantize")))
-        return out
-
-    def reads(t: str) -> str:
-        if not t:
-            return ""
-        if t in consts:
-            v = consts[t]
-            return init(t, v)
-        return dq_name.get(t, t)
-
-    # graph inputs read by the MLA are quantized at the edge
-    for t in g.inputs:
-        if t in tq and tq[t].bits in (8, 16):
-            dq_name[t] = requantized(t, t) if t not in g.outputs else t
-
-    for n in g.nodes:
-        kind = program.kinds[n.name]
-        c = program.constants.get(n.name) or {}
-        attrs = {k: v for k, v in n.attrs.items() if k != "activation"}
-        quantized_weights = kind == "int" and "w_q" in c and n.op in ("Conv", "Gemm", "MatMul")
-        # quantized weights and biases replace the float constants below
-        ins = [reads(i) if not (quantized_weights and k > 0) else "" for k, i in enumerate(n.inputs)]
-        if quantized_weights:
-            axis = weight_output_axis(n, np.ndim(c["w_q"]))
-            w = init(f"{n.name}/w_q", c["w_q"])
-            ws = init(f"{n.name}/w_scale", c["w_scale"].astype(np.float32))
-            wz = init(f"{n.name}/w_zp", np.zeros(c["w_scale"].shape, c["w_q"].dtype))
-            w_f = f"{n.name}/w"
-            nodes.append(helper.make_node("DequantizeLinear", [w, ws, wz], [w_f], axis=int(axis),
-                                          name=uniq(f"{n.name}/dequantize_w")))
-            ins[1] = w_f
-            if c.get("bias_q") is not None:
-                bq = np.asarray(c["bias_q"]).reshape(-1)
-                if bq.dtype == np.int32:
-                    b = init(f"{n.name}/bias_q", bq)
-                    bs = init(f"{n.name}/bias_scale", c["acc_scale"].astype(np.float32))
-                    bz = init(f"{n.name}/bias_zp", np.zeros(bq.shape, np.int32))
-                    b_f = f"{n.name}/bias"
-                    nodes.append(helper.make_node("DequantizeLinear", [b, bs, bz], [b_f], axis=0,
-                                                  name=uniq(f"{n.name}/dequantize_bias")))
-                else:   # int64 accumulator biases of 16-bit inputs: ONNX has no int64 DequantizeLinear
-                    b_f = init(f"{n.name}/bias", (bq * c["acc_scale"]).astype(np.float32))
-                if n.op == "MatMul":
-                    raise UnsupportedOperatorError(n.op, n.name, "QDQ export of a MatMul with a fused bias")
-                while len(ins) < 3:
-                    ins.append("")
-                ins[2] = b_f
-            while ins and not ins[-1]:
-                ins.pop()
-        outs = [o for o in n.outputs]
-        float_outs = [f"{o}__f" if o else "" for o in outs]
-        act = n.attrs.get("activation")
-        pre = [f"{o}__pre" if o else "" for o in float_outs] if act else float_outs
-        op_attrs = {k: _attr(v, n) for k, v in attrs.items()}
-        nodes.append(helper.make_node(n.op, ins, pre, name=n.name, **op_attrs))
-        if act:
-            if act["kind"] == "relu":
-                nodes.append(helper.make_node("Relu", [pre[0]], [float_outs[0]], name=uniq(f"{n.name}/relu")))
-            elif act["kind"] == "clip" and np.ndim(act.get("min", 0.0)) == 0 and np.ndim(act.get("max", 0.0)) == 0:
-                lo = init(f"{n.name}/clip_min", np.array(act.get("min", -np.inf), np.float32))
-                hi = init(f"{n.name}/clip_max", np.array(act.get("max", np.inf), np.float32))
-                nodes.append(helper.make_node("Clip", [pre[0], lo, hi], [float_outs[0]], name=uniq(f"{n.name}/clip")))
-            elif act["kind"] == "clip":   # per-channel bounds (channel equalization): Max then Min, broadcast
-                rank = len(g.tensors[n.outputs[0]].shape)
-                shape = (1, -1) + (1,) * (rank - 2)
-                lo = init(f"{n.name}/clip_min", np.broadcast_to(np.asarray(act.get("min", -np.inf), np.float32),
-                                                                 (g.tensors[n.outputs[0]].shape[1],)).reshape(shape))
-                hi = init(f"{n.name}/clip_max", np.broadcast_to(np.asarray(act.get("max", np.inf), np.float32),
-                                                                 (g.tensors[n.outputs[0]].shape[1],)).reshape(shape))
-                mid = f"{float_outs[0]}__lo"
-                nodes.append(helper.make_node("Max", [pre[0], lo], [mid], name=uniq(f"{n.name}/clip_lo")))
-                nodes.append(helper.make_node("Min", [mid, hi], [float_outs[0]], name=uniq(f"{n.name}/clip_hi")))
-            else:
-                raise UnsupportedOperatorError(n.op, n.name, f"QDQ export of fused activation {act['kind']!r}")
-        for o, fo in zip(outs, float_outs):
-            if not o:
-                continue
-            if kind != "apu" and o in tq and tq[o].bits in (8, 16):
-                dq_name[o] = requantized(fo, o)
-            else:   # float (APU, or an int32 accumulator output): pass the float value on
-                if o in g.outputs:
-                    nodes.append(helper.make_node("Identity", [fo], [o], name=uniq(f"{o}/output")))
-                    dq_name[o] = o
-                else:
-                    dq_name[o] = fo
-
-    def value_info(t: str, batch_free: bool):
+    def value_info(t: str):
         info = g.tensors[t]
         shape = list(info.shape)
-        if batch_free and shape:
+        if shape:
             shape[0] = "batch"
-        elem = helper.np_dtype_to_tensor_dtype(np.dtype(info.dtype))
-        return helper.make_tensor_value_info(t, elem, shape)
+        return helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(np.dtype(info.dtype)), shape)
 
-    graph = helper.make_graph(nodes, f"{g.name}_qdq", [value_info(t, True) for t in g.inputs],
-                              [value_info(t, True) for t in g.outputs], inits)
+    doc = f"mixq {form} export of {model.name}"
+    if lowering.float_lowered:
+        doc += "; run as float between exact quantize/dequantize steps: " + ", ".join(lowering.float_lowered)
+    graph = helper.make_graph(lowering.w.nodes, f"{g.name}_{form}", [value_info(t) for t in g.inputs],
+                              [value_info(t) for t in g.outputs], lowering.w.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
-                              producer_name="mixq", doc_string=f"mixq QDQ export of {model.name}")
+                              producer_name="mixq", doc_string=doc)
     proto.ir_version = 10
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
-        raise ModelFileError(f"QDQ export of {model.name!r} produced an invalid ONNX model: {e}") from e
+        raise ModelFileError(f"ONNX export ({form}) of {model.name!r} produced an invalid ONNX model: {e}") from e
     data = proto.SerializeToString()
     path = os.fspath(path)
-    atomic_write(path, lambda f: f.write(data), error=ModelFileError, what="QDQ ONNX model")
+    atomic_write(path, lambda f: f.write(data), error=ModelFileError, what=f"{form} ONNX model")
     return path
+
+
+class _Writer:
+    """Nodes and initializers of the graph being written, with unique names."""
+
+    def __init__(self):
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes: list = []
+        self.inits: list = []
+        self._made: set[str] = set()
+        self._count = 0
+
+    def fresh(self, base: str) -> str:
+        self._count += 1
+        return f"{base}__{self._count}"
+
+    def const(self, name: str, value) -> str:
+        if name not in self._made:
+            self._made.add(name)
+            self.inits.append(self.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def value(self, value, dtype, base: str = "c") -> str:
+        """An anonymous constant (same name for the same bytes, so repeats are stored once)."""
+        arr = np.ascontiguousarray(np.asarray(value, dtype))
+        key = hashlib.sha1(arr.tobytes() + str(arr.shape).encode() + arr.dtype.str.encode()).hexdigest()[:16]
+        return self.const(f"{base}_{arr.dtype.name}_{key}", arr)
+
+    def op(self, op_type: str, inputs: list[str], base: str, out: str | None = None, **attrs) -> str:
+        out = out or self.fresh(base)
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=self.fresh(f"{base}/{op_type}"),
+                                                **attrs))
+        return out
+
+
+class _IntOps:
+    """int64 arithmetic in ONNX ops, each step equal to its numpy counterpart in
+    core.quantization.requantize (floor/round divisions by powers of two through nonnegative
+    integer Div, which every runtime computes the same way)."""
+
+    def __init__(self, w: _Writer):
+        self.w = w
+
+    def i64(self, v) -> str:
+        return self.w.value(v, np.int64)
+
+    def cast(self, x: str, to: str, base: str) -> str:
+        from onnx import TensorProto
+
+        return self.w.op("Cast", [x], base, to=getattr(TensorProto, to))
+
+    def floor_shift(self, v: str, t, base: str) -> str:
+        """floor(v / 2**t); ``t`` an int or an int array shaped to broadcast, in [0, 62]."""
+        t = np.asarray(t, np.int64)
+        if not t.any():
+            return v
+        p = np.left_shift(np.int64(1), t)
+        w = self.w
+        a = w.op("Abs", [v], base)
+        pos = w.op("Div", [a, self.i64(p)], base)
+        neg = w.op("Neg", [w.op("Div", [w.op("Add", [a, self.i64(p - 1)], base), self.i64(p)], base)], base)
+        return w.op("Where", [w.op("Less", [v, self.i64(0)], base), neg, pos], base)
+
+    def round_half_up_shift(self, v: str, t, base: str) -> str:
+        """floor((v + 2**(t-1)) / 2**t), ``v`` unchanged where t == 0."""
+        t = np.asarray(t, np.int64)
+        half = np.where(t > 0, np.left_shift(np.int64(1), np.maximum(t - 1, 0)), 0)
+        if half.any():
+            v = self.w.op("Add", [v, self.i64(half)], base)
+        return self.floor_shift(v, t, base)
+
+    def rounding_divide_by_pot(self, h: str, e, base: str) -> str:
+        """gemmlowp's RoundingDivideByPOT: h / 2**e rounded half away from zero."""
+        e = np.asarray(e, np.int64)
+        if not e.any():
+            return h
+        w = self.w
+        half = np.where(e > 0, np.left_shift(np.int64(1), np.maximum(e - 1, 0)), 0)
+        q = w.op("Div", [w.op("Add", [w.op("Abs", [h], base), self.i64(half)], base),
+                         self.i64(np.left_shift(np.int64(1), e))], base)
+        return w.op("Mul", [q, w.op("Sign", [h], base)], base)
+
+    def mbqm(self, x: str, multiplier, shift, base: str, rounding: str = "double") -> str:
+        """TFLite's MultiplyByQuantizedMultiplier (requantize.py's variants) on int64 ``x``."""
+        m, s = np.asarray(multiplier, np.int64), np.asarray(shift, np.int64)
+        w = self.w
+        if rounding == "double":
+            left, right = np.maximum(s, 0), np.maximum(-s, 0)
+            if left.any():
+                x = w.op("Mul", [x, self.i64(np.left_shift(np.int64(1), left))], base)
+            # SRDHM: (x * m + nudge) / 2**31 truncated == floor((x * m + 2**30) / 2**31)
+            h = self.floor_shift(w.op("Add", [w.op("Mul", [x, self.i64(m)], base), self.i64(1 << 30)], base), 31, base)
+            return self.rounding_divide_by_pot(h, right, base)
+        if rounding == "single":
+            return self.round_half_up_shift(w.op("Mul", [x, self.i64(m)], base), 31 - s, base)
+        reduced = np.where(m < 0x7FFF0000, (m + (1 << 15)) >> 16, 0x7FFF)          # "int64"
+        return self.round_half_up_shift(w.op("Mul", [x, self.i64(reduced)], base), 15 - s, base)
+
+    def round_div(self, acc: str, count, base: str) -> str:
+        """pool.py's _round_div: acc / count rounded half away from zero."""
+        count = np.asarray(count, np.int64)
+        w = self.w
+        q = w.op("Div", [w.op("Add", [w.op("Abs", [acc], base), self.i64(count // 2)], base), self.i64(count)], base)
+        return w.op("Mul", [q, w.op("Sign", [acc], base)], base)
+
+    def clamp(self, v: str, lo, hi, base: str, dtype=np.int64) -> str:
+        if np.ndim(lo) == 0 and np.ndim(hi) == 0:
+            return self.w.op("Clip", [v, self.w.value(lo, dtype), self.w.value(hi, dtype)], base)
+        return self.w.op("Min", [self.w.op("Max", [v, self.w.value(lo, dtype)], base), self.w.value(hi, dtype)], base)
+
+    def round_half_away(self, v: str, base: str) -> str:
+        """float64 ``v`` rounded half away from zero: sign(v) * floor(|v| + 1/2)."""
+        w = self.w
+        return w.op("Mul", [w.op("Floor", [w.op("Add", [w.op("Abs", [v], base), w.value(0.5, np.float64)], base)], base),
+                            w.op("Sign", [v], base)], base)
+
+    def requantize_f64(self, acc: str, m, shift, rounding: str, bound: float, zero_point: int, base: str,
+                       pre_shift: int = 0):
+        """requantize.py's scaling of ``acc * 2**pre_shift`` (``acc`` float64 integer-valued,
+        |acc| <= ``bound``) plus ``zero_point``, in float64 ops, or None where a bound does not
+        prove float64 exact. As in its BlockRequantizer: each variant is floor(acc * r + 1/2)
+        with r = m / 2**t (an exact integer divided by a power of two while acc * m + 2**(t-1)
+        < 2**53); TFLite's double rounding then divides by 2**right rounding half away from
+        zero (|h| < 2**31: exact). ``pre_shift`` (TFLite Add's left shift) only moves the point."""
+        w = self.w
+        m = np.asarray(m, np.int64)
+        s = np.asarray(shift, np.int64)
+        if rounding == "double":
+            left, right = np.maximum(s, 0), np.maximum(-s, 0)
+            e = 31 - pre_shift - left        # acc * m * 2**-e + 1/2, floored
+            if np.abs(m).max(initial=0) * bound + 2.0 ** float(np.maximum(e - 1, 0).max(initial=0)) >= 2 ** 53:
+                return None
+            r = m.astype(np.float64) * np.exp2(-e.astype(np.float64))
+            h = w.op("Floor", [w.op("Add", [w.op("Mul", [acc, w.value(r, np.float64)], base), w.value(0.5, np.float64)],
+                                    base)], base)
+            if right.any():
+                h = self.round_half_away(w.op("Mul", [h, w.value(np.exp2(-right.astype(np.float64)), np.float64)],
+                                              base), base)
+            return w.op("Add", [h, w.value(zero_point, np.float64)], base)
+        if rounding == "sima":
+            t = s
+        elif rounding == "single":
+            t = 31 - s
+        else:   # "int64": the multiplier first rounded to 16 bits
+            m = np.where(m < 0x7FFF0000, (m + (1 << 15)) >> 16, 0x7FFF)
+            t = 15 - s
+        if pre_shift or bound * float(m.max(initial=0)) + 2.0 ** float(t.max(initial=0)) * (1 + abs(zero_point)) >= 2 ** 53:
+            return None
+        r = m.astype(np.float64) * np.exp2(-t.astype(np.float64))
+        half = np.where(t > 0, 0.5, 0.0) + zero_point   # the zero point joins the rounding constant: still exact
+        return w.op("Floor", [w.op("Add", [w.op("Mul", [acc, w.value(r, np.float64)], base), w.value(half, np.float64)],
+                                   base)], base)
+
+
+class _Lowering:
+    """Writes the program's nodes in order, tracking, as the interpreter does, each tensor's
+    integer form (``q``) and float form (``f``) and converting between them on demand."""
+
+    def __init__(self, program, exact: bool):
+        self.p = program
+        self.g = program.graph
+        self.tq = program.tensors
+        self.exact = exact
+        self.w = _Writer()
+        self.ops = _IntOps(self.w)
+        self.q: dict[str, str] = {}
+        self.f: dict[str, str] = {}
+        self.dq: dict[str, str] = {}
+        self.float_lowered: list[str] = []
+
+    # ---- conversions between the integer and float forms of a tensor
+
+    def storage_type(self, t: str) -> str:
+        return {8: "INT8", 16: "INT16"}[self.tq[t].bits]
+
+    def int_of(self, t: str) -> str:
+        if t in self.q:
+            return self.q[t]
+        if t not in self.f:
+            raise UnsupportedOperatorError("?", t, "ONNX export: tensor read before it is computed")
+        tq, w, base = self.tq[t], self.w, f"{t}/quantize"
+        if not self.exact:
+            self.q[t] = w.op("QuantizeLinear", [self.f[t], *self.qdq_params(t)], base, out=f"{t}__q")
+            return self.q[t]
+        ops = self.ops
+        if tq.rounding == "tflite":   # TFLite QUANTIZE: float32 quotient, half away from zero
+            d = ops.cast(w.op("Div", [self.f[t], w.value(tq.scale, np.float32)], base), "DOUBLE", base)
+            r = w.op("Mul", [w.op("Floor", [w.op("Add", [w.op("Abs", [d], base), w.value(0.5, np.float64)], base)],
+                                  base), w.op("Sign", [d], base)], base)
+        else:                         # np.round(float64(x) / scale): half to even, as ONNX Round
+            r = w.op("Round", [w.op("Div", [ops.cast(self.f[t], "DOUBLE", base), w.value(tq.scale, np.float64)],
+                                    base)], base)
+        r = w.op("Clip", [r, w.value(tq.qmin - tq.zero_point, np.float64), w.value(tq.qmax - tq.zero_point, np.float64)],
+                 base)
+        r = w.op("Add", [ops.cast(r, "INT64", base), ops.i64(tq.zero_point)], base)
+        self.q[t] = ops.cast(r, self.storage_type(t), base)
+        return self.q[t]
+
+    def float_of(self, t: str) -> str:
+        """The float value of ``t``: itself where it was computed as float, else dequantized."""
+        if t in self.f:
+            return self.f[t]
+        if t in self.g.constants:
+            return self.w.const(t, self.g.constants[t])
+        self.f[t] = self.dequantized(t)
+        return self.f[t]
+
+    def dequantized(self, t: str) -> str:
+        """``t`` through the integer grid: dequantize(int_of(t))."""
+        if t in self.dq:
+            return self.dq[t]
+        q, tq, w, base = self.int_of(t), self.tq[t], self.w, f"{t}/dequantize"
+        if not self.exact:
+            self.dq[t] = w.op("DequantizeLinear", [q, *self.qdq_params(t)], base, out=f"{t}__dq")
+            return self.dq[t]
+        # ((q - zp) * float64(scale)).astype(float32), as TensorQuant.dequantize
+        d = w.op("Mul", [w.op("Sub", [self.ops.cast(q, "DOUBLE", base), w.value(tq.zero_point, np.float64)], base),
+                         w.value(tq.scale, np.float64)], base)
+        self.dq[t] = self.ops.cast(d, "FLOAT", base)
+        return self.dq[t]
+
+    def qdq_params(self, t: str) -> tuple[str, str]:
+        tq = self.tq[t]
+        return (self.w.const(f"{t}__scale", np.array(tq.scale, np.float32)),
+                self.w.const(f"{t}__zp", np.array(tq.zero_point, {8: np.int8, 16: np.int16}[tq.bits])))
+
+    def int64_of(self, t: str) -> str:
+        return self.ops.cast(self.int_of(t), "INT64", f"{t}/int64")
+
+    def store(self, t: str, v: str, c: dict, dtype=np.int64) -> None:
+        """``v`` (integers with the zero point added, as int64 or, when ``dtype`` is float64,
+        integer-valued doubles) clamped to the node's range and stored as ``t``'s type."""
+        base = f"{t}/store"
+        v = self.ops.clamp(v, c["act_min"], c["act_max"], base, dtype)
+        bounds = c.get("act_channel_bounds")
+        if bounds is not None:
+            shape = self.channel_shape(t)
+            v = self.ops.clamp(v, bounds[0].reshape(shape), bounds[1].reshape(shape), base, dtype)
+        self.q[t] = self.ops.cast(v, self.storage_type(t), base)
+
+    def channel_shape(self, t: str) -> tuple[int, ...]:
+        rank = len(self.g.tensors[t].shape)
+        return (1, -1) + (1,) * (rank - 2) if rank >= 2 else (-1,)
+
+    # ---- the walk
+
+    def run(self) -> None:
+        for t in self.g.inputs:
+            self.f[t] = t
+        for n in self.g.nodes:
+            kind = self.p.kinds[n.name]
+            c = self.p.constants.get(n.name) or {}
+            if kind == "int":
+                lower = _INTEGER_LOWERINGS.get(n.op) if self.exact else None
+                if lower is None or not lower(self, n, c):
+                    if self.exact:
+                        self.float_lowered.append(n.name)
+                    self.float_node(n, c, quantize_outputs=True)
+            else:
+                self.float_node(n, c, quantize_outputs=False, island=kind == "float")
+        for o in self.g.outputs:
+            self.w.op("Identity", [self.float_of(o)], f"{o}/output", out=o)
+
+    def float_node(self, n, c: dict, quantize_outputs: bool, island: bool = False) -> None:
+        """The float op on float inputs (dequantized integers; float islands read their inputs
+        through the integer grid, as the interpreter does); integer outputs are quantized."""
+        w = self.w
+        dense = quantize_outputs and "w_q" in c and n.op in ("Conv", "Gemm", "MatMul")
+        ins = []
+        for k, i in enumerate(n.inputs):
+            if not i or (dense and k > 0):
+                ins.append("")
+            elif (island or quantize_outputs) and i in self.tq and i not in self.g.constants:
+                ins.append(self.dequantized(i))   # MLA nodes read what the MLA holds: integers
+            else:
+                ins.append(self.float_of(i))
+        if dense:
+            self.dequantized_weights(n, c, ins)
+        attrs = {k: _attr(v, n) for k, v in n.attrs.items() if k != "activation"}
+        outs = [self.w.fresh(f"{o}__f") if o else "" for o in n.outputs]
+        w.nodes.append(w.helper.make_node(n.op, ins, outs, name=w.fresh(n.name), **attrs))
+        if n.attrs.get("activation") and outs and outs[0]:
+            outs[0] = self.float_activation(n, outs[0])
+        for o, fo in zip(n.outputs, outs):
+            if not o:
+                continue
+            if quantize_outputs and o in self.tq and self.tq[o].bits in (8, 16):
+                self.f[o] = fo
+                self.int_of(o)
+                del self.f[o]   # an MLA node's output exists as integers only, as in the interpreter
+            else:
+                self.f[o] = fo
+
+    def dequantized_weights(self, n, c: dict, ins: list[str]) -> None:
+        """Weights (and bias) as DequantizeLinear of the stored integers, with effective scales."""
+        w = self.w
+        axis = weight_output_axis(n, np.ndim(c["w_q"]))
+        w_scale = _effective_weight_scale(c, self.tq[n.inputs[0]], self.tq.get(n.outputs[0]),
+                                          self.p.requantization_mode)
+        ws = w.const(f"{n.name}/w_scale", w_scale.astype(np.float32))
+        wz = w.const(f"{n.name}/w_zp", np.zeros(w_scale.shape, c["w_q"].dtype))
+        ins[1] = w.op("DequantizeLinear", [w.const(f"{n.name}/w_q", c["w_q"]), ws, wz], f"{n.name}/dequantize_w",
+                      out=f"{n.name}/w", axis=int(axis))
+        if c.get("bias_q") is not None:
+            if n.op == "MatMul":
+                raise UnsupportedOperatorError(n.op, n.name, "ONNX export of a MatMul with a fused bias")
+            bq = np.asarray(c["bias_q"]).reshape(-1)
+            b_scale = float(self.tq[n.inputs[0]].scale) * w_scale
+            if bq.dtype == np.int32:
+                ins_b = [w.const(f"{n.name}/bias_q", bq), w.const(f"{n.name}/bias_scale", b_scale.astype(np.float32)),
+                         w.const(f"{n.name}/bias_zp", np.zeros(bq.shape, np.int32))]
+                b_f = w.op("DequantizeLinear", ins_b, f"{n.name}/dequantize_bias", out=f"{n.name}/bias", axis=0)
+            else:   # int64 accumulator biases of 16-bit inputs: ONNX has no int64 DequantizeLinear
+                b_f = w.const(f"{n.name}/bias", (bq * b_scale).astype(np.float32))
+            while len(ins) < 3:
+                ins.append("")
+            ins[2] = b_f
+        while ins and not ins[-1]:
+            ins.pop()
+
+    def float_activation(self, n, x: str) -> str:
+        act, w = n.attrs["activation"], self.w
+        if act["kind"] == "relu":
+            return w.op("Relu", [x], f"{n.name}/relu")
+        if act["kind"] == "clip":
+            lo, hi = np.asarray(act.get("min", -np.inf)), np.asarray(act.get("max", np.inf))
+            if lo.ndim == 0 and hi.ndim == 0:
+                return w.op("Clip", [x, w.value(lo, np.float32), w.value(hi, np.float32)], f"{n.name}/clip")
+            # per-channel bounds (channel equalization): Max then Min, broadcast over the channel axis
+            channels = self.g.tensors[n.outputs[0]].shape[1]
+            shape = self.channel_shape(n.outputs[0])
+            lo = np.broadcast_to(lo.astype(np.float32), (channels,)).reshape(shape)
+            hi = np.broadcast_to(hi.astype(np.float32), (channels,)).reshape(shape)
+            return w.op("Min", [w.op("Max", [x, w.value(lo, np.float32)], f"{n.name}/clip"), w.value(hi, np.float32)],
+                        f"{n.name}/clip")
+        raise UnsupportedOperatorError(n.op, n.name, f"ONNX export of fused activation {act['kind']!r}")
+
+
+# --------------------------------------------------------------------------- integer lowerings
+#
+# Each returns False when the node's parameters fall outside what it writes exactly; the node is
+# then run as float (and named in the model's doc_string).
+
+def _lower_dense(L: _Lowering, n, c: dict) -> bool:
+    x = n.inputs[0]
+    q_in = L.tq[x]
+    w_q = np.asarray(c["w_q"])
+    if n.op == "Gemm" and (n.attrs.get("transA", 0) or n.attrs.get("alpha", 1.0) != 1.0
+                           or n.attrs.get("beta", 1.0) != 1.0):
+        return False
+    if n.op == "MatMul" and w_q.ndim != 2 or c.get("tflite_kernel"):
+        return False
+    if q_in.bits not in (8, 16) or w_q.dtype not in (np.int8, np.int16):
+        return False
+    out = n.outputs[0]
+    base, ops, w = n.name, L.ops, L.w
+    if n.op == "Conv":
+        weights = w_q
+        attrs = {k: _attr(v, n) for k, v in n.attrs.items()
+                 if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
+        shape = (1, -1) + (1,) * (w_q.ndim - 2)
+    else:
+        weights = w_q.T if n.op == "Gemm" and n.attrs.get("transB", 0) else w_q
+        attrs, shape = {}, (-1,)
+    weights = np.ascontiguousarray(weights)
+    bias = None if c.get("bias_q") is None else np.asarray(c["bias_q"], np.int64).reshape(shape)
+    # |acc| <= max over output channels of sum |w| * max |x - zp| (+ |bias|)
+    rows = np.abs(w_q.astype(np.int64)).reshape(w_q.shape[0], -1).sum(1) if n.op == "Conv" else \
+        np.abs(weights.astype(np.int64)).sum(0)
+    x_span = max(q_in.zero_point - q_in.qmin, q_in.qmax - q_in.zero_point)
+    bound = float(rows.max(initial=0)) * x_span + (float(np.abs(bias).max()) if bias is not None else 0.0)
+    if q_in.bits == 8 and weights.dtype == np.int8 and bound < 2 ** 24:
+        # every partial sum is an integer below 2**24: float32 Conv/MatMul is exact, and fast.
+        # x - zp as floats in one op: DequantizeLinear with scale 1
+        xf = w.op("DequantizeLinear", [L.int_of(x), w.value(1.0, np.float32), w.value(q_in.zero_point, np.int8)], base)
+        w_int = w.const(f"{n.name}/w_int", weights.astype(np.float32))
+        if n.op == "Conv":
+            ins = [xf, w_int] + ([] if bias is None else [w.const(f"{n.name}/bias_int", bias.reshape(-1).astype(np.float32))])
+            acc = ops.cast(w.op("Conv", ins, base, **attrs), "DOUBLE", base)
+        else:
+            acc = ops.cast(w.op("MatMul", [xf, w_int], base), "DOUBLE", base)
+            if bias is not None:
+                acc = w.op("Add", [acc, w.value(bias, np.float64)], base)
+        acc_type = "DOUBLE"
+    else:
+        acc = _integer_product(L, "ConvInteger" if n.op == "Conv" else "MatMulInteger", L.int_of(x), q_in.bits,
+                               q_in.zero_point, weights, attrs, n.name)
+        if bias is not None:
+            acc = w.op("Add", [acc, ops.i64(bias)], base)
+        acc_type = "INT64"
+    if c.get("output_int32"):
+        y = w.op("Mul", [ops.cast(acc, "DOUBLE", base) if acc_type == "INT64" else acc,
+                         w.value(np.asarray(c["acc_scale"], np.float64).reshape(shape), np.float64)], base)
+        y = ops.cast(y, "FLOAT", base)
+        L.f[out] = L.float_activation(n, y) if n.attrs.get("activation") else y
+        return True
+    q_out = L.tq[out]
+
+    def per_channel(v):
+        v = np.asarray(v)
+        return v.reshape(shape) if v.size > 1 else v.reshape(())
+
+    if c.get("tflite_requant") == "float":   # round(double(acc) * real), half away from zero
+        acc = ops.cast(acc, "DOUBLE", base) if acc_type == "INT64" else acc
+        v = w.op("Mul", [acc, w.value(per_channel(np.asarray(c["real_multiplier"], np.float64)), np.float64)], base)
+        L.store(out, w.op("Add", [ops.round_half_away(v, base), w.value(q_out.zero_point, np.float64)], base), c,
+                np.float64)
+        return True
+    m, sh = per_channel(np.asarray(c["multiplier"], np.int64)), per_channel(np.asarray(c["shift"], np.int64))
+    sima = L.p.requantization_mode is RequantizationMode.sima
+    rounding = "sima" if sima else c.get("tflite_rounding", "double")
+    scaled = ops.requantize_f64(acc if acc_type == "DOUBLE" else ops.cast(acc, "DOUBLE", base), m, sh, rounding,
+                                bound, q_out.zero_point, base)
+    if scaled is not None:   # float64 is exact for these bounds
+        L.store(out, scaled, c, np.float64)
+        return True
+    acc = ops.cast(acc, "INT64", base) if acc_type == "DOUBLE" else acc
+    if sima:
+        scaled = ops.round_half_up_shift(w.op("Mul", [acc, ops.i64(m)], base), sh, base)
+    else:
+        scaled = ops.mbqm(acc, m, sh, base, rounding)
+    L.store(out, w.op("Add", [scaled, ops.i64(q_out.zero_point)], base), c)
+    return True
+
+
+def _bytes(L: _Lowering, x: str, bits: int, zero_point: int, base: str) -> list[tuple[str, int, int]]:
+    """(tensor, its zero point, its weight) parts of an integer input: 16-bit ones as the signed
+    high byte and the unsigned low byte, so ConvInteger/MatMulInteger (8-bit only) stay exact."""
+    if bits == 8:
+        return [(x, zero_point, 1)]
+    ops, w = L.ops, L.w
+    off = w.op("Add", [ops.cast(x, "INT32", base), w.value(1 << 15, np.int32)], base)      # in [0, 2**16)
+    hi = w.op("Div", [off, w.value(256, np.int32)], base)
+    lo = ops.cast(w.op("Sub", [off, w.op("Mul", [hi, w.value(256, np.int32)], base)], base), "UINT8", base)
+    hi = ops.cast(w.op("Sub", [hi, w.value(128, np.int32)], base), "INT8", base)
+    zp_hi = zero_point // 256
+    return [(hi, zp_hi, 256), (lo, zero_point - 256 * zp_hi, 1)]
+
+
+def _integer_product(L: _Lowering, op: str, x: str, bits: int, zero_point: int, weights: np.ndarray, attrs: dict,
+                     base: str) -> str:
+    """int64 sum over k of w[k] * (x[k] - zero_point): ``op`` (ConvInteger or MatMulInteger) per byte pair."""
+    w, ops = L.w, L.ops
+    if weights.dtype == np.int8:
+        w_parts = [(weights, 1)]
+    else:
+        w_hi = (weights.astype(np.int32) >> 8).astype(np.int8)
+        w_parts = [(w_hi, 256), ((weights.astype(np.int32) - 256 * w_hi.astype(np.int32)).astype(np.uint8), 1)]
+    terms = []
+    for xp, zp, fx in _bytes(L, x, bits, zero_point, f"{base}/bytes"):
+        zp_name = w.value(zp, np.int8 if fx > 1 or bits == 8 else np.uint8)
+        for k, (wp, fw) in enumerate(w_parts):
+            wn = w.const(f"{base}/w_q" + ("" if len(w_parts) == 1 else f"_{'hi' if k == 0 else 'lo'}"), wp)
+            part = ops.cast(w.op(op, [xp, wn, zp_name], base, **attrs), "INT64", base)
+            if fx * fw != 1:
+                part = w.op("Mul", [part, ops.i64(fx * fw)], base)
+            terms.append(part)
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = w.op("Add", [acc, t], base)
+    return acc
+
+
+def _lower_add_sub_mul(L: _Lowering, n, c: dict) -> bool:
+    from core.ops.elementwise import add_multipliers, mul_multiplier
+
+    if c.get("tflite_kernel"):
+        return False
+    out = n.outputs[0]
+    q_out, w, ops, base = L.tq[out], L.w, L.ops, n.name
+    acts = [i for i in n.inputs if i and i not in L.g.constants]
+    if c.get("const_q") is not None:
+        a = (L.int64_of(acts[0]), L.tq[acts[0]].scale, L.tq[acts[0]].zero_point)
+        k = (ops.i64(c["const_q"]), c["const_scale"], c["const_zp"])
+        (xa, sa, za), (xb, sb, zb) = (k, a) if c["const_pos"] == 0 else (a, k)
+        bits = q_out.bits
+    elif len(acts) == 2:
+        qa, qb = L.tq[acts[0]], L.tq[acts[1]]
+        xa, sa, za, xb, sb, zb = (L.int64_of(acts[0]), qa.scale, qa.zero_point,
+                                  L.int64_of(acts[1]), qb.scale, qb.zero_point)
+        bits = 16 if max(qa.bits, qb.bits, q_out.bits) == 16 else 8
+    else:
+        return False
+    if _add_sub_mul_f64(L, n, c, xa, sa, za, xb, sb, zb, bits, q_out):
+        return True
+    ca = w.op("Sub", [xa, ops.i64(int(za))], base)
+    cb = w.op("Sub", [xb, ops.i64(int(zb))], base)
+    if n.op == "Mul":
+        m, shift = mul_multiplier(sa, sb, q_out.scale)
+        raw = ops.mbqm(w.op("Mul", [ca, cb], base), m, shift, base)
+    else:
+        left, (ma, sha), (mb, shb), (mo, sho) = add_multipliers(sa, sb, q_out.scale, bits)
+        ra = ops.mbqm(w.op("Mul", [ca, ops.i64(1 << left)], base), ma, sha, base)
+        if n.op == "Sub" and bits == 16:   # sub.cc: the Add kernel with the second multiplier negated
+            total = w.op("Add", [ra, ops.mbqm(w.op("Mul", [cb, ops.i64(1 << left)], base), -mb, shb, base)], base)
+        else:
+            rb = ops.mbqm(w.op("Mul", [cb, ops.i64(1 << left)], base), mb, shb, base)
+            total = w.op("Add" if n.op == "Add" else "Sub", [ra, rb], base)
+        raw = ops.mbqm(total, mo, sho, base)
+    L.store(out, w.op("Add", [raw, ops.i64(q_out.zero_point)], base), c)
+    return True
+
+
+def _add_sub_mul_f64(L: _Lowering, n, c: dict, xa, sa, za, xb, sb, zb, bits: int, q_out) -> bool:
+    """_lower_add_sub_mul in float64 ops where the bounds prove them exact (every 8-bit case):
+    (a - zp_a) * 2**20 * m_a has at most 8 + 31 significant bits, whatever the power of two."""
+    from core.ops.elementwise import add_multipliers, mul_multiplier
+
+    w, ops, base = L.w, L.ops, n.name
+    span = float(2 ** bits)
+    # int64 inputs (already cast) become doubles; the centred values are exact
+    ca = w.op("Sub", [ops.cast(xa, "DOUBLE", base), w.value(za, np.float64)], base)
+    cb = w.op("Sub", [ops.cast(xb, "DOUBLE", base), w.value(zb, np.float64)], base)
+    if n.op == "Mul":
+        m, shift = mul_multiplier(sa, sb, q_out.scale)
+        out = ops.requantize_f64(w.op("Mul", [ca, cb], base), m, shift, "double", span * span, q_out.zero_point, base)
+    else:
+        left, (ma, sha), (mb, shb), (mo, sho) = add_multipliers(sa, sb, q_out.scale, bits)
+        if n.op == "Sub" and bits == 16:
+            mb = -mb
+        ra = ops.requantize_f64(ca, ma, sha, "double", span, 0, base, pre_shift=left)
+        rb = ops.requantize_f64(cb, mb, shb, "double", span, 0, base, pre_shift=left)
+        if ra is None or rb is None:
+            return False
+        both = "Add" if n.op == "Add" or bits == 16 else "Sub"
+        bound = span * 2.0 ** left * (abs(ma) * 2.0 ** (sha - 31) + abs(mb) * 2.0 ** (shb - 31)) + 2
+        out = ops.requantize_f64(w.op(both, [ra, rb], base), mo, sho, "double", bound, q_out.zero_point, base)
+    if out is None:
+        return False
+    L.store(n.outputs[0], out, c, np.float64)
+    return True
+
+
+def _lower_global_avg_pool(L: _Lowering, n, c: dict) -> bool:
+    from core.ops.pool import mean_multiplier
+
+    x, out = n.inputs[0], n.outputs[0]
+    q_in, q_out, w, ops, base = L.tq[x], L.tq[out], L.w, L.ops, n.name
+    shape = L.g.tensors[x].shape
+    if any(not isinstance(d, (int, np.integer)) for d in shape[2:]):
+        return False
+    count = int(np.prod(shape[2:]))
+    centred = w.op("Sub", [L.int64_of(x), ops.i64(q_in.zero_point)], base)
+    acc = w.op("ReduceSum", [centred, ops.i64(list(range(2, len(shape))))], base, keepdims=1)
+    if c.get("tflite_kernel") == "mean_quantized":   # TFLite's MEAN: 1/count folded into the multiplier
+        from core.quantization.tflite_convert import mean_multiplier_tflite
+
+        scaled = ops.mbqm(acc, *mean_multiplier_tflite(q_in.scale, q_out.scale, count), base)
+        c = {"act_min": c["qmin"], "act_max": c["qmax"]}
+    elif c.get("tflite_kernel"):
+        return False
+    else:
+        m, shift = mean_multiplier(q_in.scale, q_out.scale)
+        scaled = ops.round_div(ops.mbqm(acc, m, shift, base), count, base)
+    L.store(out, w.op("Add", [scaled, ops.i64(q_out.zero_point)], base), c)
+    return True
+
+
+def _lower_concat(L: _Lowering, n, c: dict) -> bool:
+    out = n.outputs[0]
+    q_out, w, ops, base = L.tq[out], L.w, L.ops, n.name
+    so = np.float32(q_out.scale)
+    inv = np.float32(1.0) / so
+    parts = []
+    for i in n.inputs:
+        qi = L.tq[i]
+        if qi.zero_point == q_out.zero_point and np.float32(qi.scale) == so:
+            parts.append(L.int64_of(i))    # copied unchanged (and not clamped), as concat_int does
+            continue
+        scale = np.float32(np.float32(qi.scale) * inv)
+        bias = np.float32(np.float32(-qi.zero_point) * scale)
+        v = w.op("Add", [w.op("Mul", [ops.cast(L.int_of(i), "FLOAT", base), w.value(scale, np.float32)], base),
+                         w.value(bias, np.float32)], base)
+        a = w.op("Abs", [ops.cast(v, "DOUBLE", base)], base)          # std::round in float32, exactly
+        fl = w.op("Floor", [a], base)
+        r = w.op("Add", [fl, ops.cast(w.op("GreaterOrEqual", [w.op("Sub", [a, fl], base), w.value(0.5, np.float64)],
+                                            base), "DOUBLE", base)], base)
+        r = w.op("Mul", [r, w.op("Sign", [ops.cast(v, "DOUBLE", base)], base)], base)
+        r = ops.clamp(ops.cast(r, "INT64", base), -(1 << 31), (1 << 31) - 1, base)
+        r = ops.clamp(w.op("Add", [r, ops.i64(q_out.zero_point)], base), c["act_min"], c["act_max"], base)
+        parts.append(r)
+    y = w.op("Concat", parts, base, axis=int(n.attrs.get("axis", 0)))
+    L.q[out] = ops.cast(y, L.storage_type(out), base)
+    return True
+
+
+def _lower_avg_pool(L: _Lowering, n, c: dict) -> bool:
+    """Window sums as a depthwise ConvInteger with a kernel of ones (pads contribute 0; the end
+    pads stretched over any ceil-mode overhang), then pool.py's rounded division by the count."""
+    from core.ops.pool import _geometry as pool_geometry, avg_pool_counts
+
+    x, out = n.inputs[0], n.outputs[0]
+    q_in, w, ops, base = L.tq[x], L.w, L.ops, n.name
+    shape = tuple(L.g.tensors[x].shape)
+    if any(not isinstance(d, (int, np.integer)) for d in shape[1:]):
+        return False
+    kernel, strides, dilations, pads, size = pool_geometry(n, shape)
+    rank = len(kernel)
+    ends = [(size[d] - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - shape[2 + d] - pads[d]
+            for d in range(rank)]
+    attrs = {"group": int(shape[1]), "strides": strides, "dilations": dilations, "kernel_shape": kernel,
+             "pads": list(pads[:rank]) + [max(e, pads[rank + d]) for d, e in enumerate(ends)]}
+    ones = np.ones((shape[1], 1) + tuple(kernel), np.int8)
+    acc = _integer_product(L, "ConvInteger", L.int_of(x), q_in.bits, 0, ones, attrs, base)
+    count, total = avg_pool_counts(n, shape)
+    if n.attrs.get("count_include_pad", 0) and any(pads):
+        acc = w.op("Add", [acc, ops.i64((total - count) * int(q_in.zero_point))], base)
+        count = total
+    L.store(out, ops.round_div(acc, count, base), {"act_min": c["qmin"], "act_max": c["qmax"]})
+    return True
+
+
+def _lower_clamp(L: _Lowering, n, c: dict) -> bool:
+    L.store(n.outputs[0], L.int64_of(n.inputs[0]), c)
+    return True
+
+
+def _lower_max_pool(L: _Lowering, n, c: dict) -> bool:
+    # the maximum of integers is exact in float32 (|q| < 2**24)
+    w, ops, out = L.w, L.ops, n.outputs[0]
+    attrs = {k: _attr(v, n) for k, v in n.attrs.items() if k != "activation"}
+    y = w.op("MaxPool", [ops.cast(L.int_of(n.inputs[0]), "FLOAT", n.name)], n.name, **attrs)
+    L.q[out] = ops.cast(y, L.storage_type(out), n.name)
+    return True
+
+
+def _lower_layout(L: _Lowering, n, c: dict) -> bool:
+    """Ops that move integers unchanged run on the integer tensor itself."""
+    w, out = L.w, n.outputs[0]
+    if n.op == "Resize" and n.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+        return False
+    ins = []
+    for k, i in enumerate(n.inputs):
+        if not i:
+            ins.append("")
+        elif i in L.g.constants:
+            ins.append(w.const(i, L.g.constants[i]))
+        else:
+            ins.append(L.int_of(i))
+    # onnxruntime has no int16 Pad or Resize: those run on int32 copies
+    widen = L.tq[out].bits == 16 and n.op in ("Pad", "Resize")
+    if widen:
+        ins[0] = L.ops.cast(ins[0], "INT32", n.name)
+    if n.op == "Pad":
+        while len(ins) < 3:
+            ins.append("")
+        ins[2] = w.value(c["pad_value_q"], np.int32 if widen else {8: np.int8, 16: np.int16}[L.tq[out].bits])
+    attrs = {k: _attr(v, n) for k, v in n.attrs.items() if k != "activation"}
+    y = w.op(n.op, ins, n.name, **attrs)
+    L.q[out] = L.ops.cast(y, "INT16", n.name) if widen else y
+    return True
+
+
+_INTEGER_LOWERINGS = {
+    "Conv": _lower_dense, "Gemm": _lower_dense, "MatMul": _lower_dense,
+    "Add": _lower_add_sub_mul, "Sub": _lower_add_sub_mul, "Mul": _lower_add_sub_mul,
+    "GlobalAveragePool": _lower_global_avg_pool,
+    "Concat": _lower_concat,
+    "Relu": _lower_clamp, "Clip": _lower_clamp,
+    "MaxPool": _lower_max_pool, "AveragePool": _lower_avg_pool,
+    **{op: _lower_layout for op in _LAYOUT_OPS + ("Pad", "Resize")},
+}
+
+
+def _effective_weight_scale(c: dict, q_in, q_out, mode) -> np.ndarray:
+    """Weight scales that make ``s_in * s_w / s_out`` the multiplier mixq's kernel applies
+    (not the ideal real one), so that a runtime's float requantization lands on the same codes."""
+    w_scale = np.asarray(c["w_scale"], np.float64)
+    if q_out is None or c.get("output_int32") or "multiplier" not in c or c.get("tflite_kernel"):
+        return w_scale
+    if c.get("tflite_requant") == "float":
+        applied = np.asarray(c["real_multiplier"], np.float64)
+    else:
+        m = np.asarray(c["multiplier"], np.float64)
+        s = np.asarray(c["shift"], np.float64)
+        if mode is RequantizationMode.sima:
+            applied = m * np.exp2(-s)
+        elif c.get("tflite_rounding") == "int64":
+            mi = np.asarray(c["multiplier"], np.int64)
+            applied = np.where(mi < 0x7FFF0000, (mi + (1 << 15)) >> 16, 0x7FFF) * np.exp2(s - 15)
+        else:
+            applied = m * np.exp2(s - 31)
+    effective = np.broadcast_to(applied * float(q_out.scale) / float(q_in.scale), w_scale.shape)
+    return np.where(effective > 0, effective, w_scale)
 
 
 def _attr(value: Any, node) -> Any:
@@ -192,5 +783,5 @@ def _attr(value: Any, node) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, dict):
-        raise UnsupportedOperatorError(node.op, node.name, f"QDQ export of a structured attribute {value!r}")
+        raise UnsupportedOperatorError(node.op, node.name, f"ONNX export of a structured attribute {value!r}")
     return value

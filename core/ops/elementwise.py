@@ -111,12 +111,11 @@ def _smaller_than_one(real: float, name: str) -> tuple[int, int]:
     return quantize_multiplier(real)
 
 
-def _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, sign):
+def add_multipliers(a_scale, b_scale, out_scale, bits: int):
+    """The constants of TFLite's quantized Add/Sub (add.cc Prepare): ``(left_shift, (m_a, shift_a),
+    (m_b, shift_b), (m_out, shift_out))`` for ``bits`` 8 or 16; see :func:`add_int`."""
     if bits not in _ADD_LEFT_SHIFT:
         raise QuantizationConfigError(f"bits must be 8 or 16, got {bits!r}")
-    qmin, qmax, (a_zp, b_zp, out_zp) = qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
-    if not qmin <= out_zp <= qmax:
-        raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
     sa, sb, so = scale32(a_scale, "a_scale"), scale32(b_scale, "b_scale"), scale32(out_scale, "out_scale")
     left = _ADD_LEFT_SHIFT[bits]
     twice_max = 2.0 * max(sa, sb)                      # exact, as float32 2*max in C
@@ -124,6 +123,24 @@ def _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qm
     mb, shb = _smaller_than_one(sb / twice_max, "b_scale / (2 * max input scale)")
     mo, sho = _smaller_than_one(twice_max / ((1 << left) * so),
                                 f"2 * max input scale / (2**{left} * out_scale)")
+    return left, (ma, sha), (mb, shb), (mo, sho)
+
+
+def mul_multiplier(a_scale, b_scale, out_scale) -> tuple[int, int]:
+    """TFLite's quantized Mul multiplier: ``quantize_multiplier(s_a * s_b / s_out)`` (float32 scales)."""
+    sa, sb, so = scale32(a_scale, "a_scale"), scale32(b_scale, "b_scale"), scale32(out_scale, "out_scale")
+    m, shift = quantize_multiplier(sa * sb / so)
+    if not -31 <= shift <= 30:
+        raise QuantizationConfigError(f"a_scale * b_scale / out_scale = {sa * sb / so!r} is out of the "
+                                      f"Q31 multiplier range")
+    return m, shift
+
+
+def _add_sub(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qmax, bits, sign):
+    qmin, qmax, (a_zp, b_zp, out_zp) = qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
+    if not qmin <= out_zp <= qmax:
+        raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
+    left, (ma, sha), (mb, shb), (mo, sho) = add_multipliers(a_scale, b_scale, out_scale, bits)
     a = _q_array(a_q, "a_q")
     b = _q_array(b_q, "b_q")
     try:
@@ -194,11 +211,7 @@ def mul_int(a_q, a_scale, a_zp, b_q, b_scale, b_zp, out_scale, out_zp, qmin, qma
     qmin, qmax, (a_zp, b_zp, out_zp) = qrange(qmin, qmax, ("a_zp", a_zp), ("b_zp", b_zp), ("out_zp", out_zp))
     if not qmin <= out_zp <= qmax:
         raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
-    sa, sb, so = scale32(a_scale, "a_scale"), scale32(b_scale, "b_scale"), scale32(out_scale, "out_scale")
-    m, shift = quantize_multiplier(sa * sb / so)
-    if not -31 <= shift <= 30:
-        raise QuantizationConfigError(f"a_scale * b_scale / out_scale = {sa * sb / so!r} is out of the "
-                                      f"Q31 multiplier range")
+    m, shift = mul_multiplier(a_scale, b_scale, out_scale)
     a = _q_array(a_q, "a_q")
     b = _q_array(b_q, "b_q")
     try:

@@ -176,6 +176,21 @@ def max_pool_int(x_q, node: Node, qmin=None, qmax=None) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
+def avg_pool_counts(node: Node, x_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Per output position (shape 1, 1, *out): the number of window taps inside the input, and
+    inside the input or its explicit pads (ceil-mode overhang excluded from both)."""
+    kernel, strides, dilations, pads, out = _geometry(node, x_shape)
+    n = len(kernel)
+    axes = tuple(range(-n, 0))
+    shape = _padded(np.zeros((1, 1) + tuple(x_shape[2:]), np.int8), pads, out, kernel, strides, dilations, 0).shape
+    valid = np.zeros(shape, np.int64)
+    valid[(slice(None), slice(None)) + tuple(slice(pads[d], pads[d] + x_shape[2 + d]) for d in range(n))] = 1
+    padded = np.zeros(shape, np.int64)
+    padded[(slice(None), slice(None)) + tuple(slice(0, pads[d] + x_shape[2 + d] + pads[d + n]) for d in range(n))] = 1
+    return (_windows(valid, kernel, strides, dilations, out).sum(axis=axes, dtype=np.int64),
+            _windows(padded, kernel, strides, dilations, out).sum(axis=axes, dtype=np.int64))
+
+
 def avg_pool_int(x_q, node: Node, qmin, qmax, zero_point=None) -> np.ndarray:
     """AveragePool on quantized integers, bit-exact with TFLite ``integer_ops::AveragePool``
     (int8 and int16): ``acc = Σ x`` over the window's valid taps, ``count`` = their number
@@ -194,21 +209,24 @@ def avg_pool_int(x_q, node: Node, qmin, qmax, zero_point=None) -> np.ndarray:
     axes = tuple(range(-n, 0))
     xp = _padded(x.astype(np.int64), pads, out, kernel, strides, dilations, 0)
     acc = _windows(xp, kernel, strides, dilations, out).sum(axis=axes, dtype=np.int64)
-    valid = np.zeros((1, 1) + xp.shape[2:], np.int64)
-    valid[(slice(None), slice(None)) + tuple(slice(pads[d], pads[d] + x.shape[2 + d]) for d in range(n))] = 1
-    count = _windows(valid, kernel, strides, dilations, out).sum(axis=axes, dtype=np.int64)
+    count, total = avg_pool_counts(node, x.shape)
     if node.attrs.get("count_include_pad", 0) and any(pads):
         if zero_point is None:
             raise QuantizationConfigError(f"{node.describe()}: count_include_pad=1 needs the input's zero_point")
-        padded = np.zeros_like(valid)
-        padded[(slice(None), slice(None)) + tuple(slice(0, pads[d] + x.shape[2 + d] + pads[d + n])
-                                                  for d in range(n))] = 1
-        total = _windows(padded, kernel, strides, dilations, out).sum(axis=axes, dtype=np.int64)
         acc = acc + (total - count) * int(zero_point)
         count = total
     if np.any(count == 0):   # TFLite returns an error when a window has no valid tap
         raise ExecutionError(f"{node.describe()}: a pooling window covers only padding")
     return np.clip(_round_div(acc, count), int(qmin), int(qmax)).astype(np.int64)
+
+
+def mean_multiplier(in_scale, out_scale) -> tuple[int, int]:
+    """The Q31 multiplier of :func:`global_avg_pool_int`: ``quantize_multiplier(s_in / s_out)`` (float32 scales)."""
+    real = scale32(in_scale, "in_scale") / scale32(out_scale, "out_scale")
+    m, shift = quantize_multiplier(real)
+    if not -31 <= shift <= 30:
+        raise QuantizationConfigError(f"in_scale / out_scale = {real!r} is out of the Q31 multiplier range")
+    return m, shift
 
 
 def global_avg_pool_int(x_q, in_scale, in_zp, out_scale, out_zp, qmin, qmax) -> np.ndarray:
@@ -228,10 +246,7 @@ def global_avg_pool_int(x_q, in_scale, in_zp, out_scale, out_zp, qmin, qmax) -> 
     qmin, qmax, (in_zp, out_zp) = qrange(qmin, qmax, ("in_zp", in_zp), ("out_zp", out_zp))
     if not qmin <= out_zp <= qmax:
         raise QuantizationConfigError(f"out_zp ({out_zp}) must lie in [qmin, qmax] = [{qmin}, {qmax}]")
-    real = scale32(in_scale, "in_scale") / scale32(out_scale, "out_scale")
-    m, shift = quantize_multiplier(real)
-    if not -31 <= shift <= 30:
-        raise QuantizationConfigError(f"in_scale / out_scale = {real!r} is out of the Q31 multiplier range")
+    m, shift = mean_multiplier(in_scale, out_scale)
     axes = tuple(range(2, x.ndim))
     count = int(np.prod(x.shape[2:], dtype=np.int64))
     if count == 0:

@@ -424,6 +424,16 @@ def convert_tflite_program(graph: Graph, requantization_mode: Any = Requantizati
     return _Converter(graph, _mode(requantization_mode), model_name).convert()
 
 
+def mean_multiplier_tflite(in_scale: float, out_scale: float, count: int) -> tuple[int, int]:
+    """The multiplier of :func:`mean_int_tflite`, with the 1/``count`` folded in."""
+    from core.quantization.requantize import quantize_multiplier
+
+    m, shift = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
+    m, shift = int(m), int(shift)
+    k = min(count.bit_length() - 1, 32, 31 + shift)
+    return (m << k) // count, shift - k
+
+
 def mean_int_tflite(x_q: np.ndarray, kernel: str, in_scale: float, in_zp: int, out_scale: float, out_zp: int,
                     qmin: int, qmax: int) -> np.ndarray:
     """TFLite 2.21's reference int8 MEAN over the spatial axes of an N,C,spatial tensor
@@ -435,7 +445,7 @@ def mean_int_tflite(x_q: np.ndarray, kernel: str, in_scale: float, in_zp: int, o
     ``out = clamp(MBQM(sum(q) - zp_in * N, M, shift) + zp_out)``. ``kernel`` must be
     ``"mean_quantized"``. Returns int64 shaped N, C, 1, ... (the spatial axes kept as 1)."""
     from core.errors import ExecutionError
-    from core.quantization.requantize import multiply_by_quantized_multiplier, quantize_multiplier
+    from core.quantization.requantize import multiply_by_quantized_multiplier
 
     if kernel != "mean_quantized":
         raise ExecutionError(f"unknown TFLite MEAN kernel {kernel!r}")
@@ -443,11 +453,7 @@ def mean_int_tflite(x_q: np.ndarray, kernel: str, in_scale: float, in_zp: int, o
     axes = tuple(range(2, x.ndim))
     count = int(np.prod(x.shape[2:], dtype=np.int64))
     acc = x.astype(np.int64).sum(axis=axes, keepdims=True)
-    m, shift = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
-    m, shift = int(m), int(shift)
-    k = min(count.bit_length() - 1, 32, 31 + shift)
-    m = (m << k) // count
-    shift -= k
+    m, shift = mean_multiplier_tflite(in_scale, out_scale, count)
     shifted = acc - int(in_zp) * count
     y = np.asarray(multiply_by_quantized_multiplier(shifted, m, shift), np.int64) + int(out_zp)
     return np.clip(y, qmin, qmax).astype(np.int64)

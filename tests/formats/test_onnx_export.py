@@ -1,11 +1,12 @@
-"""Model.export_onnx: a QDQ ONNX model that onnxruntime runs, close to mixq's exact outputs."""
+"""Model.export_onnx: a QDQ ONNX model that onnxruntime runs, close to mixq's exact outputs, and
+the integer form, bit-identical to Model.execute(fast_mode=False) under onnxruntime."""
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-from core import (QuantizationPrecision, RequantizationMode, default_quantization, int16_quantization, load_model,
-                  onnx_source, zoo)
+from core import (QuantizationConfigError, QuantizationPrecision, RequantizationMode, default_quantization,
+                  int16_quantization, load_model, onnx_source, zoo)
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,83 @@ def test_export_is_atomic_and_valid(mnist, tmp_path):
     model.export_onnx(str(target))
     onnx.checker.check_model(onnx.load(str(target)))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temp file left behind
+
+
+@pytest.mark.parametrize("mode", [RequantizationMode.sima, RequantizationMode.tflite])
+def test_integer_form_is_bit_exact(mnist, tmp_path, mode):
+    net, calib, x = mnist
+    model = net.quantize(calib, default_quantization.with_requantization_mode(mode))
+    path = model.export_onnx(str(tmp_path / "mnist_int.onnx"), form="integer")
+    proto = onnx.load(path)
+    ops = {n.op_type for n in proto.graph.node}
+    assert "QuantizeLinear" not in ops and "Conv" in ops   # the 8-bit convs accumulate exactly in float32
+    assert "run as float" not in proto.doc_string               # every integer op has its integer lowering
+    assert np.array_equal(run_ort(path, x), model.execute({"input": x})[0])
+
+
+def test_integer_form_int16_mixed_int32_output_and_equalization(mnist, tmp_path):
+    """16-bit operands (byte-split ConvInteger), a per-node INT16 override, an int32 final
+    output, and per-channel ReLU6 bounds from channel equalization: all bit-exact."""
+    net, calib, x = mnist
+    last = [n.name for n in net.graph.nodes if n.op == "Gemm"][-1]
+    configs = {
+        "int16": int16_quantization,
+        "mixed": default_quantization.with_custom_quantization_configs(
+            {"MLA_0/conv2d_add_relu_2": {"quantization_precision": QuantizationPrecision.INT_16}}),
+        "int32_out": default_quantization.with_custom_quantization_configs({last: {"output_int32": True}}),
+        "equalized": default_quantization.with_channel_equalization(True).with_bias_correction(True),
+    }
+    for name, cfg in configs.items():
+        model = net.quantize(calib, cfg)
+        path = model.export_onnx(str(tmp_path / f"{name}.onnx"), form="integer")
+        assert "run as float" not in onnx.load(path).doc_string, name
+        assert np.array_equal(run_ort(path, x), model.execute({"input": x})[0]), name
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("mode", [RequantizationMode.sima, RequantizationMode.tflite])
+def test_integer_form_every_integer_op(onnx_model_file, tmp_path, bits, mode):
+    """Conv, Relu, APU Sigmoid, Add, Pad, AveragePool, Concat (rescaling), nearest Resize, Clip,
+    Mul, GlobalAveragePool, Flatten, Gemm: the logits are bit-identical."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "quantization"))
+    from test_quantize_end_to_end import _mixed_model
+
+    proto = _mixed_model()
+    del proto.graph.node[-1]                                     # stop at the logits (Softmax is float)
+    proto.graph.output[0].name = "logits"
+    net = load_model(onnx_source(onnx_model_file(proto)))
+    x = np.random.default_rng(2).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    base = default_quantization if bits == 8 else int16_quantization
+    model = net.quantize([{"x": x[i : i + 4]} for i in range(0, 16, 4)], base.with_requantization_mode(mode))
+    assert set(model.program.kinds.values()) == {"int", "apu"}
+    path = model.export_onnx(str(tmp_path / "mixed.onnx"), form="integer")
+    assert "run as float" not in onnx.load(path).doc_string
+    out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(out, model.execute({"x": x})[0])
+
+
+def test_mobilenet_v2_integer_form_exact_and_qdq_close(tmp_path):
+    """The acceptance model: the integer form is bit-identical; the QDQ form (onnxruntime's own
+    requantization) stays close on the classification."""
+    net = load_model(onnx_source(zoo.build("mobilenet_v2")))
+    name = net.input_names[0]
+    calib = zoo.datasets.natural_images("calibration", 8).inputs
+    x = zoo.datasets.natural_images("evaluation", 8).inputs
+    model = net.quantize([{name: calib[i : i + 1]} for i in range(len(calib))], default_quantization)
+    q = model.execute({name: x})[0]
+    path = model.export_onnx(str(tmp_path / "mnv2_int.onnx"), form="integer")
+    o = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+    assert np.array_equal(o, q)
+    path = model.export_onnx(str(tmp_path / "mnv2_qdq.onnx"))
+    o = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+    assert (o.argmax(1) == q.argmax(1)).mean() >= 0.5
+
+
+def test_unknown_form_is_refused(mnist, tmp_path):
+    net, calib, _ = mnist
+    model = net.quantize(calib, default_quantization)
+    with pytest.raises(QuantizationConfigError, match="form"):
+        model.export_onnx(str(tmp_path / "m.onnx"), form="qoperator")
+    assert not list(tmp_path.iterdir())

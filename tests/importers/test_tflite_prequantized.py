@@ -289,3 +289,40 @@ def test_unconvertible_operator_is_named(op_results):
             raw.pop(name)          # the file's int8 weights are gone: the conv cannot be converted
     with pytest.raises(UnsupportedOperatorError, match="Conv"):
         net.convert_to_sima_quantization(requantization_mode=QuantizationFlavor.tflite)
+
+
+@pytest.mark.parametrize("name", BIT_EXACT_OPS)
+def test_integer_onnx_export_of_converted_model(op_results, tmp_path, name):
+    """A converted TFLite model exported in the integer ONNX form runs in onnxruntime with the
+    same codes as mixq (and so as TFLite's reference kernels); LOGISTIC and SOFTMAX, which have
+    no integer lowering, run as float there, are named in the file, and stay within one step."""
+    import onnx
+    import onnxruntime as ort
+
+    _, model = op_results[name]
+    path = model.export_onnx(str(tmp_path / f"{name}.onnx"), form="integer")
+    inp = model.input_names[0]
+    x = np.random.default_rng(5).normal(size=(4,) + tuple(model.program.graph.tensors[inp].shape[1:])).astype(np.float32)
+    if model.program.graph.tensors[inp].dtype == np.int8:
+        x = np.random.default_rng(5).integers(-128, 128, size=x.shape).astype(np.int8)
+    out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {inp: x})[0]
+    ref = model.execute({inp: x})[0]
+    doc = onnx.load(path).doc_string
+    if name in ("logistic", "softmax"):
+        assert "run as float" in doc
+        step = model.program.tensors[model.output_names[0]].scale
+        assert np.abs(out.astype(np.float64) - ref).max() <= step * 1.0001
+    else:
+        assert "run as float" not in doc
+        assert np.array_equal(out, ref)
+
+
+def test_integer_onnx_export_of_converted_mobilenet(mobilenet_result, tmp_path):
+    import onnxruntime as ort
+
+    (_, model), _ = mobilenet_result
+    path = model.export_onnx(str(tmp_path / "mnv2_style.onnx"), form="integer")
+    inp = model.input_names[0]
+    x = np.random.default_rng(6).uniform(-1, 1, size=(4, 32, 32, 3)).astype(np.float32)
+    out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {inp: x})[0]
+    assert np.array_equal(out, model.execute({inp: x})[0])
