@@ -651,8 +651,14 @@ def _lower_concat(L: _Lowering, n, c: dict) -> bool:
     so = np.float32(q_out.scale)
     inv = np.float32(1.0) / so
     parts = []
-    for i in n.inputs:
+    requant = c.get("requant_inputs") or [None] * len(n.inputs)
+    for i, r in zip(n.inputs, requant):
         qi = L.tq[i]
+        if r is not None:   # converted TFLite: Requantize (see tflite_convert.requantize_int_tflite)
+            centred = w.op("Sub", [L.int64_of(i), ops.i64(qi.zero_point)], base)
+            y = w.op("Add", [ops.mbqm(centred, r[0], r[1], base), ops.i64(q_out.zero_point)], base)
+            parts.append(ops.clamp(y, q_out.qmin, q_out.qmax, base))
+            continue
         if qi.zero_point == q_out.zero_point and np.float32(qi.scale) == so:
             parts.append(L.int64_of(i))    # copied unchanged (and not clamped), as concat_int does
             continue
@@ -716,7 +722,13 @@ def _lower_max_pool(L: _Lowering, n, c: dict) -> bool:
 def _lower_layout(L: _Lowering, n, c: dict) -> bool:
     """Ops that move integers unchanged run on the integer tensor itself."""
     w, out = L.w, n.outputs[0]
-    if n.op == "Resize" and n.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+    if c.get("tflite_kernel") == "requantize":   # TFLite's int -> int QUANTIZE
+        x = n.inputs[0]
+        centred = w.op("Sub", [L.int64_of(x), L.ops.i64(L.tq[x].zero_point)], n.name)
+        y = L.ops.mbqm(centred, c["multiplier"], c["shift"], n.name)
+        L.store(out, w.op("Add", [y, L.ops.i64(L.tq[out].zero_point)], n.name), {"act_min": c["qmin"], "act_max": c["qmax"]})
+        return True
+    if c.get("tflite_kernel") or n.op == "Resize" and n.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
         return False
     ins = []
     for k, i in enumerate(n.inputs):

@@ -136,18 +136,12 @@ class _Converter:
                 tq.setdefault(ir, q)
         # QUANTIZE (float -> int): the float tensor read by the integer part takes the output's
         # quantization; DEQUANTIZE (int -> float): the float result is the input's real value
-        ir_of = {name: e.get("ir_tensor") for name, e in self.qmeta.items()}
         for op in self.ops:
             ins, outs = op.get("inputs") or [], op.get("outputs") or []
             if not ins or not outs:
                 continue
             if op["op"] == "QUANTIZE" and outs[0] in by_tfl:
-                if ins[0] in by_tfl:   # int -> int requantization
-                    if by_tfl[ins[0]] != by_tfl[outs[0]]:
-                        src = ir_of.get(outs[0])
-                        if src not in live:
-                            raise UnsupportedOperatorError("QUANTIZE", outs[0], "requantization between two "
-                                                           "integer types/scales (removed by the graph passes)")
+                if ins[0] in by_tfl:   # int -> int requantization: an Identity node, see requantize_int_tflite
                     continue
                 for ir in self._ir_names(ins[0]):
                     if ir in live:
@@ -301,8 +295,9 @@ class _Converter:
         lo, hi = _fused_bounds(n)
         _activation_range(q_out, lo, hi, c)
         c["tflite_rounding"] = "int64" if q_in.bits == 16 else "double"
-        if n.op == "Gemm" and self.mode is RequantizationMode.tflite and q_in.bits == 8:
-            # TF 2.21's reference FULLY_CONNECTED requantizes in double: round(acc * real)
+        if n.op == "Gemm" and self.mode is RequantizationMode.tflite:
+            # TF 2.21's reference FULLY_CONNECTED requantizes in double: round(acc * real), for
+            # int8 and int16 (16x8) inputs alike (measured bit-exact on both)
             c["tflite_requant"] = "float"
         return c
 
@@ -347,6 +342,11 @@ class _Converter:
         if op in ("Conv", "Gemm") and len(n.inputs) >= 2 and n.inputs[1] in consts and len(acts) == 1 \
                 and n.inputs[0] == acts[0]:
             return self.dense(n, q_ins[0], q_out)
+        if op == "Identity" and len(acts) == 1 and q_ins[0] != q_out:
+            # an int -> int QUANTIZE (the converter rescales int16 inputs of CONCATENATION so)
+            m, shift = requantize_multiplier_tflite(q_ins[0].scale, q_out.scale)
+            return {"tflite_kernel": "requantize", "multiplier": m, "shift": shift,
+                    "qmin": q_out.qmin, "qmax": q_out.qmax}
         if op in REUSE_INT_OPS and len(acts) == 1:
             if q_ins[0] != q_out:
                 return None   # a reuse op must keep the scale and zero point (TFLite requires it)
@@ -407,6 +407,12 @@ class _Converter:
             if op == "Concat" and any(q.bits != q_out.bits for q in q_ins):
                 return None
             c = {}
+            if op == "Concat" and any(q != q_out for q in q_ins):
+                # TFLite's int8/int16 CONCATENATION needs equal parameters: the converter put an
+                # int -> int QUANTIZE (Requantize) before each other input, which the graph passes
+                # folded into this node
+                c["requant_inputs"] = [None if q == q_out else requantize_multiplier_tflite(q.scale, q_out.scale)
+                                       for q in q_ins]
             lo, hi = _fused_bounds(n)
             _activation_range(q_out, lo, hi, c)
             return c if "act_channel_bounds" not in c else None
@@ -422,6 +428,25 @@ def convert_tflite_program(graph: Graph, requantization_mode: Any = Requantizati
             f"model {graph.name!r} is not a pre-quantized TFLite model (no quantized activation tensors): "
             f"use LoadedNet.quantize(calibration_data, ...) for float models")
     return _Converter(graph, _mode(requantization_mode), model_name).convert()
+
+
+def requantize_multiplier_tflite(in_scale: float, out_scale: float) -> tuple[int, int]:
+    """QUANTIZE int -> int (quantize.cc Prepare): ``QuantizeMultiplier(double(s_in) / double(s_out))``."""
+    from core.quantization.requantize import quantize_multiplier
+
+    m, shift = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
+    return int(m), int(shift)
+
+
+def requantize_int_tflite(x_q: np.ndarray, in_zp: int, multiplier: int, shift: int, out_zp: int,
+                          qmin: int, qmax: int) -> np.ndarray:
+    """TFLite's reference ``Requantize`` (QUANTIZE between integer tensors):
+    ``clamp(MBQM(x - in_zp, multiplier, shift) + out_zp, qmin, qmax)``. Returns int64."""
+    from core.quantization.requantize import multiply_by_quantized_multiplier
+
+    y = np.asarray(multiply_by_quantized_multiplier(np.asarray(x_q, np.int64) - int(in_zp), multiplier, shift),
+                   np.int64) + int(out_zp)
+    return np.clip(y, qmin, qmax)
 
 
 def mean_multiplier_tflite(in_scale: float, out_scale: float, count: int) -> tuple[int, int]:

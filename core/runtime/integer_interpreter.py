@@ -199,6 +199,13 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
         x = acts[0]
         y = global_avg_pool_int(get_int(x), tq[x].scale, tq[x].zero_point, q_out.scale, q_out.zero_point,
                                 c["act_min"], c["act_max"])
+    elif op == "Concat" and c.get("requant_inputs") is not None:   # converted TFLite: Requantize, then copy
+        from core.quantization.tflite_convert import requantize_int_tflite
+
+        y = np.concatenate([get_int(a).astype(np.int64) if r is None else
+                            requantize_int_tflite(get_int(a), tq[a].zero_point, r[0], r[1], q_out.zero_point,
+                                                  q_out.qmin, q_out.qmax)
+                            for a, r in zip(acts, c["requant_inputs"])], axis=n.attrs.get("axis", 0))
     elif op == "Concat":
         y = concat_int([get_int(a) for a in acts], [tq[a].scale for a in acts], [tq[a].zero_point for a in acts],
                        q_out.scale, q_out.zero_point, n.attrs.get("axis", 0), c["act_min"], c["act_max"])
@@ -222,6 +229,11 @@ def _run_tflite_kernel(kernel: str, n: Node, c: dict, x: np.ndarray, q_in: Tenso
 
         return mean_int_tflite(x, kernel, q_in.scale, q_in.zero_point, q_out.scale, q_out.zero_point,
                                c["qmin"], c["qmax"])
+    if kernel == "requantize":
+        from core.quantization.tflite_convert import requantize_int_tflite
+
+        return requantize_int_tflite(x, q_in.zero_point, c["multiplier"], c["shift"], q_out.zero_point,
+                                     c["qmin"], c["qmax"])
     if kernel == "logistic_int8":
         from core.ops.activation import logistic_int8
 
