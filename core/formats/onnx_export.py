@@ -347,8 +347,10 @@ class _Lowering:
                     self.float_node(n, c, quantize_outputs=True)
             else:
                 self.float_node(n, c, quantize_outputs=False, island=kind == "float")
-        for o in self.g.outputs:
-            self.w.op("Identity", [self.float_of(o)], f"{o}/output", out=o)
+        islands = {o for n in self.g.nodes if self.p.kinds[n.name] == "float" for o in n.outputs
+                   if o in self.tq and self.tq[o].bits in (8, 16)}
+        for o in self.g.outputs:   # a float island's output leaves through its integer grid, as in execute
+            self.w.op("Identity", [self.dequantized(o) if o in islands else self.float_of(o)], f"{o}/output", out=o)
 
     def float_node(self, n, c: dict, quantize_outputs: bool, island: bool = False) -> None:
         """The float op on float inputs (dequantized integers; float islands read their inputs

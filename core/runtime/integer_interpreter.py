@@ -8,7 +8,8 @@
   Conv/Gemm/MatMul requantize block by block inside the kernel (``requant=``, bit-identical
   to ``requantize`` of the accumulators); 8-bit Add/Sub/Mul look their results up in a table
   the kernel computes from its own arithmetic.
-* Float islands and APU nodes run the float kernel on dequantized inputs; graph outputs are
+* Float islands and APU nodes run the float kernel on dequantized inputs (a float island's graph
+  output then leaves through its tensor's integer grid, as the MLA holds it); graph outputs are
   dequantized to float32 (``(q - zp) * scale``).
 
 Every integer step is exact and elementwise or per-sample, so results are bit-identical for any
@@ -102,7 +103,11 @@ def run_program(program: QuantizedProgram, feeds: Mapping[str, np.ndarray], fast
             raise
         except Exception as e:
             raise ExecutionError(f"{n.describe()} failed in the integer program: {type(e).__name__}: {e}") from e
-    return {o: np.asarray(get_float(o), np.float32) for o in g.outputs}
+    # a float island's output is an MLA tensor too: a graph output leaves through its integer grid
+    island_outputs = {o for n in g.nodes if program.kinds[n.name] == "float" for o in n.outputs
+                      if o in tq and tq[o].bits in (8, 16)}
+    return {o: np.asarray(tq[o].dequantize(get_int(o)) if o in island_outputs else get_float(o), np.float32)
+            for o in g.outputs}
 
 
 def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode: bool) -> None:
