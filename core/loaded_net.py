@@ -298,7 +298,7 @@ class LoadedNet:
         the target is out of reach. The returned model's ``accuracy_feedback`` attribute holds
         every candidate (:class:`~core.search.AccuracyFeedbackResult`)."""
         from core.quantization.calibration import CalibrationStatistics
-        from core.search import Evaluator, rank_nodes_by_output_gain, search_int16_nodes
+        from core.search import Evaluator, SimulatedOutputError, rank_nodes_by_output_gain, search_int16_nodes
 
         if log_level:
             log.setLevel(log_level)
@@ -316,11 +316,13 @@ class LoadedNet:
         else:   # statistics of the graph the configuration quantizes (channel-equalized or not)
             owner = self._equalized_net() if params.channel_equalization and not self._equalized else self
             stats = owner._cached_statistics(calibration_data)
+        # the simulated output error of node sets, on a few evaluation samples: it ranks the nodes
+        # and models accuracy along the ranking (no evaluation spent on either)
+        int8 = self.quantize(statistics=stats, quantization_config=params)
+        head = evaluator.samples[:max(1, int(ranking_samples))]
+        error = SimulatedOutputError(self, int8, {n: np.concatenate([s[n] for s in head]) for n in self.input_names})
         if ranking is None:
-            int8 = self.quantize(statistics=stats, quantization_config=params)
-            head = evaluator.samples[:max(1, int(ranking_samples))]
-            feeds = {n: np.concatenate([s[n] for s in head]) for n in self.input_names}
-            ranking = rank_nodes_by_output_gain(self, int8, feeds)
+            ranking = rank_nodes_by_output_gain(self, int8, error.feeds, error=error)
         else:
             ranking = [(r, 0.0) if isinstance(r, str) else (str(r[0]), float(r[1])) for r in ranking]
             unknown = [n for n, _ in ranking if n not in {m.name for m in self.graph.nodes}]
@@ -330,7 +332,7 @@ class LoadedNet:
         result = search_int16_nodes(self, stats, evaluator, params, target_accuracy, ranking,
                                     max_trials=max_trials, timeout=timeout, storage=storage, study_name=study_name,
                                     study_key=key, multi_objective=multi_objective, seed=seed, callbacks=callbacks,
-                                    model_name=model_name or self.graph.name)
+                                    model_name=model_name or self.graph.name, surrogate=error)
         result.model.accuracy_feedback = result
         return result.model
 

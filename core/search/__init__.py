@@ -3,8 +3,8 @@ MLflow): accuracy feedback for INT16 node sets, and the sensitivity ranking that
 from core.search.accuracy_feedback import DEFAULT_STORAGE, AccuracyFeedbackResult, Candidate, search_int16_nodes
 from core.search.evaluation import Evaluator, score_outputs
 from core.search.options import DEFAULT_OPTIONS, OptionCandidate, OptionsSearchResult, search_quantization_options
-from core.search.ranking import rank_nodes_by_int8_noise, rank_nodes_by_output_gain
+from core.search.ranking import SimulatedOutputError, rank_nodes_by_int8_noise, rank_nodes_by_output_gain
 
 __all__ = ["AccuracyFeedbackResult", "Candidate", "DEFAULT_OPTIONS", "DEFAULT_STORAGE", "Evaluator",
-           "OptionCandidate", "OptionsSearchResult", "rank_nodes_by_int8_noise", "rank_nodes_by_output_gain", "score_outputs", "search_int16_nodes",
-           "search_quantization_options"]
+           "OptionCandidate", "OptionsSearchResult", "SimulatedOutputError", "rank_nodes_by_int8_noise",
+           "rank_nodes_by_output_gain", "score_outputs", "search_int16_nodes", "search_quantization_options"]

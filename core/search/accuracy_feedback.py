@@ -3,15 +3,25 @@
 The search (every candidate is one quantize + one evaluation; calibration runs once):
 
 1. INT8 (no INT16 node). Done if it reaches the target.
-2. Prefixes of the sensitivity ranking (:mod:`core.search.ranking`): k = 1, 2, 4, ... until one
-   reaches the target; the last step is every ranked node at INT16, and if even that misses:
-   :class:`AccuracyTargetError` with the best accuracy reached.
-3. Bisection between the last miss and the first hit. Greedy fallback (NNCF / Neural
-   Compressor: promote one node at a time in ranking order) evaluates k candidates to find the
-   k-node prefix; doubling + bisection finds the same prefix in about 2*log2(k) when accuracy
-   grows with k. Measured accuracy is not monotone (a finite evaluation set), so the prefixes
-   below the best one that bisection skipped are then checked, smallest first: the result never
-   has more nodes than greedy's (budget permitting), at the cost of those extra evaluations.
+2. Prefixes of the sensitivity ranking (:mod:`core.search.ranking`), bracketing the smallest
+   prefix that reaches the target between a miss ``lo`` (INT8 at first) and a hit ``hi``:
+   * with a ``surrogate`` (the simulated output error of a node set,
+     :class:`~core.search.ranking.SimulatedOutputError`: float passes over a few samples, no
+     evaluation), accuracy is predicted from the prefix's error ``e``, fitted to the prefixes
+     evaluated so far (:class:`_PrefixModel`: for fraction scores a loss ``1 - a = L * e**p``).
+     The next probe is the largest prefix the model predicts to miss, inside the bracket: when the model is right, that probe misses and
+     the next one, one node longer, hits -- INT8 + 2 evaluations for any answer. A probe on the
+     same side of the target as the previous one is followed by a bisection step (doubling
+     while no prefix has hit), so a wrong model costs at most about twice bisection's steps;
+   * without one: doubling k = 1, 2, 4, ... then bisection.
+   The last step up is every ranked node at INT16; if even that misses:
+   :class:`AccuracyTargetError` with the best accuracy reached. Greedy fallback (NNCF / Neural
+   Compressor: promote one node at a time in ranking order) evaluates k + 1 candidates to find
+   the k-node prefix.
+3. Measured accuracy is not monotone (a finite evaluation set): prefixes below the best one that
+   were never evaluated are checked, smallest first -- all of them without a surrogate (never
+   more nodes than greedy's), and with one only those the fitted model puts within its largest
+   residual of the target (a prefix predicted far below it is not worth an evaluation).
 4. Pruning: drop nodes from the best set, least sensitive first, keeping each drop that still
    reaches the target -- it can go below the smallest prefix.
 5. With budget left, Optuna's TPE explores subsets of the top ranked nodes (the history of
@@ -31,6 +41,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
 
 from core.errors import AccuracyTargetError, QuantizationConfigError
 from core.quantization.params import QuantizationParams, QuantizationPrecision, default_quantization
@@ -67,6 +79,7 @@ class AccuracyFeedbackResult:
     ranking: list[tuple[str, float]]
     study_name: str
     pareto_front: list[Candidate] = field(default_factory=list)   # accuracy vs INT16 count
+    settled_after: int = 0      # evaluations by this call when the prefix search (steps 1-3) was settled
 
 
 def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool):
@@ -88,6 +101,86 @@ def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool)
                                directions=directions, sampler=sampler)
 
 
+class _PrefixModel:
+    """Accuracy of ranking prefixes predicted from the surrogate's error ``e(k)`` with the first
+    ``k`` ranked nodes promoted, fitted to the prefixes evaluated so far.
+
+    Scores that look like fractions (all <= 1) are taken as bounded by 1, the float model's: the
+    loss ``1 - a`` follows a power law ``L * e**p`` (a line in log-log; ``p = 1`` while a single
+    point is known). On MobileNetV2 the loss falls faster than the error (p about 1.4-2: small
+    output noise rarely moves the arg max), so a fixed linear model overshoots. Other scores: a
+    line ``A - c * e`` once two prefixes are known."""
+
+    def __init__(self, order: Sequence[str], target: float, surrogate, done: dict):
+        self.order, self.target, self.surrogate, self.done = list(order), target, surrogate, done
+
+    def error(self, k: int) -> float:
+        return float(self.surrogate(self.order[:k]))
+
+    def predictor(self) -> Optional[tuple[Callable[[float], float], float]]:
+        """``(accuracy as a function of e, largest residual)``, or None without a usable fit."""
+        if self.surrogate is None:
+            return None
+        pts = [(self.error(k), self.done[frozenset(self.order[:k])]) for k in range(len(self.order) + 1)
+               if frozenset(self.order[:k]) in self.done]
+        if not pts:
+            return None
+        e = np.array([x for x, _ in pts])
+        a = np.array([y for _, y in pts])
+        if a.max() <= 1.0 and self.target <= 1.0:
+            use = [(x, 1.0 - y) for x, y in pts if y < 1.0 and x > 0]
+            if not use:
+                return None
+            if len(use) == 1:
+                p, log_l = 1.0, float(np.log(use[0][1]) - np.log(use[0][0]))
+            else:
+                lx = np.log([x for x, _ in use])
+                if np.ptp(lx) == 0:
+                    return None
+                p, log_l = (float(v) for v in np.polyfit(lx, np.log([y for _, y in use]), 1))
+                if not p > 0:
+                    return None
+
+            def predict(x: float) -> float:
+                return 1.0 - float(np.exp(log_l)) * max(x, 0.0) ** p
+        else:
+            if len(pts) < 2 or np.ptp(e) == 0:
+                return None
+            slope, intercept = (float(v) for v in np.polyfit(e, a, 1))
+            if not slope < 0:
+                return None
+
+            def predict(x: float) -> float:
+                return intercept + slope * x
+        return predict, float(max(abs(y - predict(x)) for x, y in pts))
+
+    def last_predicted_miss(self, lo: int, top: int) -> Optional[int]:
+        """The largest prefix in [lo, top] predicted to miss the target (the error falls with k:
+        a binary search), ``top`` if every one is; None without a model."""
+        fit = self.predictor()
+        if fit is None:
+            return None
+        predict = fit[0]
+        hits = lambda k: predict(self.error(k)) >= self.target    # noqa: E731
+        if not hits(top):
+            return top
+        first, last = lo + 1, top
+        while first < last:
+            mid = (first + last) // 2
+            if hits(mid):
+                last = mid
+            else:
+                first = mid + 1
+        return first - 1
+
+    def worth_checking(self, k: int) -> bool:
+        fit = self.predictor()
+        if fit is None:
+            return True
+        predict, residual = fit
+        return predict(self.error(k)) >= self.target - residual
+
+
 def search_int16_nodes(
     net,
     statistics,
@@ -105,10 +198,12 @@ def search_int16_nodes(
     seed: int = 0,
     callbacks: Iterable[Callable[[Candidate], None]] = (),
     model_name: Optional[str] = None,
+    surrogate: Optional[Callable[[Sequence[str]], float]] = None,
 ) -> AccuracyFeedbackResult:
     """Run the search (module docstring). ``evaluator(model) -> accuracy``; ``ranking`` is
     ``[(node, score)]`` most sensitive first; ``study_key`` identifies the data (part of the
-    default study name, so a rerun on the same data resumes)."""
+    default study name, so a rerun on the same data resumes); ``surrogate(nodes) -> error``
+    (lower is better, e.g. :class:`~core.search.ranking.SimulatedOutputError`) guides step 2."""
     import optuna
 
     if not isinstance(quantization_config, QuantizationParams):
@@ -207,14 +302,22 @@ def search_int16_nodes(
         feasible = [c for c in candidates if c.feasible]
         return min(feasible, key=lambda c: (len(c.int16_nodes), -c.accuracy)) if feasible else None
 
+    settled = 0
     try:
-        # 1: INT8; 2-3: ranking prefixes, doubling (the last one is every ranked node) then bisection
+        # 1: INT8; 2: the smallest ranking prefix that reaches the target
         if evaluate((), "int8") < target:
-            lo, hi = 0, None              # prefix lo misses the target, prefix hi reaches it
-            k = 1
-            while hi is None:
-                k = min(k, len(order))
-                if evaluate(order[:k], "all ranked" if k == len(order) else f"prefix {k}") >= target:
+            prefixes = _PrefixModel(order, target, surrogate, done)
+            lo, hi, sides = 0, None, []      # prefix lo misses the target, prefix hi reaches it
+            while hi is None or hi - lo > 1:
+                top = len(order) if hi is None else hi - 1
+                # the model's guess, unless the last two probes fell on one side: then bisect (double)
+                guess = prefixes.last_predicted_miss(lo, top) if len(sides) < 2 or sides[-1] != sides[-2] else None
+                if guess is None:
+                    guess = (lo + hi) // 2 if hi is not None else max(2 * lo, 1)
+                k = min(max(guess, lo + 1), top)
+                hit = evaluate(order[:k], "all ranked" if k == len(order) else f"prefix {k}") >= target
+                sides.append(hit)
+                if hit:
                     hi = k
                 elif k == len(order):
                     best = max(c.accuracy for c in candidates)
@@ -223,19 +326,16 @@ def search_int16_nodes(
                         f"all {len(order)} ranked nodes at INT16 {done[frozenset(order)]:.4f} (best {best:.4f})",
                         best_accuracy=best)
                 else:
-                    lo, k = k, k * 2
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if evaluate(order[:mid], f"prefix {mid}") >= target:
-                    hi = mid
-                else:
-                    lo = mid
-            # 3b: accuracy measured on a finite set is not monotone in k: bisection can step over
+                    lo = k
+            # 3: accuracy measured on a finite set is not monotone in k: the search can step over
             # a smaller prefix that reaches the target. Check the prefixes below the best one that
-            # were never evaluated, smallest first (never more nodes than the greedy fallback).
+            # were never evaluated, smallest first (all of them without a surrogate: never more
+            # nodes than the greedy fallback; with one, those the model puts near the target).
             for k in range(1, len(best_feasible().int16_nodes)):
-                if frozenset(order[:k]) not in done and evaluate(order[:k], f"prefix {k}") >= target:
+                if frozenset(order[:k]) not in done and prefixes.worth_checking(k) and \
+                        evaluate(order[:k], f"prefix {k}") >= target:
                     break
+            settled = evaluations
             # 4: prune the best set, least sensitive first
             current = list(best_feasible().int16_nodes)
             for n in sorted(current, key=rank_of.__getitem__, reverse=True):
@@ -279,4 +379,4 @@ def search_int16_nodes(
         if not front or c.accuracy > front[-1].accuracy:
             front.append(c)
     return AccuracyFeedbackResult(model, list(best.int16_nodes), best.accuracy, target, candidates, evaluations,
-                                  list(ranking), study_name, front)
+                                  list(ranking), study_name, front, settled or evaluations)

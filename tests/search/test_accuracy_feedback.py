@@ -158,3 +158,49 @@ def test_non_monotone_accuracy_never_costs_more_nodes_than_greedy(env):
                                 max_trials=12, storage=None)
     assert result.int16_nodes == order[:3]
     assert [c.source for c in result.candidates][:4] == ["int8", "prefix 1", "prefix 2", "prefix 4"]
+
+
+def _scripted_search(env, accuracy_of_k, surrogate, target, **kw):
+    """search_int16_nodes over the MNIST CNN's nodes with a scripted score (a function of the
+    number of INT16 nodes) and a scripted surrogate (a function of the node set)."""
+    from core.search import search_int16_nodes
+
+    net = env["net"]
+    order = [n.name for n in net.graph.nodes]
+
+    def scripted(model):
+        custom = model.program.params.custom_quantization_configs or {}
+        return accuracy_of_k(sum(1 for c in custom.values() if c.get("quantization_precision") is not None))
+
+    stats = net.calibrate(env["calib"])
+    return order, search_int16_nodes(net, stats, scripted, default_quantization, target, [(n, 0.0) for n in order],
+                                     storage=None, surrogate=surrogate, **kw)
+
+
+def test_surrogate_model_finds_the_prefix_in_three_evaluations(env):
+    """Accuracy that follows the surrogate (a = 1 - 4 e): the model's first probe is the last
+    predicted miss, the next one hits -- INT8 + 2 evaluations, where greedy needs INT8 + k."""
+    n = len(env["net"].graph.nodes)
+    errors = [0.1 * (1 - k / n) ** 2 for k in range(n + 1)]
+    accuracy = lambda k: 1 - 4 * errors[k]                      # noqa: E731
+    target = accuracy(n // 2) - 1e-9                             # prefix n // 2 is the first to reach it
+    calls = []
+
+    def surrogate(nodes):
+        calls.append(len(nodes))
+        return errors[len(nodes)]
+
+    order, result = _scripted_search(env, accuracy, surrogate, target, max_trials=6)
+    assert result.int16_nodes == order[:n // 2]
+    assert [c.source for c in result.candidates][:3] == ["int8", f"prefix {n // 2 - 1}", f"prefix {n // 2}"]
+    assert calls                                                 # the surrogate was consulted
+
+
+def test_misleading_surrogate_still_finds_the_smallest_prefix(env):
+    """A surrogate that says the opposite of the truth costs evaluations, not the answer."""
+    n = len(env["net"].graph.nodes)
+    accuracy = lambda k: 0.5 + 0.5 * k / n                       # noqa: E731
+    order, result = _scripted_search(env, accuracy, lambda nodes: float(len(nodes)) + 1.0, accuracy(3) - 1e-9,
+                                     max_trials=n + 2)
+    assert result.int16_nodes == order[:3]
+    assert result.evaluations <= 2 * int(np.ceil(np.log2(n))) + 6
