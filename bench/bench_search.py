@@ -13,7 +13,7 @@ share one calibration pass, one sensitivity ranking and one evaluator (fast mode
 
 Target: mixq needs no more INT16 nodes than greedy, with fewer evaluations.
 
-    python bench/bench_search.py           # 128 calibration, 100 evaluation crops, 24 trials
+    python bench/bench_search.py           # 128 calibration, 200 evaluation crops, 24 trials
     python bench/bench_search.py --quick   # 32 calibration, 48 evaluation crops, 16 trials
 """
 import argparse
@@ -78,8 +78,9 @@ def compare(label, target, net, stats, calib_data, dataset, agreement, ranking, 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--eval", type=int, default=200, help="evaluation crops (each is 1/N of agreement)")
     args = ap.parse_args()
-    n_calib, n_eval, trials = (32, 48, 16) if args.quick else (128, 100, 24)
+    n_calib, n_eval, trials = (32, 48, 16) if args.quick else (128, args.eval, 24)
     t_start = time.perf_counter()
     net = load_model(onnx_source(zoo.build("mobilenet_v2")))
     name = net.input_names[0]

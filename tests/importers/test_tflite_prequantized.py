@@ -160,21 +160,25 @@ def _mobilenet_v2_style(tf):
     return tf.keras.Model(i, L.Dense(10)(x))
 
 
-@pytest.fixture(scope="module")
-def op_results(tf, tmp_path_factory):
+def _op_results(tf, tmp_path_factory, mode):
+    """Every op model converted in ``mode`` ("int8" or "16x8") and checked against the interpreter."""
     tf.keras.utils.set_random_seed(0)
-    tmp = str(tmp_path_factory.mktemp("prequant_ops"))
+    tmp = str(tmp_path_factory.mktemp(f"prequant_ops_{mode}"))
     rng = np.random.default_rng(0)
     calib = rng.normal(size=(24, 12, 12, 3)).astype(np.float32)
     x = rng.normal(size=(8, 12, 12, 3)).astype(np.float32)
     results = {}
     for name, m in _op_models(tf).items():
-        path = _build(tf, tmp, name, m, calib)
-        _check(tf, path, x, name, results)
-    # int8 input and output
-    path = _build(tf, tmp, "conv2d_int8_io", _op_models(tf)["depthwise_conv2d"], calib, io="int8")
-    _check(tf, path, x, "depthwise_int8_io", results)
+        _check(tf, _build(tf, tmp, f"{name}_{mode}", m, calib, mode=mode), x, name, results)
+    if mode == "int8":   # int8 input and output
+        path = _build(tf, tmp, "conv2d_int8_io", _op_models(tf)["depthwise_conv2d"], calib, io="int8")
+        _check(tf, path, x, "depthwise_int8_io", results)
     return results
+
+
+@pytest.fixture(scope="module")
+def op_results(tf, tmp_path_factory):
+    return _op_results(tf, tmp_path_factory, "int8")
 
 
 BIT_EXACT_OPS = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "mul", "mul_add_constant", "average_pool_2d", "max_pool_2d",
@@ -192,15 +196,7 @@ def test_op_bit_exact_with_reference_kernels(op_results, name):
 @pytest.fixture(scope="module")
 def op_results_16x8(tf, tmp_path_factory):
     """The same op models through TensorFlow's 16x8 converter mode (int16 activations, int8 weights)."""
-    tf.keras.utils.set_random_seed(0)
-    tmp = str(tmp_path_factory.mktemp("prequant_ops_16x8"))
-    rng = np.random.default_rng(0)
-    calib = rng.normal(size=(24, 12, 12, 3)).astype(np.float32)
-    x = rng.normal(size=(8, 12, 12, 3)).astype(np.float32)
-    results = {}
-    for name, m in _op_models(tf).items():
-        _check(tf, _build(tf, tmp, f"{name}_16x8", m, calib, mode="16x8"), x, name, results)
-    return results
+    return _op_results(tf, tmp_path_factory, "16x8")
 
 
 BIT_EXACT_OPS_16X8 = [n for n in BIT_EXACT_OPS if n not in ("logistic", "softmax", "depthwise_int8_io")]
