@@ -122,10 +122,11 @@ class _Writer:
         return out
 
 
-class _IntOps:
-    """int64 arithmetic in ONNX ops, each step equal to its numpy counterpart in
-    core.quantization.requantize (floor/round divisions by powers of two through nonnegative
-    integer Div, which every runtime computes the same way)."""
+class _ExactOps:
+    """mixq's integer arithmetic in ONNX ops, each step equal to its numpy counterpart in
+    core.quantization.requantize: in int64 (floor/round divisions by powers of two through
+    nonnegative integer Div, which every runtime computes the same way), or in float64 where a
+    bound proves every intermediate an exact integer multiple of a power of two."""
 
     def __init__(self, w: _Writer):
         self.w = w
@@ -251,7 +252,7 @@ class _Lowering:
         self.tq = program.tensors
         self.exact = exact
         self.w = _Writer()
-        self.ops = _IntOps(self.w)
+        self.ops = _ExactOps(self.w)
         self.q: dict[str, str] = {}
         self.f: dict[str, str] = {}
         self.dq: dict[str, str] = {}
