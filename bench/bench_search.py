@@ -117,7 +117,8 @@ def main() -> int:
     a16 = evaluate(net.quantize(stats, with_int16(order)))
     print(f"MobileNetV2{' [QUICK]' if args.quick else ''}: {n_calib} calibration crops, {n_eval} evaluation crops; "
           f"agreement with FP32: INT8 {a8:.1%}, all {len(order)} ranked nodes INT16 {a16:.1%}")
-    print("evaluations: quantize+evaluate runs until the answer was found, each strategy's INT8 check included")
+    print("evaluations: quantize+evaluate runs until the answer was found (for mixq: and its prefix search "
+          "settled), each strategy's INT8 check included")
     for label, target in (("halfway between INT8 and INT16 (the issue's target)", (a8 + a16) / 2),
                           ("harder: 75% of the way from INT8 to INT16", a8 + 0.75 * (a16 - a8))):
         compare(label, target, net, stats, calib_data, dataset, agreement, ranking, evaluate, with_int16, trials)
