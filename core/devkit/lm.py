@@ -55,6 +55,7 @@ import numpy as np
 from core.devkit.planner import CompileReport, MemoryPlan, Target, plan_memory
 from core.errors import ModelFileError
 from core.formats.atomic import atomic_write
+from core.formats.sima import read_checked_header
 
 __all__ = ["LM_MAGIC", "LM_FORMAT_NAME", "LM_FORMAT_VERSION", "CODECS", "write_lm", "read_lm", "read_lm_header"]
 
@@ -216,19 +217,7 @@ def write_lm(path: str | os.PathLike, program, model_name: str, *, batch_size: i
 
 
 def _read_header(spath: str, f: BinaryIO, file_size: int) -> tuple[dict, int]:
-    pre = f.read(_PREAMBLE.size)
-    if len(pre) < len(LM_MAGIC) or pre[:len(LM_MAGIC)] != LM_MAGIC:
-        raise _bad(spath, "wrong magic bytes (not a .lm file)")
-    if len(pre) < _PREAMBLE.size:
-        raise _bad(spath, "file is truncated inside the preamble")
-    _, header_len, digest = _PREAMBLE.unpack(pre)
-    if header_len > min(_MAX_HEADER_LEN, file_size - _PREAMBLE.size):
-        raise _bad(spath, f"header length {header_len} exceeds the file size {file_size} (truncated)")
-    raw = f.read(header_len)
-    if len(raw) != header_len:
-        raise _bad(spath, "file is truncated inside the header")
-    if hashlib.sha256(raw).digest() != digest:
-        raise _bad(spath, "header checksum mismatch (header is corrupt)")
+    raw = read_checked_header(spath, f, file_size, LM_MAGIC, _MAX_HEADER_LEN, _bad, ".lm")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -249,7 +238,7 @@ def _read_header(spath: str, f: BinaryIO, file_size: int) -> tuple[dict, int]:
     for key, typ in (("model_name", str), ("program", dict), ("plan", dict), ("meta", dict), ("blobs", list)):
         if not isinstance(header.get(key), typ):
             raise _bad(spath, f"header {key!r} is missing or not a {typ.__name__}")
-    return header, _PREAMBLE.size + header_len
+    return header, _PREAMBLE.size + len(raw)
 
 
 def read_lm_header(path: str | os.PathLike) -> dict:

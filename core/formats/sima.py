@@ -177,6 +177,27 @@ def write_sima(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata:
     atomic_write(spath, write)
 
 
+def read_checked_header(spath: str, f: BinaryIO, file_size: int, magic: bytes, max_len: int, bad,
+                        kind: str) -> bytes:
+    """The header bytes of a mixq container (``.sima``, ``.lm``): preamble ``magic, header_len,
+    sha256(header)`` then the header, each checked (magic, truncation, length, checksum);
+    ``bad(path, what)`` makes the error naming the file."""
+    pre = f.read(_PREAMBLE.size)
+    if len(pre) < len(magic) or pre[:len(magic)] != magic:
+        raise bad(spath, f"wrong magic bytes (not a {kind} file)")
+    if len(pre) < _PREAMBLE.size:
+        raise bad(spath, "file is truncated inside the preamble")
+    _, header_len, header_digest = _PREAMBLE.unpack(pre)
+    if header_len > min(max_len, file_size - _PREAMBLE.size):
+        raise bad(spath, f"header length {header_len} exceeds the file size {file_size} (truncated)")
+    raw = f.read(header_len)
+    if len(raw) != header_len:
+        raise bad(spath, "file is truncated inside the header")
+    if hashlib.sha256(raw).digest() != header_digest:
+        raise bad(spath, "header checksum mismatch (header is corrupt)")
+    return raw
+
+
 def _bad(path: str, what: str) -> ModelFileError:
     return ModelFileError(f"{path!r} is not a valid .sima file: {what}")
 
@@ -256,21 +277,9 @@ def read_sima(path: str | os.PathLike, *, mmap: bool = False, verify: bool = Tru
     with f:
         try:
             file_size = os.fstat(f.fileno()).st_size
-            pre = f.read(_PREAMBLE.size)
-            if len(pre) < len(MAGIC) or pre[:len(MAGIC)] != MAGIC:
-                raise _bad(spath, "wrong magic bytes (not a .sima file)")
-            if len(pre) < _PREAMBLE.size:
-                raise _bad(spath, "file is truncated inside the preamble")
-            _, header_len, header_digest = _PREAMBLE.unpack(pre)
-            if header_len > min(_MAX_HEADER_LEN, file_size - _PREAMBLE.size):
-                raise _bad(spath, f"header length {header_len} exceeds the file size {file_size} (truncated)")
-            raw = f.read(header_len)
-            if len(raw) != header_len:
-                raise _bad(spath, "file is truncated inside the header")
-            if hashlib.sha256(raw).digest() != header_digest:
-                raise _bad(spath, "header checksum mismatch (header is corrupt)")
+            raw = read_checked_header(spath, f, file_size, MAGIC, _MAX_HEADER_LEN, _bad, ".sima")
             header = _parse_header(spath, raw, file_size)
-            data_start = _PREAMBLE.size + header_len
+            data_start = _PREAMBLE.size + len(raw)
             entries, seen, prev_end = [], set(), data_start
             for e in header["arrays"]:
                 ent = _check_entry(spath, e, data_start, file_size, prev_end, seen)
