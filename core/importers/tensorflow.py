@@ -144,12 +144,7 @@ def _from_saved_model(tf, path: str, params: ImporterParams):
         # a list: frozen functions name their outputs output_0, output_1, ... in this order
         return [res[k] for k in wanted] if wanted else res
 
-    try:
-        conc = fixed.get_concrete_function()
-    except Exception as e:
-        raise ModelLoadError(f"{path}: cannot trace signature {key!r}: {type(e).__name__}: {e}") from e
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen(conc, path)], loaded)
-    data = _convert(converter, path)
+    data = _convert_traced(tf, fixed, loaded, path, f"signature {key!r}")
     if wanted:
         return data, ("signature", [f"output_{i}" for i in range(len(wanted))], wanted)
     return data, ("signature", None)
@@ -196,14 +191,18 @@ def _from_keras(tf, path: str, params: ImporterParams):
         ys = ys if isinstance(ys, (list, tuple)) else [ys]
         return list(ys)  # frozen functions name outputs output_0, output_1, ... in this order
 
-    fn = tf.function(serve, input_signature=specs)
+    data = _convert_traced(tf, tf.function(serve, input_signature=specs), model, path, "the Keras model")
+    return data, ("signature", [f"output_{i}" for i in range(len(out_keys))], out_keys)
+
+
+def _convert_traced(tf, fn, owner, path: str, what: str) -> bytes:
+    """Trace the tf.function ``fn`` (of ``owner``, a SavedModel or Keras model), fold its variables
+    and convert it to a float TFLite flatbuffer; a tracing failure names ``what``."""
     try:
         conc = fn.get_concrete_function()
     except Exception as e:
-        raise ModelLoadError(f"{path}: cannot trace the Keras model: {type(e).__name__}: {e}") from e
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen(conc, path)], model)
-    data = _convert(converter, path)
-    return data, ("signature", [f"output_{i}" for i in range(len(out_keys))], out_keys)
+        raise ModelLoadError(f"{path}: cannot trace {what}: {type(e).__name__}: {e}") from e
+    return _convert(tf.lite.TFLiteConverter.from_concrete_functions([_frozen(conc, path)], owner), path)
 
 
 def _frozen(conc, path: str):
