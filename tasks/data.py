@@ -32,6 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from core.formats.atomic import sha256_file
+
 __all__ = ["Samples", "load_samples", "data_digest", "spec_json", "build_config", "config_spec_of",
            "resolve_model", "sha256_file", "model_label"]
 
@@ -43,14 +45,6 @@ CONFIG_KEYS = {"preset", "calibration", "weights", "activations", "requantizatio
 def spec_json(spec: Any) -> str:
     """A canonical JSON text of a spec (sorted keys): equal specs give equal text."""
     return json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- models

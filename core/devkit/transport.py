@@ -42,6 +42,7 @@ from core.errors import (
     DevkitTimeoutError,
     DevkitTransferError,
 )
+from core.formats.atomic import sha256_file
 
 log = logging.getLogger("mixq.devkit")
 
@@ -113,14 +114,6 @@ class _Retryable(Exception):
 def _fingerprint(key) -> str:
     digest = hashlib.sha256(key.asbytes()).digest()
     return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _looks_disk_full(exc: BaseException) -> bool:
@@ -660,7 +653,7 @@ class DevkitSession:
         if not os.path.isfile(local):
             raise DevkitTransferError(f"cannot upload {local!r}: no such file")
         size = os.path.getsize(local)
-        digest = _sha256_file(local)
+        digest = sha256_file(local)
         part = f"{remote}.part-{uuid.uuid4().hex[:8]}"
         what = f"upload of {local} to {self.address}:{remote}"
 

@@ -1,6 +1,7 @@
 """Atomic file writes: a temp file beside the target, fsync, then os.replace."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from typing import BinaryIO, Callable
@@ -55,3 +56,12 @@ def atomic_write(
         pass
     finally:
         os.close(dfd)
+
+
+def sha256_file(path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

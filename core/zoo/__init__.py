@@ -12,14 +12,13 @@ Nothing is downloaded at run time and torch is never needed: checkpoints are rea
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import pathlib
 from dataclasses import dataclass
 
 from core.errors import ZooError
-from core.formats.atomic import atomic_write
+from core.formats.atomic import atomic_write, sha256_file
 from core.zoo import data as datasets
 
 __all__ = ["ZooModel", "build", "cache_dir", "cached_path", "datasets", "get", "list_models"]
@@ -99,18 +98,10 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(root)
 
 
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cached_path(name: str) -> pathlib.Path:
     """Where ``build(name)`` puts (or has put) the .onnx for the installed weights."""
     model = get(name)
-    key = _sha256(model.weight_path())[:16]
+    key = sha256_file(model.weight_path())[:16]
     return cache_dir() / "zoo" / f"{model.name}-{key}-g{_GRAPH_VERSION}.onnx"
 
 
