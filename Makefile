@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mixq-installed
 OPENCV_DOC := .cache/opencv-doc/.done
 
-.PHONY: venv data sshd test demo bench clean docs
+.PHONY: venv data sshd lint test demo bench clean docs
 
 venv: $(STAMP)
 
@@ -29,7 +29,10 @@ $(OPENCV_DOC):
 sshd:
 	scripts/ensure_sshd.sh
 
-test: venv data sshd
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv data sshd lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: venv data

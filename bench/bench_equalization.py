@@ -47,12 +47,14 @@ def main() -> int:
                 cfg = default_quantization.with_weight_quantization(scheme).with_channel_equalization(eq) \
                     .with_bias_correction(bc)
                 model = net.quantize(data, cfg)
-                agree = float((top1(lambda b: model.execute({name: b})[0]) == fp32).mean())
+                agree = float((top1(lambda b, model=model: model.execute({name: b})[0]) == fp32).mean())
                 results[(label, eq, bc)] = agree
                 print(f"{label:<12} {'yes' if eq else 'no':>12} {'yes' if bc else 'no':>10} {agree:>10.1%} "
                       f"{time.perf_counter() - t:>8.0f}", flush=True)
     gain = results[("per-tensor", True, False)] - results[("per-tensor", False, False)]
-    bc_delta = [results[(w, e, True)] - results[(w, e, False)] for w in ("per-tensor", "per-channel") for e in (False, True)]
+    bc_delta = [
+        results[(w, e, True)] - results[(w, e, False)] for w in ("per-tensor", "per-channel") for e in (False, True)
+    ]
     print(f"equalization on per-tensor weights: {gain:+.1%} agreement; bias correction: "
           + ", ".join(f"{d:+.1%}" for d in bc_delta) + " (per-tensor/per-channel x without/with equalization)")
     return 0

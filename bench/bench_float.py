@@ -60,8 +60,8 @@ def main() -> int:
         err = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
         t_mixq, t_ort = [], []
         for _ in range(repeats):
-            t_mixq.append(timed(lambda: net.execute({name: x})))
-            t_ort.append(timed(lambda: sess.run(None, {name: x})))
+            t_mixq.append(timed(lambda x=x: net.execute({name: x})))
+            t_ort.append(timed(lambda x=x: sess.run(None, {name: x})))
         m, o = statistics.median(t_mixq), statistics.median(t_ort)
         if batch == 32:
             ratio_at_32 = m / o

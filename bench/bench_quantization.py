@@ -39,8 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from core import (QuantizationPrecision, default_quantization, int16_quantization, load_model,  # noqa: E402
-                  onnx_source, zoo)
+from core import QuantizationPrecision, default_quantization, int16_quantization, load_model, onnx_source, zoo  # noqa: E402
 from core.search import rank_nodes_by_output_gain  # noqa: E402
 
 ORT_THREADS = 2
@@ -71,8 +70,13 @@ def batch_free(path):
 
 
 def ort_quantize(src, dst, calib, input_name, method):
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -142,7 +146,9 @@ def main() -> int:
     }
     rows = []
     for label, m in models.items():
-        rows.append((label, {k: top1(lambda b: m.execute({name: b}, fast_mode=False)[0], x) for k, x in sets.items()}))
+        rows.append(
+            (label, {k: top1(lambda b, m=m: m.execute({name: b}, fast_mode=False)[0], x) for k, x in sets.items()})
+        )
 
     ort_rows, ort_sessions = [], {}
     with tempfile.TemporaryDirectory(prefix="mixq_bench_ort_") as tmp:
@@ -158,8 +164,13 @@ def main() -> int:
             t_q = time.perf_counter() - t
             sess = ort_session(batch_free(dst))
             ort_sessions[method] = sess
-            ort_rows.append((f"onnxruntime QDQ {method} ({t_q:.0f} s to quantize)",
-                             {k: top1(lambda b: sess.run(None, {name: b})[0], x) for k, x in sets.items()}, method))
+            ort_rows.append(
+                (
+                    f"onnxruntime QDQ {method} ({t_q:.0f} s to quantize)",
+                    {k: top1(lambda b, sess=sess: sess.run(None, {name: b})[0], x) for k, x in sets.items()},
+                    method,
+                )
+            )
 
     def agree(pred, k):
         return float((pred[k] == fp32[k]).mean())
@@ -214,8 +225,10 @@ def time_batch(int8, sess, ort_label, name, evalset, repeats):
     print(f"{'onnxruntime INT8 QDQ':<30}  {o * 1e3:>8.1f}  {'1.00x':>14}  {'':>7}")
     print(f"{'mixq INT8 exact':<30}  {e * 1e3:>8.1f}  {e / o:>13.2f}x  {'<= ' + format(TARGET_EXACT, 'g') + 'x':>7}  "
           f"{verdict(e / o <= TARGET_EXACT)}")
-    print(f"{'mixq INT8 fast_mode':<30}  {f * 1e3:>8.1f}  {f / o:>13.2f}x  {'<= ' + format(TARGET_FAST, 'g') + 'x':>7}  "
-          f"{verdict(f / o <= TARGET_FAST)}")
+    print(
+        f"{'mixq INT8 fast_mode':<30}  {f * 1e3:>8.1f}  {f / o:>13.2f}x  {'<= ' + format(TARGET_FAST, 'g') + 'x':>7}  "
+        f"{verdict(f / o <= TARGET_FAST)}"
+    )
     return e / o, f / o
 
 

@@ -3,6 +3,8 @@
 The public API is flat: every public name imports from ``core``.
 ``import core`` stays light (numpy only); onnx/TensorFlow load when a model does.
 """
+from core import zoo  # noqa: E402  (light: numpy only until a model is built)
+from core.data import DataGenerator, convert_data_generator_to_iterable, length_hinted
 from core.errors import (
     AccuracyTargetError,
     CalibrationError,
@@ -20,8 +22,6 @@ from core.errors import (
 from core.importers.sources import ImporterParams, onnx_source, tensorflow_source, tflite_source
 from core.loaded_net import LoadedNet, NodeInfo, load_model
 from core.model import Model
-from core.types import ScalarType
-from core.data import DataGenerator, convert_data_generator_to_iterable, length_hinted
 from core.quantization.calibration import CalibrationStatistics
 from core.quantization.params import (
     CalibrationMethod,
@@ -39,7 +39,7 @@ from core.quantization.params import (
     int16_quantization,
     quantization_scheme,
 )
-from core import zoo  # noqa: E402  (light: numpy only until a model is built)
+from core.types import ScalarType
 
 __version__ = "0.1.0"
 

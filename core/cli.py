@@ -116,8 +116,13 @@ def _samples(inputs) -> list[dict]:
 
 
 def _config(args):
-    from core import (CalibrationMethod, QuantizationPrecision, RequantizationMode, default_quantization,
-                      int16_quantization)
+    from core import (
+        CalibrationMethod,
+        QuantizationPrecision,
+        RequantizationMode,
+        default_quantization,
+        int16_quantization,
+    )
 
     cfg = int16_quantization if args.precision == "int16" else default_quantization
     if args.calibration:

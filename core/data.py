@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -75,13 +75,15 @@ class DataGenerator:
     def input_names(self) -> list[str]:
         return list(self._columns)
 
-    def map(self, functions: Mapping[str, Callable[[Any], Any]]) -> "DataGenerator":
+    def map(self, functions: Mapping[str, Callable[[Any], Any]]) -> DataGenerator:
         """Apply ``functions[name]`` to input ``name`` of every sample, lazily, after any earlier map.
 
         Mutates this generator (the specification calls it and ignores the result) and returns it.
         """
         if not isinstance(functions, Mapping):
-            raise InputError(f"DataGenerator.map takes a dict of input name -> function, got {type(functions).__name__}")
+            raise InputError(
+                f"DataGenerator.map takes a dict of input name -> function, got {type(functions).__name__}"
+            )
         for name, fn in functions.items():
             if name not in self._columns:
                 raise InputError(f"DataGenerator.map: unknown input {name!r}; the inputs are {self.input_names}")
@@ -119,7 +121,7 @@ class DataGenerator:
 class _LimitedIterable:
     """Re-iterable, sized view of the first ``length`` samples of a generator."""
 
-    def __init__(self, source: Iterable, length: Optional[int]):
+    def __init__(self, source: Iterable, length: int | None):
         self._source = source
         self._length = length
 
@@ -138,7 +140,7 @@ class _LimitedIterable:
             return self._length
 
 
-def convert_data_generator_to_iterable(data_generator: Iterable, length_limit: Optional[int] = None) -> Iterable:
+def convert_data_generator_to_iterable(data_generator: Iterable, length_limit: int | None = None) -> Iterable:
     """An iterable over (at most ``length_limit``) samples of ``data_generator``.
 
     The result can be iterated more than once (calibration, then evaluation) and has ``len()``.

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from core.errors import CalibrationError, InputError, ModelLoadError, Quantizati
 from core.importers.sources import ImporterParams
 from core.ir.graph import Graph
 from core.quantization.params import QuantizationParams, check_custom_config_nodes, default_quantization
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.model import Model
 
 log = logging.getLogger("mixq")
 
@@ -29,7 +32,7 @@ class NodeInfo:
     source_name: str
 
 
-def load_model(params: ImporterParams, *, log_level: Optional[int] = logging.NOTSET) -> "LoadedNet":
+def load_model(params: ImporterParams, *, log_level: int | None = logging.NOTSET) -> LoadedNet:
     """Import a model, run mixq's graph passes and partition it into MLA/APU segments."""
     if log_level:
         log.setLevel(log_level)
@@ -63,14 +66,14 @@ class LoadedNet:
     # specification's "cycling through quantization options" loop): a few MB each
     _STATS_CACHE_SIZE = 2
 
-    def __init__(self, graph: Graph, params: Optional[ImporterParams] = None, *, equalized: bool = False):
+    def __init__(self, graph: Graph, params: ImporterParams | None = None, *, equalized: bool = False):
         self.graph = graph
         self.params = params
         self._stats_cache: dict[tuple[str, int], Any] = {}
         self._equalized = equalized          # this graph is already channel-equalized
-        self._equalized_copy: Optional["LoadedNet"] = None
+        self._equalized_copy: LoadedNet | None = None
 
-    def _equalized_net(self) -> "LoadedNet":
+    def _equalized_net(self) -> LoadedNet:
         """This model with cross-layer channel equalization applied (float outputs unchanged;
         see core/ir/passes/equalize_channels.py), built once."""
         if self._equalized_copy is None:
@@ -138,7 +141,7 @@ class LoadedNet:
         """Validate one set of inputs; returns them as arrays of the model's dtypes."""
         return check_graph_inputs(self.graph, inputs)
 
-    def calibrate(self, calibration_data, *, num_bins: Optional[int] = None, progress: bool = False):
+    def calibrate(self, calibration_data, *, num_bins: int | None = None, progress: bool = False):
         """One float pass over ``calibration_data`` (an iterable of ``{input name: array}``) that
         records, for every float tensor (graph inputs and node outputs), what all five calibration
         methods need; returns ``CalibrationStatistics`` (save()/load() to reuse it)."""
@@ -200,8 +203,8 @@ class LoadedNet:
         return stats
 
     def quantize(self, calibration_data: Any = None, quantization_config: Any = default_quantization,
-                 model_name: Optional[str] = None, *, statistics: Any = None,
-                 log_level: Optional[int] = logging.NOTSET) -> "Model":
+                 model_name: str | None = None, *, statistics: Any = None,
+                 log_level: int | None = logging.NOTSET) -> Model:
         """Quantize the model: calibrate on ``calibration_data`` (an iterable of ``{input name:
         array}``, or a ``CalibrationStatistics`` from :meth:`calibrate`), or reuse ``statistics``;
         then build the integer program for ``quantization_config`` (``default_quantization`` if
@@ -215,7 +218,9 @@ class LoadedNet:
         params = default_quantization if quantization_config is None else quantization_config
         if not isinstance(params, QuantizationParams):
             raise QuantizationConfigError(
-                f"quantization_config must be QuantizationParams (e.g. default_quantization), got {type(params).__name__}")
+                "quantization_config must be QuantizationParams (e.g. default_quantization), "
+                f"got {type(params).__name__}"
+            )
         check_custom_config_nodes(params, [n.name for n in self.graph.nodes])   # before calibrating
         if params.channel_equalization and not self._equalized:
             # an equalized copy of the float graph, calibrated and quantized on its own
@@ -223,7 +228,9 @@ class LoadedNet:
         samples = None      # calibration samples, kept when bias correction needs them again
         if isinstance(calibration_data, CalibrationStatistics):
             if statistics is not None:
-                raise CalibrationError("give calibration statistics either as calibration_data or as statistics=, not both")
+                raise CalibrationError(
+                    "give calibration statistics either as calibration_data or as statistics=, not both"
+                )
             statistics = calibration_data
         elif statistics is None:
             if calibration_data is None:
@@ -256,8 +263,8 @@ class LoadedNet:
         log.info("quantized %s: %r", name, program)
         return Model(name, program, self.graph)
 
-    def convert_to_sima_quantization(self, *, requantization_mode: Any = None, model_name: Optional[str] = None,
-                                     log_level: Optional[int] = logging.NOTSET) -> "Model":
+    def convert_to_sima_quantization(self, *, requantization_mode: Any = None, model_name: str | None = None,
+                                     log_level: int | None = logging.NOTSET) -> Model:
         """Convert a pre-quantized TFLite model (int8 full-integer) into a :class:`core.model.Model`
         that keeps the model's own scales and zero points; no calibration. ``requantization_mode``:
         ``RequantizationMode.sima`` (default) or ``.tflite``, or ``QuantizationFlavor.sima / .tflite``;
@@ -280,11 +287,11 @@ class LoadedNet:
 
     def quantize_with_accuracy_feedback(
             self, calibration_data: Any, evaluation_dataset: Any, quantization_config: Any = default_quantization,
-            accuracy_score: Any = None, target_accuracy: Optional[float] = None, *, model_name: Optional[str] = None,
-            max_trials: int = 40, timeout: Optional[float] = None, storage: Any = "mixq-search.journal",
-            study_name: Optional[str] = None, ranking: Any = None, ranking_samples: int = 16,
+            accuracy_score: Any = None, target_accuracy: float | None = None, *, model_name: str | None = None,
+            max_trials: int = 40, timeout: float | None = None, storage: Any = "mixq-search.journal",
+            study_name: str | None = None, ranking: Any = None, ranking_samples: int = 16,
             multi_objective: bool = False, seed: int = 0, callbacks: Any = (), batch_size: int = 32,
-            fast_mode: bool = False, log_level: Optional[int] = logging.NOTSET) -> "Model":
+            fast_mode: bool = False, log_level: int | None = logging.NOTSET) -> Model:
         """The model with the fewest INT16 nodes found that reaches ``target_accuracy``.
 
         ``evaluation_dataset``: ``(inputs dict, label)`` pairs; ``accuracy_score(outputs, labels)
@@ -338,9 +345,9 @@ class LoadedNet:
 
     def search_quantization_options(
             self, calibration_data: Any, evaluation_dataset: Any, accuracy_score: Any, options: Any = None, *,
-            base_config: Any = default_quantization, max_trials: Optional[int] = None, timeout: Optional[float] = None,
-            storage: Any = None, study_name: Optional[str] = None, seed: int = 0, callbacks: Any = (),
-            batch_size: int = 32, fast_mode: bool = False, model_name: Optional[str] = None):
+            base_config: Any = default_quantization, max_trials: int | None = None, timeout: float | None = None,
+            storage: Any = None, study_name: str | None = None, seed: int = 0, callbacks: Any = (),
+            batch_size: int = 32, fast_mode: bool = False, model_name: str | None = None):
         """The specification's "cycling through quantization options" template as one call:
         every combination of ``options`` (calibration method, weight scheme, activation scheme,
         channel equalization, bias correction; :data:`core.search.DEFAULT_OPTIONS` for the rest)
@@ -367,7 +374,7 @@ class LoadedNet:
                                            study_name=study_name, study_key=key, seed=seed, callbacks=callbacks,
                                            model_name=model_name or self.graph.name)
 
-    def execute(self, inputs: Mapping[str, np.ndarray], *, log_level: Optional[int] = logging.NOTSET) -> list[np.ndarray]:
+    def execute(self, inputs: Mapping[str, np.ndarray], *, log_level: int | None = logging.NOTSET) -> list[np.ndarray]:
         """Run the float model on one set of inputs (any batch size); outputs in graph-output order."""
         from core.runtime.float_interpreter import run_graph
 

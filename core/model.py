@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class Model:
         return [env[o] for o in self.program.graph.outputs]
 
     def analyze_quantization_error(self, evaluation_data, error_metric: str = "mae", *, local_feed: bool = True,
-                                   log_level: Optional[int] = logging.NOTSET, batch_size: int = 8,
+                                   log_level: int | None = logging.NOTSET, batch_size: int = 8,
                                    progress: bool = False):
         """Per-layer quantization statistics (the specification's API; see
         :mod:`core.analysis.layer_error`): ``error_metric`` 'mae', 'mse', 'psnr', 'sqnr' or
@@ -95,7 +96,7 @@ class Model:
         return sima_path, sima_path + ".json"
 
     def save(self, model_name: str, output_directory: str = "", *,
-             log_level: Optional[int] = logging.NOTSET) -> None:
+             log_level: int | None = logging.NOTSET) -> None:
         """Save the model as ``<output_directory>/<model_name>.sima`` (the program: arrays and a
         versioned JSON document, checksummed) and ``<...>.sima.json`` (Netron-viewable view).
         ``.sima`` is appended unless ``model_name`` ends with it; ``output_directory`` defaults to
@@ -118,7 +119,7 @@ class Model:
 
     @classmethod
     def load(cls, model_name: str, network_directory: str = "", *,
-             log_level: Optional[int] = logging.NOTSET) -> "Model":
+             log_level: int | None = logging.NOTSET) -> Model:
         """Load a model saved by :meth:`save` from ``<network_directory>/<model_name>.sima``
         (``.sima`` appended unless present; directory defaults to the current one). Only the
         ``.sima`` is read. Raises :class:`~core.errors.ModelFileError` naming the file when it is
@@ -138,7 +139,7 @@ class Model:
     # ---- accelerator mode (docs/accelerator.md)
 
     def compile(self, output_directory: str = "", batch_size: int = 1, compress: Any = True, target: Any = None, *,
-                log_level: Optional[int] = logging.NOTSET):
+                log_level: int | None = logging.NOTSET):
         """Compile the model to ``<output_directory>/<name>.lm`` (directory: the current one by
         default, created if missing) for the devkit runtime: the integer program, its memory plan
         for ``target`` (a :class:`core.devkit.planner.Target`; documented defaults when None) at
@@ -166,13 +167,13 @@ class Model:
 
     def execute_in_accelerator_mode(self, input_data: Any, devkit: str, *, username: str, password: str = "",
                                     batch_size: int = 1, compress: Any = True, port: int = 22,
-                                    key_filename: Optional[str] = None, timeout: float = 600,
-                                    accept_unknown_host: bool = False, known_hosts: Optional[str] = None,
+                                    key_filename: str | None = None, timeout: float = 600,
+                                    accept_unknown_host: bool = False, known_hosts: str | None = None,
                                     remote_python: str = "python3", remote_root: str = "/tmp",
-                                    remote_env: Optional[Mapping[str, str]] = None, retry: Any = None,
+                                    remote_env: Mapping[str, str] | None = None, retry: Any = None,
                                     target: Any = None, tessellate_parameters: Any = None,
                                     l2_caching_mode: Any = None,
-                                    log_level: Optional[int] = logging.NOTSET) -> list[list[np.ndarray]]:
+                                    log_level: int | None = logging.NOTSET) -> list[list[np.ndarray]]:
         """Run the model on a devkit over SSH (the specification's accelerator mode): compile to
         a ``.lm`` (``batch_size``, ``compress``, ``target``) in a local temporary directory,
         connect to ``devkit:port`` (host key checked against ``known_hosts``, default

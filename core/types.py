@@ -25,5 +25,5 @@ class ScalarType(enum.Enum):
         return np.dtype(self.value)
 
     @classmethod
-    def from_numpy(cls, dtype) -> "ScalarType":
+    def from_numpy(cls, dtype) -> ScalarType:
         return cls(np.dtype(dtype).name)

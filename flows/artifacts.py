@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Optional
 
 __all__ = ["pareto_plot", "candidate_table", "create_table", "create_markdown", "image_markdown", "artifact_key"]
 
@@ -15,7 +14,7 @@ def artifact_key(*parts: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text).strip("-")[:60] or "mixq"
 
 
-def pareto_plot(candidates: list[dict], front: list[dict], path: str, target: Optional[float] = None,
+def pareto_plot(candidates: list[dict], front: list[dict], path: str, target: float | None = None,
                 metric: str = "accuracy", title: str = "") -> str:
     """Accuracy vs number of INT16 nodes of every candidate, the front highlighted (PNG)."""
     import matplotlib
@@ -70,13 +69,13 @@ def candidate_table(rows: list[dict], columns: list[str]) -> list[dict]:
     return [{c: _fmt(r.get(c)) for c in columns} for r in rows]
 
 
-def create_table(rows: list[dict], key: str, description: str) -> Optional[str]:
+def create_table(rows: list[dict], key: str, description: str) -> str | None:
     from prefect.artifacts import create_table_artifact
 
     return str(create_table_artifact(table=rows, key=key, description=description))
 
 
-def create_markdown(markdown: str, key: str, description: str) -> Optional[str]:
+def create_markdown(markdown: str, key: str, description: str) -> str | None:
     from prefect.artifacts import create_markdown_artifact
 
     return str(create_markdown_artifact(markdown=markdown, key=key, description=description))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 from prefect import flow
 
@@ -33,7 +33,7 @@ def flow_run_info() -> tuple[str, str, str]:
     return str(flow_run.id or ""), str(flow_run.name or ""), str(flow_run.flow_name or "")
 
 
-def resolve_config(config: Optional[dict], label: str) -> dict:
+def resolve_config(config: dict | None, label: str) -> dict:
     config = dict(config or {})
     source = config.pop("from_registry", None)
     alias = config.pop("alias", "champion")
@@ -55,13 +55,13 @@ def quantize_flow(
     model: str = "mobilenet_v2",
     calibration: dict[str, Any] = DEFAULT_CALIBRATION,
     evaluation: dict[str, Any] = DEFAULT_EVALUATION,
-    config: Optional[dict[str, Any]] = None,
+    config: dict[str, Any] | None = None,
     output_dir: str = "mixq-output",
-    devkit: Optional[dict[str, Any]] = None,
-    experiment: Optional[str] = None,
-    name: Optional[str] = None,
+    devkit: dict[str, Any] | None = None,
+    experiment: str | None = None,
+    name: str | None = None,
     register_model: bool = True,
-    alias: Optional[str] = None,
+    alias: str | None = None,
     fast_mode: bool = False,
     analysis_samples: int = 8,
 ) -> dict:
@@ -123,7 +123,9 @@ def quantize_flow(
                               "run_id": child, "link": tracking.run_link(exp_id, child or parent)},
                    "registered": registered, "devkit": device}
         _artifacts(summary, analysis, label)
-        tracking.end_run(parent, "FINISHED", metrics={k: metrics[k] for k in ("accuracy", "agreement", "logit_sqnr_db")})
+        tracking.end_run(
+            parent, "FINISHED", metrics={k: metrics[k] for k in ("accuracy", "agreement", "logit_sqnr_db")}
+        )
     except BaseException:
         tracking.end_run(parent, "FAILED")
         raise

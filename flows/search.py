@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 from prefect import flow
 
-from flows.artifacts import (artifact_key, candidate_table, create_markdown, create_table, image_markdown,
-                             pareto_plot)
+from flows.artifacts import artifact_key, candidate_table, create_markdown, create_table, image_markdown, pareto_plot
 from flows.quantize import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, flow_run_info
 from tasks import steps, tracking
 from tasks.data import model_label
-from tasks.search import (DEFAULT_SEARCH_OPTIONS, accuracy_feedback_task, options_grid_size, options_search_task,
-                          reference_task)
+from tasks.search import (
+    DEFAULT_SEARCH_OPTIONS,
+    accuracy_feedback_task,
+    options_grid_size,
+    options_search_task,
+    reference_task,
+)
 
 __all__ = ["search_flow"]
 
@@ -45,16 +49,16 @@ def search_flow(
     model: str = "mobilenet_v2",
     calibration: dict[str, Any] = DEFAULT_CALIBRATION,
     evaluation: dict[str, Any] = DEFAULT_EVALUATION,
-    target: Optional[float] = None,
-    options: Optional[dict[str, list]] = None,
+    target: float | None = None,
+    options: dict[str, list] | None = None,
     max_trials: int = 12,
     output_dir: str = "mixq-output",
-    storage: Optional[str] = None,
-    experiment: Optional[str] = None,
-    config: Optional[dict[str, Any]] = None,
+    storage: str | None = None,
+    experiment: str | None = None,
+    config: dict[str, Any] | None = None,
     fast_mode: bool = True,
-    timeout: Optional[float] = None,
-    name: Optional[str] = None,
+    timeout: float | None = None,
+    name: str | None = None,
     alias: str = "champion",
     analysis_samples: int = 8,
     ranking_samples: int = 16,
@@ -139,18 +143,40 @@ def search_flow(
         create_table(table, artifact_key("mixq-search", label, "candidates"),
                      f"every candidate of search_flow on {label} ({opts['metric']}, fast mode = {fast_mode})")
         summary = {
-            "model": model, "model_path": model_path, "sima": af["sima"], "config": af["config"],
-            "target": af["target"], "metric": opts["metric"], "int16_nodes": af["int16_nodes"],
-            "search_accuracy": af["accuracy"], "metrics": metrics,
-            "options": {"best": opts["best"], "evaluations": opts["evaluations"], "candidates": len(opts["candidates"])},
+            "model": model,
+            "model_path": model_path,
+            "sima": af["sima"],
+            "config": af["config"],
+            "target": af["target"],
+            "metric": opts["metric"],
+            "int16_nodes": af["int16_nodes"],
+            "search_accuracy": af["accuracy"],
+            "metrics": metrics,
+            "options": {
+                "best": opts["best"],
+                "evaluations": opts["evaluations"],
+                "candidates": len(opts["candidates"]),
+            },
             "int16_reference": reference,
-            "accuracy_feedback": {"evaluations": af["evaluations"], "candidates": len(af["candidates"]),
-                                  "resumed": af["resumed"], "study": af["study_name"]},
-            "pareto": af["pareto"], "pareto_plot": pareto_path, "analysis_plot": analysis["plot"],
+            "accuracy_feedback": {
+                "evaluations": af["evaluations"],
+                "candidates": len(af["candidates"]),
+                "resumed": af["resumed"],
+                "study": af["study_name"],
+            },
+            "pareto": af["pareto"],
+            "pareto_plot": pareto_path,
+            "analysis_plot": analysis["plot"],
             "storage": storage,
-            "mlflow": {"tracking_uri": tracking.tracking_uri(), "experiment_id": exp_id, "parent_run_id": parent,
-                       "run_id": chosen_run, "link": tracking.run_link(exp_id, chosen_run)},
-            "registered": registered, "candidates": rows,
+            "mlflow": {
+                "tracking_uri": tracking.tracking_uri(),
+                "experiment_id": exp_id,
+                "parent_run_id": parent,
+                "run_id": chosen_run,
+                "link": tracking.run_link(exp_id, chosen_run),
+            },
+            "registered": registered,
+            "candidates": rows,
         }
         create_markdown(_markdown(summary, label), artifact_key("mixq-search", label, "summary"),
                         "search_flow summary: the chosen configuration")

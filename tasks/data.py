@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +79,7 @@ class Samples:
     """Model inputs of one data spec: ``inputs`` (first axis = sample) and ``labels`` or None."""
 
     inputs: np.ndarray
-    labels: Optional[np.ndarray]
+    labels: np.ndarray | None
     spec: str                     # canonical spec text
 
     def __len__(self) -> int:
@@ -196,10 +196,15 @@ def _scheme(base, given: Any, what: str):
                                bits=int(given.get("bits", base.bits)))
 
 
-def build_config(spec: Optional[dict]):
+def build_config(spec: dict | None):
     """A config spec (module docstring) -> ``core.QuantizationParams``."""
-    from core import (CalibrationMethod, QuantizationPrecision, RequantizationMode, default_quantization,
-                      int16_quantization)
+    from core import (
+        CalibrationMethod,
+        QuantizationPrecision,
+        RequantizationMode,
+        default_quantization,
+        int16_quantization,
+    )
     from core.errors import QuantizationConfigError
 
     spec = dict(spec or {})

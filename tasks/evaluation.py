@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Optional
 
 import numpy as np
 
@@ -79,7 +78,7 @@ class Scorer:
         self.dataset = [({self.input_name: x[i:i + 1]}, i) for i in range(len(x))]
         self.last: dict = {}
 
-    def scores(self, logits: np.ndarray, index: Optional[np.ndarray] = None) -> dict:
+    def scores(self, logits: np.ndarray, index: np.ndarray | None = None) -> dict:
         index = np.arange(len(self.reference)) if index is None else np.asarray(index)
         ref = self.reference[index]
         top1 = logits.argmax(1)

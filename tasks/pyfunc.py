@@ -8,6 +8,7 @@ dict for models with several outputs). ``params={"fast_mode": True}`` selects th
 from __future__ import annotations
 
 import os
+
 import mlflow.pyfunc
 import numpy as np
 

@@ -21,7 +21,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any
 
 from prefect import task
 
@@ -58,7 +58,7 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(spec_json(list(parts)).encode()).hexdigest()[:16]
 
 
-def options_grid_size(options: Optional[dict]) -> int:
+def options_grid_size(options: dict | None) -> int:
     opts = DEFAULT_SEARCH_OPTIONS if options is None else options
     return math.prod(len(v) for v in opts.values()) if opts else 1
 
@@ -66,7 +66,7 @@ def options_grid_size(options: Optional[dict]) -> int:
 class Progress:
     """Advances a Prefect progress artifact: ``{"artifact_id", "total", "done"}``."""
 
-    def __init__(self, spec: Optional[dict]):
+    def __init__(self, spec: dict | None):
         self.spec = dict(spec or {})
 
     def step(self, what: str = "") -> None:
@@ -99,7 +99,7 @@ def _candidate_params(spec: dict, source: str, trial: Any) -> dict:
             "source": source, "trial_number": trial}
 
 
-def _logger_for(tracking: Optional[dict]):
+def _logger_for(tracking: dict | None):
     if not tracking or not tracking.get("parent_run_id"):
         return None
     from tasks.tracking import CandidateLogger
@@ -108,7 +108,7 @@ def _logger_for(tracking: Optional[dict]):
 
 
 def _log_candidate(logger, study: str, trial: Any, spec: dict, metrics: dict, source: str, run_name: str,
-                   resumed: bool = False) -> Optional[str]:
+                   resumed: bool = False) -> str | None:
     if logger is None:
         return None
     from tasks.tracking import candidate_key, config_key
@@ -123,12 +123,11 @@ def _log_candidate(logger, study: str, trial: Any, spec: dict, metrics: dict, so
     return run_id or logger.existing(key, cfg)      # already logged (by an earlier, killed run): its id
 
 
-def _core_options(options: Optional[dict], base_spec: dict):
+def _core_options(options: dict | None, base_spec: dict):
     """JSON options -> (core options dict, {field: {label: JSON value}})."""
     from core import CalibrationMethod
     from core.errors import QuantizationConfigError
     from core.search.options import describe
-
     from tasks.data import _scheme
 
     opts = DEFAULT_SEARCH_OPTIONS if options is None else options
@@ -182,10 +181,10 @@ def _metric_dict(scorer, extra: dict) -> dict:
 
 
 @task(name="options-search")
-def options_search_task(model_path: str, statistics_path: str, evaluation: dict, options: Optional[dict] = None,
-                        base_config: Optional[dict] = None, storage: Optional[str] = None,
-                        tracking: Optional[dict] = None, progress: Optional[dict] = None, fast_mode: bool = True,
-                        max_trials: Optional[int] = None, calibration_seconds: float = 0.0) -> dict:
+def options_search_task(model_path: str, statistics_path: str, evaluation: dict, options: dict | None = None,
+                        base_config: dict | None = None, storage: str | None = None,
+                        tracking: dict | None = None, progress: dict | None = None, fast_mode: bool = True,
+                        max_trials: int | None = None, calibration_seconds: float = 0.0) -> dict:
     """Every combination of ``options`` on one calibration; returns the candidates and the best
     one's config spec."""
     from core.errors import QuantizationConfigError
@@ -235,7 +234,7 @@ def options_search_task(model_path: str, statistics_path: str, evaluation: dict,
             "evaluations": result.evaluations, "metric": scorer.metric, "progress": prog.spec}
 
 
-def _option_row(c, spec: dict, metrics: dict, run_id: Optional[str]) -> dict:
+def _option_row(c, spec: dict, metrics: dict, run_id: str | None) -> dict:
     return {"stage": "options", "trial": c.trial_number, "calibration": spec["calibration"],
             "weights": _scheme_label(spec["weights"]), "activations": _scheme_label(spec["activations"]),
             "int16_nodes": 0, "accuracy": None if c.error or not math.isfinite(c.accuracy) else c.accuracy,
@@ -251,7 +250,7 @@ def _scheme_label(s: dict) -> str:
 
 @task(name="int16-reference")
 def reference_task(model_path: str, statistics_path: str, evaluation: dict, config: dict,
-                   tracking: Optional[dict] = None, progress: Optional[dict] = None, fast_mode: bool = True,
+                   tracking: dict | None = None, progress: dict | None = None, fast_mode: bool = True,
                    study: str = "mixq-reference") -> dict:
     """The INT16 version of ``config`` (every node at 16 bits), scored: the upper end of the
     accuracy-feedback target."""
@@ -278,9 +277,9 @@ def reference_task(model_path: str, statistics_path: str, evaluation: dict, conf
 
 @task(name="accuracy-feedback")
 def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: dict, config: dict, target: float,
-                           output_dir: str, model_name: str, max_trials: int = 12, timeout: Optional[float] = None,
-                           storage: Optional[str] = None, tracking: Optional[dict] = None,
-                           progress: Optional[dict] = None, fast_mode: bool = True,
+                           output_dir: str, model_name: str, max_trials: int = 12, timeout: float | None = None,
+                           storage: str | None = None, tracking: dict | None = None,
+                           progress: dict | None = None, fast_mode: bool = True,
                            calibration_seconds: float = 0.0, ranking_samples: int = 16) -> dict:
     """The fewest INT16 nodes on top of ``config`` that reach ``target``; saves the chosen model
     as ``<output_dir>/<model_name>.sima`` and returns every candidate and the Pareto front."""
@@ -294,7 +293,7 @@ def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: di
                                                 fast_mode, int(ranking_samples))
     logger = _logger_for(tracking)
     prog = Progress(progress)
-    run_ids: dict[int, Optional[str]] = {}
+    run_ids: dict[int, str | None] = {}
 
     def spec_for(nodes) -> dict:
         return dict(base_spec, int16_nodes=sorted(set(base_spec.get("int16_nodes", [])) | set(nodes)))

@@ -16,13 +16,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 from prefect import task
 from prefect.tasks import exponential_backoff
 
 from tasks.data import build_config, config_spec_of, data_digest, load_samples, resolve_model, spec_json
-from tasks.evaluation import get_net, int16_node_count, int16_node_names, model_sha256, scorer_for, _stamp
+from tasks.evaluation import _stamp, get_net, int16_node_count, int16_node_names, model_sha256, scorer_for
 
 __all__ = ["load_model_task", "calibrate_task", "calibrate_cached", "quantize_task", "evaluate_task",
            "analyze_task", "register_task", "compile_task", "accelerator_run_task", "results_dir",
@@ -70,7 +69,7 @@ def load_model_task(model: str) -> dict:
 
 # ---------------------------------------------------------------- calibrate
 
-def calibration_key(model_path: str, data: dict, num_bins: Optional[int] = None) -> str:
+def calibration_key(model_path: str, data: dict, num_bins: int | None = None) -> str:
     from core.quantization.calibration import DEFAULT_FINE_BINS, FORMAT_VERSION
 
     parts = {"model_sha256": model_sha256(_stamp(model_path)), "data": spec_json(data),
@@ -84,7 +83,7 @@ def _calibration_cache_key(context, parameters: dict) -> str:
 
 
 @task(name="calibrate", cache_key_fn=_calibration_cache_key, persist_result=True)
-def calibrate_task(model_path: str, data: dict, num_bins: Optional[int] = None) -> str:
+def calibrate_task(model_path: str, data: dict, num_bins: int | None = None) -> str:
     """One float pass over the data; returns the path of the saved statistics (``.npz``) with a
     ``.json`` sidecar (seconds, samples)."""
     COUNTERS["calibrate"] += 1
@@ -104,7 +103,7 @@ def calibrate_task(model_path: str, data: dict, num_bins: Optional[int] = None) 
     return path
 
 
-def calibrate_cached(model_path: str, data: dict, num_bins: Optional[int] = None) -> str:
+def calibrate_cached(model_path: str, data: dict, num_bins: int | None = None) -> str:
     """``calibrate_task`` with its results under :func:`results_dir`; recomputes (refreshing the
     cache) when the cached statistics file no longer exists."""
     storage = Path(results_dir()) / "prefect"
@@ -133,7 +132,7 @@ def load_statistics(statistics_path: str):
 # ---------------------------------------------------------------- quantize
 
 @task(name="quantize")
-def quantize_task(model_path: str, statistics_path: str, config: Optional[dict], output_dir: str,
+def quantize_task(model_path: str, statistics_path: str, config: dict | None, output_dir: str,
                   model_name: str) -> dict:
     """Quantize with a config spec (see :mod:`tasks.data`) and save ``<output_dir>/<model_name>.sima``
     (+ ``.sima.json``). Returns ``{"sima", "sima_json", "seconds", "config", "int16_nodes"}``."""
@@ -230,8 +229,8 @@ def analyze_task(sima_path: str, model_path: str, data: dict, output_dir: str, s
 # ---------------------------------------------------------------- register (MLflow registry)
 
 @task(name="register-model")
-def register_task(run_id: str, sima_path: str, registered_name: str, alias: Optional[str] = "champion",
-                  config: Optional[dict] = None) -> dict:
+def register_task(run_id: str, sima_path: str, registered_name: str, alias: str | None = "champion",
+                  config: dict | None = None) -> dict:
     """Log the ``.sima`` as a pyfunc model in MLflow run ``run_id``, register it and set ``alias``."""
     from tasks.tracking import register_model
 

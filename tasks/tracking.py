@@ -21,7 +21,8 @@ import os
 import re
 import tempfile
 import threading
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 log = logging.getLogger("mixq.tracking")
 
@@ -55,7 +56,7 @@ def get_client():
     return MlflowClient(tracking_uri=uri)
 
 
-def experiment_name(model_label: str, experiment: Optional[str] = None) -> str:
+def experiment_name(model_label: str, experiment: str | None = None) -> str:
     return experiment or f"mixq-{model_label}"
 
 
@@ -109,7 +110,7 @@ def _params(client, run_id: str, params: Mapping[str, Any]) -> None:
         client.log_batch(run_id, params=batch)
 
 
-def _json_artifact(client, run_id: str, name: str, value: Any, artifact_path: Optional[str] = None) -> None:
+def _json_artifact(client, run_id: str, name: str, value: Any, artifact_path: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, name)
         with open(path, "w") as f:
@@ -137,7 +138,7 @@ def _metrics(client, run_id: str, metrics: Mapping[str, Any]) -> None:
 
 
 def start_parent_run(experiment_id: str, run_name: str, *, flow_name: str = "", flow_run_id: str = "",
-                     params: Optional[Mapping[str, Any]] = None, tags: Optional[Mapping[str, str]] = None) -> str:
+                     params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> str:
     """A parent run for one flow run; returns its id."""
     client = get_client()
     all_tags = {FLOW_RUN_TAG: flow_run_id or "", "prefect_flow_name": flow_name, "mixq_kind": "flow"}
@@ -148,8 +149,8 @@ def start_parent_run(experiment_id: str, run_name: str, *, flow_name: str = "", 
     return run.info.run_id
 
 
-def end_run(run_id: str, status: str = "FINISHED", metrics: Optional[Mapping[str, Any]] = None,
-            tags: Optional[Mapping[str, str]] = None) -> None:
+def end_run(run_id: str, status: str = "FINISHED", metrics: Mapping[str, Any] | None = None,
+            tags: Mapping[str, str] | None = None) -> None:
     client = get_client()
     if metrics:
         _metrics(client, run_id, metrics)
@@ -183,7 +184,7 @@ class CandidateLogger:
         self.parent_run_id = parent_run_id
         self.logged: list[str] = []
 
-    def existing(self, key: str, cfg_key: Optional[str] = None) -> Optional[str]:
+    def existing(self, key: str, cfg_key: str | None = None) -> str | None:
         """The run id already holding this candidate (by candidate or configuration key), or None."""
         for tag, value in ((KEY_TAG, key), (CONFIG_TAG, cfg_key)):
             if not value:
@@ -195,8 +196,8 @@ class CandidateLogger:
         return None
 
     def log(self, key: str, *, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, Any],
-            tags: Optional[Mapping[str, str]] = None, artifacts: Iterable[str] = (),
-            json_artifacts: Optional[Mapping[str, Any]] = None, cfg_key: Optional[str] = None) -> Optional[str]:
+            tags: Mapping[str, str] | None = None, artifacts: Iterable[str] = (),
+            json_artifacts: Mapping[str, Any] | None = None, cfg_key: str | None = None) -> str | None:
         """Create the child run; returns its id, or None when the candidate is already logged."""
         with _lock:
             if self.existing(key, cfg_key):
@@ -222,7 +223,7 @@ class CandidateLogger:
         self.logged.append(run_id)
         return run_id
 
-    def add_artifacts(self, run_id: str, paths: Iterable[str], metrics: Optional[Mapping[str, Any]] = None) -> None:
+    def add_artifacts(self, run_id: str, paths: Iterable[str], metrics: Mapping[str, Any] | None = None) -> None:
         for path in paths:
             if path and os.path.exists(path):
                 self.client.log_artifact(run_id, path)
@@ -230,7 +231,7 @@ class CandidateLogger:
             _metrics(self.client, run_id, metrics)
 
 
-def log_artifacts(run_id: str, paths: Iterable[str], artifact_path: Optional[str] = None) -> None:
+def log_artifacts(run_id: str, paths: Iterable[str], artifact_path: str | None = None) -> None:
     client = get_client()
     for path in paths:
         if path and os.path.exists(path):
@@ -245,8 +246,8 @@ def log_metrics(run_id: str, metrics: Mapping[str, Any]) -> None:
     _metrics(get_client(), run_id, metrics)
 
 
-def register_model(run_id: str, sima_path: str, registered_name: str, alias: Optional[str] = "champion",
-                   tags: Optional[Mapping[str, str]] = None) -> dict:
+def register_model(run_id: str, sima_path: str, registered_name: str, alias: str | None = "champion",
+                   tags: Mapping[str, str] | None = None) -> dict:
     """Log the ``.sima`` as a pyfunc model (:class:`tasks.pyfunc.SimaPyfunc`, logged as code from
     ``tasks/pyfunc_model.py``, not pickled) in ``run_id``,
     register it as a new version of ``registered_name`` and point ``alias`` at it. Returns
@@ -274,7 +275,7 @@ def register_model(run_id: str, sima_path: str, registered_name: str, alias: Opt
             "model_uri": f"models:/{registered_name}/{version.version}", "run_id": run_id}
 
 
-def champion_config(registered_name: str, alias: str = "champion") -> Optional[dict]:
+def champion_config(registered_name: str, alias: str = "champion") -> dict | None:
     """The config spec stored with the version ``alias`` points at (None when there is none)."""
     client = get_client()
     try:

@@ -95,14 +95,23 @@ def test_length_limit_and_length_hint():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: DataGenerator({"a": np.zeros(3), "b": np.zeros(4)}), r"different numbers of samples: \{'a': 3, 'b': 4\}"),
+        (
+            lambda: DataGenerator({"a": np.zeros(3), "b": np.zeros(4)}),
+            r"different numbers of samples: \{'a': 3, 'b': 4\}",
+        ),
         (lambda: DataGenerator({}), "empty dict"),
         (lambda: DataGenerator([np.zeros(3)]), "dict"),
         (lambda: DataGenerator({"a": 1.0}), "'a'.*scalar"),
         (lambda: DataGenerator({"a": np.zeros(3)}).map({"b": abs}), r"unknown input 'b'.*\['a'\]"),
         (lambda: DataGenerator({"a": np.zeros(3)}).map({"a": 3}), "'a' is not callable"),
-        (lambda: convert_data_generator_to_iterable(DataGenerator({"a": np.zeros(3)}), length_limit=-1), "length_limit"),
-        (lambda: convert_data_generator_to_iterable(DataGenerator({"a": np.zeros(3)}), length_limit=2.5), "length_limit"),
+        (
+            lambda: convert_data_generator_to_iterable(DataGenerator({"a": np.zeros(3)}), length_limit=-1),
+            "length_limit",
+        ),
+        (
+            lambda: convert_data_generator_to_iterable(DataGenerator({"a": np.zeros(3)}), length_limit=2.5),
+            "length_limit",
+        ),
         (lambda: convert_data_generator_to_iterable(42), "DataGenerator"),
         (lambda: length_hinted(-1, []), "length"),
         (lambda: length_hinted(3, 42), "iterable"),

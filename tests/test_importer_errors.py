@@ -1,6 +1,5 @@
 """Bad input to the ONNX importer and to LoadedNet.execute gets mixq's own errors, naming the culprit."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -126,7 +125,11 @@ def test_execute_matches_onnxruntime_at_any_batch(net, onnx_model_file):
     for batch in (1, 3):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)
         (got,) = net.execute({"x": x})
-        (want,) = sess.run(None, {"x": x}) if batch == 1 else [np.concatenate([sess.run(None, {"x": x[i : i + 1]})[0] for i in range(batch)])]
+        (want,) = (
+            sess.run(None, {"x": x})
+            if batch == 1
+            else [np.concatenate([sess.run(None, {"x": x[i : i + 1]})[0] for i in range(batch)])]
+        )
         assert got.shape == (batch, 4, 8, 8)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -184,7 +184,9 @@ def _batches(evaluation_data: Iterable, graph: Graph, batch_size: int):
     pending: list[dict] = []
     for i, sample in enumerate(evaluation_data):
         if not isinstance(sample, Mapping):
-            raise InputError(f"evaluation sample {i} must be a dict of input name -> array, got {type(sample).__name__}")
+            raise InputError(
+                f"evaluation sample {i} must be a dict of input name -> array, got {type(sample).__name__}"
+            )
         sample = {k: np.asarray(v) for k, v in sample.items()}
         for k, v in sample.items():   # allow samples without the batch dimension
             if k in graph.tensors and v.ndim == len(graph.tensors[k].shape) - 1:

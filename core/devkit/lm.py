@@ -182,7 +182,7 @@ def write_lm(path: str | os.PathLike, program, model_name: str, *, batch_size: i
         constant_bytes += len(raw)
     stored_bytes = offset
     meta = {"batch_size": plan.batch_size, "target": target.to_dict(),
-            "compiled_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "compiled_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "compile_seconds": time.perf_counter() - t0, "mixq_version": __version__,
             "codec": codec if codec != "raw" else "none", "constant_bytes": constant_bytes,
             "stored_constant_bytes": stored_bytes, "stripped_float_weights": stripped}

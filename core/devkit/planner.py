@@ -86,7 +86,7 @@ class Target:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Target":
+    def from_dict(cls, d: dict) -> Target:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -143,7 +143,7 @@ class MemoryPlan:
                 "homes": dict(self.homes), "tensor_bytes": dict(self.tensor_bytes), "totals": dict(self.totals)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MemoryPlan":
+    def from_dict(cls, d: dict) -> MemoryPlan:
         return cls(Target.from_dict(d["target"]), int(d["batch_size"]), [LayerPlan(**row) for row in d["layers"]],
                    dict(d["homes"]), {k: int(v) for k, v in d["tensor_bytes"].items()}, dict(d["totals"]))
 

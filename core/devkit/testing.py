@@ -20,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["SSHD", "REPO", "LoopbackDevkit", "loopback_sshd", "SshdUnavailable"]
 

@@ -30,7 +30,8 @@ import shlex
 import socket
 import time
 import uuid
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from core.errors import (
     DevkitAuthenticationError,
@@ -233,14 +234,14 @@ class DevkitSession:
         transport = self._client.get_transport() if self._client is not None else None
         return bool(transport is not None and transport.is_active() and transport.is_authenticated())
 
-    def __enter__(self) -> "DevkitSession":
+    def __enter__(self) -> DevkitSession:
         self.open()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
 
-    def open(self) -> "DevkitSession":
+    def open(self) -> DevkitSession:
         """Connect (no-op when connected). Raises DevkitConnectionError, DevkitHostKeyError or
         DevkitAuthenticationError."""
         if not self.connected:
@@ -260,18 +261,26 @@ class DevkitSession:
             passphrase = self._passphrase.reveal()
             return paramiko.PKey.from_path(path, passphrase.encode() if passphrase is not None else None)
         except paramiko.PasswordRequiredException:
-            raise self._err(DevkitAuthenticationError,
-                            f"SSH key file {path!r} is encrypted: give its passphrase (devkit {self.address})") from None
+            raise self._err(
+                DevkitAuthenticationError,
+                f"SSH key file {path!r} is encrypted: give its passphrase (devkit {self.address})",
+            ) from None
         except (paramiko.SSHException, ValueError, TypeError) as e:
             if not self._passphrase and ("password" in str(e).lower() or "encrypted" in str(e).lower()):
-                raise self._err(DevkitAuthenticationError,
-                                f"SSH key file {path!r} is encrypted: give its passphrase (devkit {self.address})") from None
+                raise self._err(
+                    DevkitAuthenticationError,
+                    f"SSH key file {path!r} is encrypted: give its passphrase (devkit {self.address})",
+                ) from None
             hint = "wrong passphrase or unsupported key" if self._passphrase else "unsupported or corrupt key"
-            raise self._err(DevkitAuthenticationError,
-                            f"cannot load SSH key file {path!r} ({hint}: {type(e).__name__}) for devkit {self.address}") from None
+            raise self._err(
+                DevkitAuthenticationError,
+                f"cannot load SSH key file {path!r} ({hint}: {type(e).__name__}) for devkit {self.address}",
+            ) from None
         except OSError as e:
-            raise self._err(DevkitAuthenticationError,
-                            f"cannot read SSH key file {path!r}: {e.strerror or e} (devkit {self.address})") from None
+            raise self._err(
+                DevkitAuthenticationError,
+                f"cannot read SSH key file {path!r}: {e.strerror or e} (devkit {self.address})",
+            ) from None
 
     def _make_host_key_policy(self, known_files: list[str]):
         import paramiko
@@ -301,7 +310,7 @@ class DevkitSession:
 
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except socket.timeout:
+        except TimeoutError:
             raise self._err(DevkitConnectionError,
                             f"cannot connect to devkit {self.address}: timed out after {self.timeout:g} s") from None
         except OSError as e:
@@ -310,7 +319,9 @@ class DevkitSession:
 
         client = paramiko.SSHClient()
         known_files = []
-        candidates = [self.known_hosts] if self.known_hosts else [os.path.expanduser("~/.ssh/known_hosts"), SYSTEM_KNOWN_HOSTS]
+        candidates = (
+            [self.known_hosts] if self.known_hosts else [os.path.expanduser("~/.ssh/known_hosts"), SYSTEM_KNOWN_HOSTS]
+        )
         for path in candidates:
             if os.path.isfile(path):
                 try:
@@ -441,8 +452,12 @@ class DevkitSession:
             sftp.mkdir(path, 0o700)
         except (OSError, EOFError) as e:
             if _looks_disk_full(e):
-                raise self._err(DevkitDiskFullError, f"no space left on devkit {self.address} to create a work directory in {root}") from None
-            raise self._err(DevkitError, f"cannot create a work directory in {root!r} on devkit {self.address}: {e}") from None
+                raise self._err(
+                    DevkitDiskFullError, f"no space left on devkit {self.address} to create a work directory in {root}"
+                ) from None
+            raise self._err(
+                DevkitError, f"cannot create a work directory in {root!r} on devkit {self.address}: {e}"
+            ) from None
         self._workdirs.append(path)
         log.debug("created %s on devkit %s", path, self.address)
         return path
@@ -514,9 +529,11 @@ class DevkitSession:
                     chan.close()
                     self._kill_group(pgid)
                     tail = err.decode("utf-8", "replace")[-STDERR_TAIL_CHARS:]
-                    raise self._err(DevkitTimeoutError,
-                                    f"command on devkit {self.address} did not finish within {timeout:g} s "
-                                    f"and was killed: {command[:200]}" + (f"\n--- stderr (tail) ---\n{tail}" if tail else ""))
+                    raise self._err(
+                        DevkitTimeoutError,
+                        f"command on devkit {self.address} did not finish within {timeout:g} s "
+                        f"and was killed: {command[:200]}" + (f"\n--- stderr (tail) ---\n{tail}" if tail else ""),
+                    )
                 if not got:
                     time.sleep(0.01)
             code = chan.recv_exit_status()
@@ -538,9 +555,14 @@ class DevkitSession:
                 what = f"command exited with status {code} (signal {code - 128}?)"
             else:
                 what = f"command exited with status {code}"
-            raise self._err(DevkitCommandError,
-                            f"{what} on devkit {self.address}: {command[:200]}\n--- stderr (last {STDERR_TAIL_CHARS} chars) ---\n{tail}",
-                            exit_code=code, stderr_tail=self._scrub(tail), command=command)
+            raise self._err(
+                DevkitCommandError,
+                f"{what} on devkit {self.address}: {command[:200]}\n"
+                f"--- stderr (last {STDERR_TAIL_CHARS} chars) ---\n{tail}",
+                exit_code=code,
+                stderr_tail=self._scrub(tail),
+                command=command,
+            )
         return CommandResult(code, stdout, stderr)
 
     def _kill_group(self, pgid: int | None) -> None:
@@ -554,7 +576,9 @@ class DevkitSession:
             self._ensure_connected()
             self.run(script, timeout=max(10.0, self.timeout), check=False)
         except Exception as e:  # noqa: BLE001 - the timeout error is what the caller must see
-            log.warning("cannot kill timed-out process group %s on devkit %s: %s", pgid, self.address, self._scrub(str(e)))
+            log.warning(
+                "cannot kill timed-out process group %s on devkit %s: %s", pgid, self.address, self._scrub(str(e))
+            )
 
     # ------------------------------------------------------------------ transfers
     def _call_sftp(self, fn, *args):
@@ -609,9 +633,17 @@ class DevkitSession:
         """A failed SFTP step: the error to raise, or a _Retryable."""
         if self._connection_lost(e):
             self._close_client()  # the next attempt reconnects
-            return _Retryable(f"connection to devkit {self.address} dropped during {what}: {str(e) or type(e).__name__}")
+            return _Retryable(
+                f"connection to devkit {self.address} dropped during {what}: {str(e) or type(e).__name__}"
+            )
         code = getattr(e, "errno", None)
-        if code not in _DISK_FULL_ERRNOS and code in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR):
+        if code not in _DISK_FULL_ERRNOS and code in (
+            errno.ENOENT,
+            errno.EACCES,
+            errno.EPERM,
+            errno.EISDIR,
+            errno.ENOTDIR,
+        ):
             return self._err(DevkitTransferError, f"{what} on devkit {self.address} failed: {e}")
         # OpenSSH's sftp-server reports ENOSPC as a bare "Failure": ask df when the message is vague.
         if _looks_disk_full(e) or (remote_dir and self._remote_disk_full(remote_dir, needed)):
@@ -681,8 +713,10 @@ class DevkitSession:
                 res = self.run(f"mv -f {shlex.quote(part)} {shlex.quote(remote)}", timeout=self.timeout, check=False)
                 if res.exit_code != 0:
                     self._remove_quietly(part)
-                    raise self._err(DevkitTransferError,
-                                    f"{what}: cannot rename {part} to {remote}: {e}; {res.stderr.strip()[-300:]}") from None
+                    raise self._err(
+                        DevkitTransferError,
+                        f"{what}: cannot rename {part} to {remote}: {e}; {res.stderr.strip()[-300:]}",
+                    ) from None
 
         self._retrying(what, attempt)
         log.debug("uploaded %s (%d bytes, sha256 %s) to %s:%s", local, size, digest, self.address, remote)
@@ -718,8 +752,12 @@ class DevkitSession:
                 except Exception as e:  # noqa: BLE001 - must not reach atomic_write as OSError
                     raise _WrappedFailure(self._classify_io_error(e, what, None, 0)) from None
                 if sink.sha256.hexdigest() != expected:
-                    raise _WrappedFailure(_Retryable(
-                        f"checksum mismatch after {what}: sha256 {sink.sha256.hexdigest()} here, {expected} on the devkit"))
+                    raise _WrappedFailure(
+                        _Retryable(
+                            f"checksum mismatch after {what}: sha256 {sink.sha256.hexdigest()} here, "
+                            f"{expected} on the devkit"
+                        )
+                    )
 
             try:
                 atomic_write(local, write, error=DevkitTransferError, what="downloaded file")

@@ -201,8 +201,14 @@ class _ExactOps:
     def round_half_away(self, v: str, base: str) -> str:
         """float64 ``v`` rounded half away from zero: sign(v) * floor(|v| + 1/2)."""
         w = self.w
-        return w.op("Mul", [w.op("Floor", [w.op("Add", [w.op("Abs", [v], base), w.value(0.5, np.float64)], base)], base),
-                            w.op("Sign", [v], base)], base)
+        return w.op(
+            "Mul",
+            [
+                w.op("Floor", [w.op("Add", [w.op("Abs", [v], base), w.value(0.5, np.float64)], base)], base),
+                w.op("Sign", [v], base),
+            ],
+            base,
+        )
 
     def requantize_f64(self, acc: str, m, shift, rounding: str, bound: float, zero_point: int, base: str,
                        pre_shift: int = 0):
@@ -234,7 +240,10 @@ class _ExactOps:
         else:   # "int64": the multiplier first rounded to 16 bits
             m = np.where(m < 0x7FFF0000, (m + (1 << 15)) >> 16, 0x7FFF)
             t = 15 - s
-        if pre_shift or bound * float(m.max(initial=0)) + 2.0 ** float(t.max(initial=0)) * (1 + abs(zero_point)) >= 2 ** 53:
+        if (
+            pre_shift
+            or bound * float(m.max(initial=0)) + 2.0 ** float(t.max(initial=0)) * (1 + abs(zero_point)) >= 2**53
+        ):
             return None
         r = m.astype(np.float64) * np.exp2(-t.astype(np.float64))
         half = np.where(t > 0, 0.5, 0.0) + zero_point   # the zero point joins the rounding constant: still exact
@@ -280,8 +289,11 @@ class _Lowering:
         else:                         # np.round(float64(x) / scale): half to even, as ONNX Round
             r = w.op("Round", [w.op("Div", [ops.cast(self.f[t], "DOUBLE", base), w.value(tq.scale, np.float64)],
                                     base)], base)
-        r = w.op("Clip", [r, w.value(tq.qmin - tq.zero_point, np.float64), w.value(tq.qmax - tq.zero_point, np.float64)],
-                 base)
+        r = w.op(
+            "Clip",
+            [r, w.value(tq.qmin - tq.zero_point, np.float64), w.value(tq.qmax - tq.zero_point, np.float64)],
+            base,
+        )
         r = w.op("Add", [ops.cast(r, "INT64", base), ops.i64(tq.zero_point)], base)
         self.q[t] = ops.cast(r, self.storage_type(t), base)
         return self.q[t]
@@ -467,7 +479,9 @@ def _lower_dense(L: _Lowering, n, c: dict) -> bool:
         xf = w.op("DequantizeLinear", [L.int_of(x), w.value(1.0, np.float32), w.value(q_in.zero_point, np.int8)], base)
         w_int = w.const(f"{n.name}/w_int", weights.astype(np.float32))
         if n.op == "Conv":
-            ins = [xf, w_int] + ([] if bias is None else [w.const(f"{n.name}/bias_int", bias.reshape(-1).astype(np.float32))])
+            ins = [xf, w_int] + (
+                [] if bias is None else [w.const(f"{n.name}/bias_int", bias.reshape(-1).astype(np.float32))]
+            )
             acc = ops.cast(w.op("Conv", ins, base, **attrs), "DOUBLE", base)
         else:
             acc = ops.cast(w.op("MatMul", [xf, w_int], base), "DOUBLE", base)
@@ -685,7 +699,8 @@ def _lower_concat(L: _Lowering, n, c: dict) -> bool:
 def _lower_avg_pool(L: _Lowering, n, c: dict) -> bool:
     """Window sums as a depthwise ConvInteger with a kernel of ones (pads contribute 0; the end
     pads stretched over any ceil-mode overhang), then pool.py's rounded division by the count."""
-    from core.ops.pool import _geometry as pool_geometry, avg_pool_counts
+    from core.ops.pool import _geometry as pool_geometry
+    from core.ops.pool import avg_pool_counts
 
     x, out = n.inputs[0], n.outputs[0]
     q_in, w, ops, base = L.tq[x], L.w, L.ops, n.name
@@ -729,12 +744,18 @@ def _lower_layout(L: _Lowering, n, c: dict) -> bool:
         x = n.inputs[0]
         centred = w.op("Sub", [L.int64_of(x), L.ops.i64(L.tq[x].zero_point)], n.name)
         y = L.ops.mbqm(centred, c["multiplier"], c["shift"], n.name)
-        L.store(out, w.op("Add", [y, L.ops.i64(L.tq[out].zero_point)], n.name), {"act_min": c["qmin"], "act_max": c["qmax"]})
+        L.store(
+            out, w.op("Add", [y, L.ops.i64(L.tq[out].zero_point)], n.name), {"act_min": c["qmin"], "act_max": c["qmax"]}
+        )
         return True
-    if c.get("tflite_kernel") or n.op == "Resize" and n.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+    if (
+        c.get("tflite_kernel")
+        or n.op == "Resize"
+        and n.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize"
+    ):
         return False
     ins = []
-    for k, i in enumerate(n.inputs):
+    for i in n.inputs:
         if not i:
             ins.append("")
         elif i in L.g.constants:

@@ -157,7 +157,9 @@ def write_sima(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata:
             for e in entries:
                 e["offset"] = pos
                 pos = _align(pos + e["nbytes"])
-            last = entries[-1]["offset"] + entries[-1]["nbytes"] if entries else _align(_PREAMBLE.size + len(header_bytes))
+            last = (
+                entries[-1]["offset"] + entries[-1]["nbytes"] if entries else _align(_PREAMBLE.size + len(header_bytes))
+            )
             header["file_size"] = last
             new = json.dumps(header, separators=(",", ":"), allow_nan=True).encode("utf-8")
             if new == header_bytes:

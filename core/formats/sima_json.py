@@ -35,7 +35,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -219,5 +220,7 @@ def update_layer_statistics(path: str | os.PathLike, stats: Mapping[str, tuple[s
     if unknown:
         raise ModelFileError(f"cannot update {spath!r}: no layer named {', '.join(map(repr, unknown))}")
     for name, value in stats.items():
-        by_name[name]["config"]["Layer Statistics"] = _normalize_stats(value, f"cannot update {spath!r}: layer {name!r}")
+        by_name[name]["config"]["Layer Statistics"] = _normalize_stats(
+            value, f"cannot update {spath!r}: layer {name!r}"
+        )
     _dump(spath, doc)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
-
 from core.errors import ModelLoadError, UnsupportedOperatorError
 from core.importers.sources import ImporterParams
 from core.ir.graph import Graph, Node, TensorInfo
@@ -49,7 +47,9 @@ def import_onnx(params: ImporterParams) -> Graph:
                          ("input_values", params.input_values)):
         for name in given or {}:
             if name not in declared_names:
-                raise ModelLoadError(f"{path}: {label} names input {name!r}, but the model's inputs are {declared_names}")
+                raise ModelLoadError(
+                    f"{path}: {label} names input {name!r}, but the model's inputs are {declared_names}"
+                )
 
     for vi in declared:
         if params.input_values and vi.name in params.input_values:
@@ -128,11 +128,14 @@ def _input_info(vi, params: ImporterParams, path: str) -> TensorInfo:
         shape = params.shape_dict[vi.name]
         if tt.HasField("shape") and len(tt.shape.dim) != len(shape):
             raise ModelLoadError(
-                f"{path}: shape_dict gives input {vi.name!r} rank {len(shape)} but the model declares rank {len(tt.shape.dim)}"
+                f"{path}: shape_dict gives input {vi.name!r} rank {len(shape)} "
+                f"but the model declares rank {len(tt.shape.dim)}"
             )
     else:
         if not tt.HasField("shape"):
-            raise ModelLoadError(f"{path}: input {vi.name!r} has no declared shape; pass shape_dict={{{vi.name!r}: (...)}}")
+            raise ModelLoadError(
+                f"{path}: input {vi.name!r} has no declared shape; pass shape_dict={{{vi.name!r}: (...)}}"
+            )
         shape = []
         for k, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
@@ -195,12 +198,14 @@ def _add_nodes(g: Graph, model, path: str) -> None:
             try:
                 attrs[a.name] = _attr_value(a)
             except ValueError as e:
-                raise UnsupportedOperatorError(pn.op_type, source_name, f"attribute {a.name!r} has unsupported {e}") from None
+                raise UnsupportedOperatorError(
+                    pn.op_type, source_name, f"attribute {a.name!r} has unsupported {e}"
+                ) from None
         g.nodes.append(Node(pn.op_type, list(pn.input), list(pn.output), attrs, name=name, source_name=source_name))
     if unsupported:
         op, node = unsupported[0]
         more = "; ".join(f"{o} at node {n!r}" for o, n in unsupported[1:6])
-        detail = f"mixq does not implement it (see docs/operators.md)"
+        detail = "mixq does not implement it (see docs/operators.md)"
         if more:
             detail += f"; also unsupported: {more}" + (" ..." if len(unsupported) > 6 else "")
         raise UnsupportedOperatorError(op, node, detail)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,13 +29,13 @@ class ImporterParams:
 
     format: str
     model_path: str
-    shape_dict: Optional[dict[str, tuple[int, ...]]] = None
-    dtype_dict: Optional[dict[str, np.dtype]] = None
-    output_names: Optional[tuple[str, ...]] = None
-    input_values: Optional[dict[str, np.ndarray]] = field(default=None, compare=False)
+    shape_dict: dict[str, tuple[int, ...]] | None = None
+    dtype_dict: dict[str, np.dtype] | None = None
+    output_names: tuple[str, ...] | None = None
+    input_values: dict[str, np.ndarray] | None = field(default=None, compare=False)
 
 
-def _norm_shapes(shape_dict: Optional[ShapeDict]) -> Optional[dict[str, tuple[int, ...]]]:
+def _norm_shapes(shape_dict: ShapeDict | None) -> dict[str, tuple[int, ...]] | None:
     if shape_dict is None:
         return None
     if not isinstance(shape_dict, Mapping):
@@ -51,7 +52,7 @@ def _norm_shapes(shape_dict: Optional[ShapeDict]) -> Optional[dict[str, tuple[in
     return out
 
 
-def _norm_dtypes(dtype_dict: Optional[DtypeDict]) -> Optional[dict[str, np.dtype]]:
+def _norm_dtypes(dtype_dict: DtypeDict | None) -> dict[str, np.dtype] | None:
     if dtype_dict is None:
         return None
     if not isinstance(dtype_dict, Mapping):
@@ -67,11 +68,11 @@ def _norm_dtypes(dtype_dict: Optional[DtypeDict]) -> Optional[dict[str, np.dtype
 
 def onnx_source(
     model_path: str | os.PathLike,
-    shape_dict: Optional[ShapeDict] = None,
-    dtype_dict: Optional[DtypeDict] = None,
+    shape_dict: ShapeDict | None = None,
+    dtype_dict: DtypeDict | None = None,
     *,
-    output_names: Optional[Sequence[str]] = None,
-    input_values: Optional[Mapping[str, np.ndarray]] = None,
+    output_names: Sequence[str] | None = None,
+    input_values: Mapping[str, np.ndarray] | None = None,
 ) -> ImporterParams:
     """Parameters to import an ONNX model (opset 11 to 20; newer opsets where op semantics are known)."""
     return ImporterParams(
@@ -86,8 +87,8 @@ def onnx_source(
 
 def tflite_source(
     model_path: str | os.PathLike,
-    shape_dict: Optional[ShapeDict] = None,
-    dtype_dict: Optional[DtypeDict] = None,
+    shape_dict: ShapeDict | None = None,
+    dtype_dict: DtypeDict | None = None,
 ) -> ImporterParams:
     """Parameters to import a TFLite flatbuffer (float or pre-quantized int8 / 16x8).
 
@@ -104,8 +105,8 @@ def tflite_source(
 
 def tensorflow_source(
     model_path: str | os.PathLike,
-    shape_dict: Optional[ShapeDict] = None,
-    output_names: Optional[Sequence[str]] = None,
+    shape_dict: ShapeDict | None = None,
+    output_names: Sequence[str] | None = None,
 ) -> ImporterParams:
     """Parameters to import a TensorFlow model: a SavedModel directory, a Keras ``.keras``/``.h5``
     file or a frozen GraphDef ``.pb`` (which needs ``shape_dict`` and ``output_names``).

@@ -55,7 +55,9 @@ def import_tensorflow(params: ImporterParams) -> Graph:
 
 def _kind(path: str) -> str:
     if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, "saved_model.pb")) or os.path.exists(os.path.join(path, "saved_model.pbtxt")):
+        if os.path.exists(os.path.join(path, "saved_model.pb")) or os.path.exists(
+            os.path.join(path, "saved_model.pbtxt")
+        ):
             return "saved_model"
         raise ModelLoadError(f"{path} is a directory without saved_model.pb: not a TensorFlow SavedModel")
     ext = os.path.splitext(path)[1].lower()
@@ -72,14 +74,15 @@ def _tensorflow():
     try:
         import tensorflow as tf
     except ImportError:
-        raise ModelLoadError("importing TensorFlow models needs TensorFlow: pip install tensorflow-cpu==2.21.0") from None
+        raise ModelLoadError(
+            "importing TensorFlow models needs TensorFlow: pip install tensorflow-cpu==2.21.0"
+        ) from None
     return tf
 
 
 @contextlib.contextmanager
 def _quiet():
     import logging
-
     import warnings
 
     tf_log = logging.getLogger("tensorflow")
@@ -127,7 +130,9 @@ def _from_saved_model(tf, path: str, params: ImporterParams):
     shapes = dict(params.shape_dict or {})
     unknown = [n for n in shapes if n not in specs]
     if unknown:
-        raise ModelLoadError(f"{path}: shape_dict names input {unknown[0]!r}, but the model's inputs are {sorted(specs)}")
+        raise ModelLoadError(
+            f"{path}: shape_dict names input {unknown[0]!r}, but the model's inputs are {sorted(specs)}"
+        )
     new_specs = {}
     for n, spec in specs.items():
         shape = list(shapes[n]) if n in shapes else spec.shape.as_list()
@@ -164,7 +169,9 @@ def _from_keras(tf, path: str, params: ImporterParams):
                 outputs.append(model.get_layer(n).output)
             except ValueError:
                 names = [layer.name for layer in model.layers]
-                raise ModelLoadError(f"{path}: output {n!r} is not a layer of the Keras model (its layers are {names})") from None
+                raise ModelLoadError(
+                    f"{path}: output {n!r} is not a layer of the Keras model (its layers are {names})"
+                ) from None
         model = keras.Model(model.inputs, outputs)
         out_keys = out_layers
     else:
@@ -236,7 +243,9 @@ def _from_frozen(tf, path: str, params: ImporterParams):
         else:
             gd.ParseFromString(raw)
     except Exception as e:
-        raise ModelLoadError(f"{path} is not a TensorFlow GraphDef (truncated or wrong file type): {type(e).__name__}: {e}") from e
+        raise ModelLoadError(
+            f"{path} is not a TensorFlow GraphDef (truncated or wrong file type): {type(e).__name__}: {e}"
+        ) from e
     if not gd.node:
         raise ModelLoadError(f"{path}: the frozen graph has no nodes")
     placeholders = [n for n in gd.node if n.op == "Placeholder"]

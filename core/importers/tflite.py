@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import Optional
 
 import numpy as np
 
@@ -151,7 +150,9 @@ def _parse(data: bytes, label: str):
     except MixqError:
         raise
     except Exception as e:  # flatbuffers raises IndexError/struct.error/... on truncated input
-        raise ModelLoadError(f"{label} is not a valid TFLite model (truncated or corrupt): {type(e).__name__}: {e}") from e
+        raise ModelLoadError(
+            f"{label} is not a valid TFLite model (truncated or corrupt): {type(e).__name__}: {e}"
+        ) from e
     if not model.subgraphs:
         raise ModelLoadError(f"{label}: the TFLite model has no subgraph")
     if model.version not in (3,):
@@ -188,7 +189,7 @@ class _Builder:
         self.op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         self.names = self._tensor_names()
         self.ir: dict[int, str] = {}  # TFLite tensor index -> IR tensor name (NCHW when 4-D)
-        self.values: dict[int, Optional[np.ndarray]] = {}
+        self.values: dict[int, np.ndarray | None] = {}
         self.quant_meta: dict[str, dict] = {}
         self.raw_consts: dict[str, np.ndarray] = {}
         self.ops_meta: list[dict] = []
@@ -229,7 +230,7 @@ class _Builder:
             return len(self.g.tensors[self.ir[idx]].shape)
         return len(self.shape(idx))
 
-    def quant(self, idx: int) -> Optional[dict]:
+    def quant(self, idx: int) -> dict | None:
         q = self.t(idx).quantization
         if q is None or q.scale is None or len(q.scale) == 0:
             return None
@@ -242,7 +243,7 @@ class _Builder:
     def is_const(self, idx: int) -> bool:
         return idx >= 0 and self.value(idx) is not None
 
-    def value(self, idx: int) -> Optional[np.ndarray]:
+    def value(self, idx: int) -> np.ndarray | None:
         """A constant tensor's value in TFLite layout, dequantized to float32 if quantized."""
         if idx in self.values:
             return self.values[idx]
@@ -264,7 +265,9 @@ class _Builder:
                 raise UnsupportedOperatorError(f"tensor type {_TYPE_NAMES.get(t.type, t.type)}", self.names[idx],
                                                "constant of a type mixq does not read")
             if t.sparsity is not None:
-                raise UnsupportedOperatorError("sparse tensor", self.names[idx], "sparse (densify) constants are not supported")
+                raise UnsupportedOperatorError(
+                    "sparse tensor", self.names[idx], "sparse (densify) constants are not supported"
+                )
             dt = np.dtype(_DTYPES[t.type]).newbyteorder("<")
             shape = self.shape(idx)
             n = int(np.prod(shape)) if shape else 1
@@ -333,7 +336,7 @@ class _Builder:
         return name
 
     # -- nodes --------------------------------------------------------------------------------
-    def emit(self, op: str, inputs: list[str], out: str, attrs: Optional[dict] = None) -> str:
+    def emit(self, op: str, inputs: list[str], out: str, attrs: dict | None = None) -> str:
         from core.ops.registry import get_op
 
         base = f"{self.cur_source or op}" if op == self.main_op else f"{self.cur_source or op}/{op}"
@@ -359,7 +362,7 @@ class _Builder:
         self.cur_node_names.append(name)
         return out
 
-    def transpose(self, x: str, perm, out: Optional[str] = None) -> str:
+    def transpose(self, x: str, perm, out: str | None = None) -> str:
         shape = self.g.tensors[x].shape
         out = out or self.tmp(f"{x}/T")
         if _trivial_perm(shape, perm):
@@ -431,7 +434,9 @@ class _Builder:
             for name, v in (given or {}).items():
                 idx = self._resolve(name, "input", sub_inputs)
                 if idx < 0:
-                    raise ModelLoadError(f"{label}: {kind} names input {name!r}, but the model's inputs are {input_names}")
+                    raise ModelLoadError(
+                        f"{label}: {kind} names input {name!r}, but the model's inputs are {input_names}"
+                    )
                 dest[idx] = v
         if p.input_values:
             raise ModelLoadError(f"{label}: input_values is not supported for TFLite models")
@@ -504,7 +509,9 @@ class _Builder:
         codes = self.model.operatorCodes or []
         for k, op in enumerate(self.sub.operators or []):
             if not 0 <= op.opcodeIndex < len(codes):
-                raise ModelLoadError(f"{label}: operator {k} has opcode index {op.opcodeIndex} out of range (corrupt model)")
+                raise ModelLoadError(
+                    f"{label}: operator {k} has opcode index {op.opcodeIndex} out of range (corrupt model)"
+                )
             code = codes[op.opcodeIndex]
             bc = max(int(code.builtinCode or 0), int(code.deprecatedBuiltinCode or 0))
             op_name = self.op_names.get(bc, f"BUILTIN_{bc}")
@@ -575,10 +582,21 @@ class _Builder:
         g.metadata["tflite_io"] = io
         g.metadata["tflite_ops"] = self.ops_meta
         g.metadata["tflite_signatures"] = [
-            {"key": _s(s.signatureKey),
-             "inputs": {_s(m.name): self.names[m.tensorIndex] for m in (s.inputs or []) if 0 <= m.tensorIndex < len(self.names)},
-             "outputs": {_s(m.name): self.names[m.tensorIndex] for m in (s.outputs or []) if 0 <= m.tensorIndex < len(self.names)}}
-            for s in (self.model.signatureDefs or [])]
+            {
+                "key": _s(s.signatureKey),
+                "inputs": {
+                    _s(m.name): self.names[m.tensorIndex]
+                    for m in (s.inputs or [])
+                    if 0 <= m.tensorIndex < len(self.names)
+                },
+                "outputs": {
+                    _s(m.name): self.names[m.tensorIndex]
+                    for m in (s.outputs or [])
+                    if 0 <= m.tensorIndex < len(self.names)
+                },
+            }
+            for s in (self.model.signatureDefs or [])
+        ]
 
     def _ir_axis(self, idx: int, axis: int) -> int:
         """TFLite quantized_dimension of a 4-D tensor -> the axis in its IR layout."""
@@ -594,7 +612,7 @@ class _Builder:
         return {"scale": [float(s) for s in q["scale"]], "zero_point": [int(z) for z in q["zero_point"]],
                 "quantized_dimension": int(q["quantized_dimension"]), "dtype": _TYPE_NAMES.get(t.type, str(t.type))}
 
-    def _io_entry(self, idx: int, q: Optional[dict]) -> dict:
+    def _io_entry(self, idx: int, q: dict | None) -> dict:
         t = self.t(idx)
         e = {"name": self.names[idx], "shape": list(self.shape(idx)), "dtype": _TYPE_NAMES.get(t.type, str(t.type))}
         if q is not None:
@@ -693,7 +711,9 @@ class _Builder:
         if list(self.g.tensors[y].shape) != target:
             if target:
                 target[0] = -1
-            y = self.emit("Reshape", [y, self.const(np.asarray(target, np.int64), "shape")], self.tmp(f"{out}/reshaped"))
+            y = self.emit(
+                "Reshape", [y, self.const(np.asarray(target, np.int64), "shape")], self.tmp(f"{out}/reshaped")
+            )
         fa = int(getattr(opt, "fusedActivationFunction", 0) or 0) if opt is not None else 0
         if fa != _ACT_NONE:
             y = self.activation(fa, y, self.tmp(f"{out}/act"))
@@ -854,7 +874,9 @@ class _Builder:
     def op_SQUEEZE(self, op, ins, outs, opt):
         x = self.to_tfl(ins[0])
         shape = self.g.tensors[x].shape
-        dims = [int(d) % len(shape) for d in (opt.squeezeDims if opt is not None and opt.squeezeDims is not None else [])]
+        dims = [
+            int(d) % len(shape) for d in (opt.squeezeDims if opt is not None and opt.squeezeDims is not None else [])
+        ]
         if not dims:
             dims = [i for i, d in enumerate(shape) if d == 1]
         out = self.out_name(outs[0])

@@ -8,8 +8,9 @@ model's own layout.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class TensorInfo:
         self.dtype = np.dtype(self.dtype)
 
     @classmethod
-    def of(cls, array: np.ndarray, constant: bool = True) -> "TensorInfo":
+    def of(cls, array: np.ndarray, constant: bool = True) -> TensorInfo:
         array = np.asarray(array)
         return cls(array.shape, array.dtype, array if constant else None)
 
@@ -158,7 +159,7 @@ class Graph:
             remaining = rest
         self.nodes = ordered
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         g = Graph(self.name)
         g.inputs = list(self.inputs)
         g.outputs = list(self.outputs)
@@ -171,8 +172,8 @@ class Graph:
 
     def infer_shapes(self) -> None:
         """Recompute TensorInfo of every node output from the op registry's shape rules."""
-        from core.ops.registry import get_op
         from core.errors import MixqError, ShapeInferenceError
+        from core.ops.registry import get_op
 
         for n in self.nodes:
             opdef = get_op(n.op, n)

@@ -39,12 +39,23 @@ def _leaky(node, x):
     return np.where(x >= 0, x, x * np.asarray(node.attrs.get("alpha", 0.01), x.dtype))
 
 
-register(OpDef("Relu", _same, _unary(lambda n, x: np.maximum(x, 0)), mla=True, kind="relu", doc="fused into a preceding conv/dense"))
+register(
+    OpDef(
+        "Relu",
+        _same,
+        _unary(lambda n, x: np.maximum(x, 0)),
+        mla=True,
+        kind="relu",
+        doc="fused into a preceding conv/dense",
+    )
+)
 register(OpDef("LeakyRelu", _same, _unary(_leaky), doc="alpha"))
 register(OpDef("Sigmoid", _same, _unary(_sigmoid), doc="1 / (1 + exp(-x)), overflow-free"))
 register(OpDef("Tanh", _same, _unary(lambda n, x: np.tanh(x)), doc="tanh(x)"))
 register(OpDef("HardSigmoid", _same, _unary(_hard_sigmoid), kind="hard_sigmoid", doc="alpha, beta"))
-register(OpDef("HardSwish", _same, _unary(_hard_swish), kind="hard_swish", doc="x * HardSigmoid(x) with alpha 1/6, beta 0.5"))
+register(
+    OpDef("HardSwish", _same, _unary(_hard_swish), kind="hard_swish", doc="x * HardSigmoid(x) with alpha 1/6, beta 0.5")
+)
 
 
 def _clip_check(node: Node, infos):
@@ -73,7 +84,9 @@ def _clip_upgrade(node: Node, graph) -> None:
         names = []
         for key in ("min", "max"):
             if key in node.attrs:
-                names.append(graph.add_constant(graph.unique_name(f"{node.name}_{key}"), np.asarray(node.attrs.pop(key), dtype)))
+                names.append(
+                    graph.add_constant(graph.unique_name(f"{node.name}_{key}"), np.asarray(node.attrs.pop(key), dtype))
+                )
             else:
                 names.append("")
         node.inputs = [node.inputs[0], *names]
@@ -112,7 +125,9 @@ def _softmax_upgrade(node: Node, graph) -> None:
         node.attrs["_coerce_2d"] = 1
 
 
-register(OpDef("Softmax", _softmax_infer, _softmax_run, upgrade=_softmax_upgrade, doc="axis (opset < 13 semantics kept)"))
+register(
+    OpDef("Softmax", _softmax_infer, _softmax_run, upgrade=_softmax_upgrade, doc="axis (opset < 13 semantics kept)")
+)
 
 
 # --------------------------------------------------------------------------- integer kernels
@@ -147,7 +162,9 @@ def activation_range_int(zp, scale, lo, hi, qmin, qmax) -> tuple[int, int]:
         zp_i = int(zp)
         lo_f, hi_f = float(lo), float(hi)
     except (TypeError, ValueError, OverflowError):
-        raise QuantizationConfigError(f"zp, scale, lo, hi must be numbers, got {zp!r}, {scale!r}, {lo!r}, {hi!r}") from None
+        raise QuantizationConfigError(
+            f"zp, scale, lo, hi must be numbers, got {zp!r}, {scale!r}, {lo!r}, {hi!r}"
+        ) from None
     if not np.isfinite(s) or s <= 0:
         raise QuantizationConfigError(f"scale must be a positive finite number, got {scale!r}")
     if np.isnan(lo_f) or np.isnan(hi_f) or lo_f > hi_f:

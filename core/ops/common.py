@@ -20,7 +20,9 @@ def const_input(node: Node, infos: list, idx: int, what: str) -> np.ndarray | No
         return None
     v = infos[idx].value
     if v is None:
-        raise UnsupportedOperatorError(node.op, node.source_name or node.name, f"{what} (input {idx}) must be a constant")
+        raise UnsupportedOperatorError(
+            node.op, node.source_name or node.name, f"{what} (input {idx}) must be a constant"
+        )
     return v
 
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
+from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import activation_suffix
 from core.ops.registry import OpDef, register
@@ -49,7 +49,9 @@ def _conv_out_shape(node: Node, x_shape, w_shape):
 def _conv_infer(node: Node, infos):
     x, w = infos[0], infos[1]
     if len(x.shape) < 3 or len(w.shape) != len(x.shape):
-        raise ShapeInferenceError(f"{node.describe()}: input rank {len(x.shape)} and weight rank {len(w.shape)} do not fit")
+        raise ShapeInferenceError(
+            f"{node.describe()}: input rank {len(x.shape)} and weight rank {len(w.shape)} do not fit"
+        )
     group = node.attrs.get("group", 1)
     if x.shape[1] != w.shape[1] * group:
         raise ShapeInferenceError(
@@ -234,8 +236,13 @@ def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype, 
     windows = [_windows(xl[..., g * cg:(g + 1) * cg] if group > 1 else xl, kernel, strides, dilations, out)
                for g in range(group)]
     # weights O,C,k.. -> (k.., C) x O to match the column order
-    wmats = [w[g * og:(g + 1) * og].transpose((0,) + tuple(range(2, 2 + n)) + (1,)).reshape(og, -1).T.astype(dtype, copy=False)
-             for g in range(group)]
+    wmats = [
+        w[g * og : (g + 1) * og]
+        .transpose((0,) + tuple(range(2, 2 + n)) + (1,))
+        .reshape(og, -1)
+        .T.astype(dtype, copy=False)
+        for g in range(group)
+    ]
     target = max(_MIN_BLOCK_ROWS, _BLOCK_BYTES // (np.dtype(dtype).itemsize * max(O, wmats[0].shape[0])))
 
     def one_block(block):
@@ -390,7 +397,11 @@ def _int_operand(a, name: str, node: Node) -> np.ndarray:
 
 def _zero_point(zp, node: Node) -> int:
     arr = np.asarray(zp)
-    if arr.size != 1 or arr.dtype.kind not in "iu" and not (arr.dtype == object and isinstance(arr.reshape(-1)[0], int)):
+    if (
+        arr.size != 1
+        or arr.dtype.kind not in "iu"
+        and not (arr.dtype == object and isinstance(arr.reshape(-1)[0], int))
+    ):
         raise QuantizationConfigError(
             f"{node.describe()}: x_zero_point must be one integer (per-tensor activations), got {zp!r}")
     value = int(arr.reshape(-1)[0])
@@ -545,8 +556,17 @@ def _conv_upgrade(node: Node, graph) -> None:
         node.attrs["kernel_shape"] = list(w.shape[2:])
 
 
-register(OpDef("Conv", _conv_infer, _conv_run, mla=True, kind=_conv_kind, upgrade=_conv_upgrade,
-               doc="1-D/2-D/3-D; groups (depthwise, grouped), strides, dilations, pads, auto_pad; fused bias + Relu/Clip"))
+register(
+    OpDef(
+        "Conv",
+        _conv_infer,
+        _conv_run,
+        mla=True,
+        kind=_conv_kind,
+        upgrade=_conv_upgrade,
+        doc="1-D/2-D/3-D; groups (depthwise, grouped), strides, dilations, pads, auto_pad; fused bias + Relu/Clip",
+    )
+)
 
 
 # ---- ConvTranspose --------------------------------------------------------------------------
@@ -604,8 +624,12 @@ def _convt_run(node: Node, inputs):
         # cols[n, o, k, p] = sum_c w[c, o, k] * x[n, c, p]
         cols = np.einsum("cok,ncp->nokp", wg, xg, optimize=True).reshape(N, og, *kernel, *x.shape[2:])
         for offs in np.ndindex(*kernel):
-            sl = tuple(slice(offs[d] * dilations[d], offs[d] * dilations[d] + (x.shape[2 + d] - 1) * strides[d] + 1, strides[d])
-                       for d in range(n))
+            sl = tuple(
+                slice(
+                    offs[d] * dilations[d], offs[d] * dilations[d] + (x.shape[2 + d] - 1) * strides[d] + 1, strides[d]
+                )
+                for d in range(n)
+            )
             y[(slice(None), slice(g * og, (g + 1) * og)) + sl] += cols[(slice(None), slice(None)) + offs]
     # output index o reads full index o + pads[d]; outside [0, full) it is zero (output_padding,
     # or a negative total padding from output_shape)

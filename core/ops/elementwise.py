@@ -9,8 +9,7 @@ from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceE
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import broadcast_shape, qrange, scale32
 from core.ops.registry import OpDef, register
-from core.quantization.requantize import (INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier,
-                                         quantize_multiplier)
+from core.quantization.requantize import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier
 
 
 def _infer(node: Node, infos):

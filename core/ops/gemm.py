@@ -6,7 +6,7 @@ import numpy as np
 from core.errors import ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import activation_suffix, apply_activation, broadcast_shape
-from core.ops.conv import _exact_plan, _int_operand, _shifted, _zero_point, exact_accumulation_dtype
+from core.ops.conv import _exact_plan, _int_operand, _shifted, _zero_point
 from core.ops.registry import OpDef, register
 
 

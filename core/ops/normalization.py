@@ -11,12 +11,16 @@ from core.ops.registry import OpDef, register
 
 def _bn_check(node: Node, infos):
     if node.attrs.get("training_mode", 0) or len([o for o in node.outputs if o]) > 1:
-        raise UnsupportedOperatorError(node.op, node.source_name or node.name, "training mode (mixq runs inference only)")
+        raise UnsupportedOperatorError(
+            node.op, node.source_name or node.name, "training mode (mixq runs inference only)"
+        )
 
 
 def _bn_infer(node: Node, infos):
     if len(infos) != 5 or any(i is None for i in infos):
-        raise ShapeInferenceError(f"{node.describe()}: BatchNormalization needs 5 inputs (X, scale, B, mean, var), got {len(infos)}")
+        raise ShapeInferenceError(
+            f"{node.describe()}: BatchNormalization needs 5 inputs (X, scale, B, mean, var), got {len(infos)}"
+        )
     x = infos[0]
     c = x.shape[1] if len(x.shape) > 1 else 1  # a 1-D input is (N,) with C = 1
     for k, what in enumerate(("scale", "B", "mean", "var"), start=1):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import (ExecutionError, QuantizationConfigError, ShapeInferenceError,
-                         UnsupportedOperatorError)
+from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import qrange, scale32
 from core.ops.registry import OpDef, register
@@ -95,7 +94,9 @@ def _avgpool_run(node: Node, inputs):
     n = len(kernel)
     axes = tuple(range(-n, 0))
     xp = _padded(x, pads, out, kernel, strides, dilations, 0)
-    total = _windows(xp, kernel, strides, dilations, out).sum(axis=axes, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    total = _windows(xp, kernel, strides, dilations, out).sum(
+        axis=axes, dtype=np.float64 if x.dtype == np.float64 else np.float32
+    )
     # count: explicit pads count when count_include_pad=1; ceil-mode overhang never counts
     ones = np.zeros((1, 1) + xp.shape[2:], np.float32)
     inner = tuple(slice(pads[d], pads[d] + x.shape[2 + d]) for d in range(n))
@@ -121,7 +122,11 @@ def _gap_infer(node: Node, infos):
 
 def _gap_run(node: Node, inputs):
     x = inputs[0]
-    return [x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float64 if x.dtype == np.float64 else np.float32).astype(x.dtype)]
+    return [
+        x.mean(
+            axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float64 if x.dtype == np.float64 else np.float32
+        ).astype(x.dtype)
+    ]
 
 
 register(OpDef("GlobalAveragePool", _gap_infer, _gap_run, mla=True, kind="global_avg_pool2d", doc="any spatial rank"))

@@ -7,8 +7,9 @@ Later stages (quantization rule, integer kernel) add fields to ``OpDef``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from core.ir.graph import Graph, Node, TensorInfo
 
 InferFn = Callable[["Node", list[Optional["TensorInfo"]]], list["TensorInfo"]]
-RunFn = Callable[["Node", list[Optional[np.ndarray]]], list[np.ndarray]]
+RunFn = Callable[["Node", list[np.ndarray | None]], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,17 @@ class OpDef:
     name: str
     infer: InferFn
     run: RunFn
-    mla: Union[bool, Callable[["Node", "Graph"], bool]] = False
-    kind: Union[str, Callable[["Node"], str], None] = None
-    check: Optional[Callable[["Node", list], None]] = None
-    upgrade: Optional[Callable[["Node", "Graph"], None]] = None
+    mla: bool | Callable[[Node, Graph], bool] = False
+    kind: str | Callable[[Node], str] | None = None
+    check: Callable[[Node, list], None] | None = None
+    upgrade: Callable[[Node, Graph], None] | None = None
     static_inputs: tuple[int, ...] = ()
     doc: str = ""
 
-    def on_mla(self, node: "Node", graph: "Graph") -> bool:
+    def on_mla(self, node: Node, graph: Graph) -> bool:
         return self.mla(node, graph) if callable(self.mla) else bool(self.mla)
 
-    def kind_of(self, node: "Node") -> str:
+    def kind_of(self, node: Node) -> str:
         if callable(self.kind):
             return self.kind(node)
         return self.kind or _snake(self.name)

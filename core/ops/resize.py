@@ -54,7 +54,14 @@ def _check(node: Node, infos):
     if node.attrs.get("antialias", 0):
         raise UnsupportedOperatorError(node.op, where, "antialias=1")
     ctm = node.attrs.get("coordinate_transformation_mode", "half_pixel")
-    if ctm not in ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_crop_and_resize"):
+    if ctm not in (
+        "half_pixel",
+        "half_pixel_symmetric",
+        "pytorch_half_pixel",
+        "align_corners",
+        "asymmetric",
+        "tf_crop_and_resize",
+    ):
         raise UnsupportedOperatorError(node.op, where, f"coordinate_transformation_mode {ctm!r}")
     nearest_mode = node.attrs.get("nearest_mode", "round_prefer_floor")
     if mode == "nearest" and nearest_mode not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
@@ -157,8 +164,19 @@ def _is_nearest(node, graph):
     return node.attrs.get("mode", "nearest") == "nearest"
 
 
-register(OpDef("Resize", _infer, _run, mla=_is_nearest, kind="resize", check=_check, upgrade=_resize_upgrade,
-               static_inputs=(1, 2, 3), doc="nearest (all nearest_mode), linear; scales or sizes, axes, keep_aspect_ratio_policy; MLA when nearest"))
+register(
+    OpDef(
+        "Resize",
+        _infer,
+        _run,
+        mla=_is_nearest,
+        kind="resize",
+        check=_check,
+        upgrade=_resize_upgrade,
+        static_inputs=(1, 2, 3),
+        doc="nearest (all nearest_mode), linear; scales or sizes, axes, keep_aspect_ratio_policy; MLA when nearest",
+    )
+)
 
 
 def _upsample_upgrade(node: Node, graph) -> None:
@@ -189,8 +207,19 @@ def _upsample_check(node: Node, infos):
         raise UnsupportedOperatorError(node.op, node.source_name or node.name, f"mode {node.attrs.get('mode')!r}")
 
 
-register(OpDef("Upsample", _upsample_infer, _upsample_run, mla=_is_nearest, kind="resize", check=_upsample_check,
-               upgrade=_upsample_upgrade, static_inputs=(1,), doc="deprecated; nearest and linear (as Resize with asymmetric coordinates)"))
+register(
+    OpDef(
+        "Upsample",
+        _upsample_infer,
+        _upsample_run,
+        mla=_is_nearest,
+        kind="resize",
+        check=_upsample_check,
+        upgrade=_upsample_upgrade,
+        static_inputs=(1,),
+        doc="deprecated; nearest and linear (as Resize with asymmetric coordinates)",
+    )
+)
 
 
 # --------------------------------------------------------------------------- integer kernels
@@ -215,7 +244,9 @@ def resize_nearest_int(x_q, node: Node, roi=None, scales=None, sizes=None, extra
                                           f"the quantized extrapolation_value")
         info = np.iinfo(x.dtype)
         if not info.min <= int(extrapolation_q) <= info.max:
-            raise QuantizationConfigError(f"{node.describe()}: extrapolation_q {extrapolation_q} does not fit {x.dtype}")
+            raise QuantizationConfigError(
+                f"{node.describe()}: extrapolation_q {extrapolation_q} does not fit {x.dtype}"
+            )
         attrs["extrapolation_value"] = int(extrapolation_q)
     inner = Node(node.op, node.inputs, node.outputs, attrs, name=node.name, source_name=node.source_name)
     as_array = [None if v is None else np.asarray(v) for v in (roi, scales, sizes)]

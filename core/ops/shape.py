@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import (ExecutionError, QuantizationConfigError, ShapeInferenceError,
-                         UnsupportedOperatorError)
+from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import const_input, normalize_axes, normalize_axis
 from core.ops.registry import OpDef, register
@@ -61,7 +60,17 @@ def _reshape_run(node: Node, inputs):
     return [inputs[0].reshape(_reshape_target(node, inputs[0].shape, inputs[1]))]
 
 
-register(OpDef("Reshape", _reshape_infer, _reshape_run, mla=True, kind="reshape", static_inputs=(1,), doc="0 and -1, allowzero; static shape input"))
+register(
+    OpDef(
+        "Reshape",
+        _reshape_infer,
+        _reshape_run,
+        mla=True,
+        kind="reshape",
+        static_inputs=(1,),
+        doc="0 and -1, allowzero; static shape input",
+    )
+)
 
 
 # ---- Flatten ----
@@ -87,9 +96,16 @@ def _perm(node, rank):
     return [int(p) for p in perm]
 
 
-register(OpDef("Transpose", lambda n, i: [TensorInfo(tuple(i[0].shape[p] for p in _perm(n, len(i[0].shape))), i[0].dtype)],
-               lambda n, x: [np.ascontiguousarray(np.transpose(x[0], _perm(n, x[0].ndim)))], mla=True, kind="transpose",
-               doc="perm"))
+register(
+    OpDef(
+        "Transpose",
+        lambda n, i: [TensorInfo(tuple(i[0].shape[p] for p in _perm(n, len(i[0].shape))), i[0].dtype)],
+        lambda n, x: [np.ascontiguousarray(np.transpose(x[0], _perm(n, x[0].ndim)))],
+        mla=True,
+        kind="transpose",
+        doc="perm",
+    )
+)
 
 
 # ---- Squeeze / Unsqueeze ----
@@ -137,8 +153,18 @@ def _axes_upgrade(node, graph):
 
 register(OpDef("Squeeze", _squeeze_infer, _squeeze_run, mla=True, kind="squeeze", upgrade=_axes_upgrade,
                static_inputs=(1,), doc="axes (attribute before opset 13)"))
-register(OpDef("Unsqueeze", lambda n, i: [TensorInfo(_unsqueeze_shape(n, i, i[0].shape), i[0].dtype)], _unsqueeze_run,
-               mla=True, kind="expand_dims", upgrade=_axes_upgrade, static_inputs=(1,), doc="axes (attribute before opset 13)"))
+register(
+    OpDef(
+        "Unsqueeze",
+        lambda n, i: [TensorInfo(_unsqueeze_shape(n, i, i[0].shape), i[0].dtype)],
+        _unsqueeze_run,
+        mla=True,
+        kind="expand_dims",
+        upgrade=_axes_upgrade,
+        static_inputs=(1,),
+        doc="axes (attribute before opset 13)",
+    )
+)
 
 
 # ---- Concat / Split ----
@@ -150,7 +176,9 @@ def _concat_infer(node, infos):
     axis = normalize_axis(node, node.attrs.get("axis", 0), rank)
     for i in ins[1:]:
         if len(i.shape) != rank or any(a != b for d, (a, b) in enumerate(zip(i.shape, ins[0].shape)) if d != axis):
-            raise ShapeInferenceError(f"{node.describe()}: inputs {[x.shape for x in ins]} do not concatenate on axis {axis}")
+            raise ShapeInferenceError(
+                f"{node.describe()}: inputs {[x.shape for x in ins]} do not concatenate on axis {axis}"
+            )
         if i.dtype != ins[0].dtype:
             raise ShapeInferenceError(f"{node.describe()}: inputs have different types {[str(x.dtype) for x in ins]}")
     shape = list(ins[0].shape)
@@ -158,8 +186,16 @@ def _concat_infer(node, infos):
     return [TensorInfo(shape, ins[0].dtype)]
 
 
-register(OpDef("Concat", _concat_infer, lambda n, x: [np.concatenate([v for v in x if v is not None], axis=n.attrs.get("axis", 0))],
-               mla=True, kind="concatenate", doc="axis"))
+register(
+    OpDef(
+        "Concat",
+        _concat_infer,
+        lambda n, x: [np.concatenate([v for v in x if v is not None], axis=n.attrs.get("axis", 0))],
+        mla=True,
+        kind="concatenate",
+        doc="axis",
+    )
+)
 
 
 def _split_sizes(node, infos, shape):
@@ -255,7 +291,17 @@ def _slice_upgrade(node, graph):
             _attr_to_input(node, graph, key, k)
 
 
-register(OpDef("Slice", _slice_infer, _slice_run, kind="strided_slice", upgrade=_slice_upgrade, static_inputs=(1, 2, 3, 4), doc="starts/ends/axes/steps inputs, negative steps"))
+register(
+    OpDef(
+        "Slice",
+        _slice_infer,
+        _slice_run,
+        kind="strided_slice",
+        upgrade=_slice_upgrade,
+        static_inputs=(1, 2, 3, 4),
+        doc="starts/ends/axes/steps inputs, negative steps",
+    )
+)
 
 
 # ---- Pad ----
@@ -277,7 +323,9 @@ _PAD_MODES = ("constant", "reflect", "edge", "wrap")
 def _pad_check(node, infos):
     mode = node.attrs.get("mode", "constant")
     if mode not in _PAD_MODES:
-        raise UnsupportedOperatorError(node.op, _where(node), f"mode {mode!r} (mixq pads in modes {', '.join(_PAD_MODES)})")
+        raise UnsupportedOperatorError(
+            node.op, _where(node), f"mode {mode!r} (mixq pads in modes {', '.join(_PAD_MODES)})"
+        )
 
 
 def _pad_infer(node, infos):
@@ -320,8 +368,19 @@ def _pad_upgrade(node, graph):
             _attr_to_input(node, graph, "value", 2, np.float32)
 
 
-register(OpDef("Pad", _pad_infer, _pad_run, mla=lambda n, g: n.attrs.get("mode", "constant") == "constant", kind="pad",
-               check=_pad_check, upgrade=_pad_upgrade, static_inputs=(1, 2, 3), doc="constant/reflect/edge/wrap, pads/constant_value/axes inputs; MLA for constant mode"))
+register(
+    OpDef(
+        "Pad",
+        _pad_infer,
+        _pad_run,
+        mla=lambda n, g: n.attrs.get("mode", "constant") == "constant",
+        kind="pad",
+        check=_pad_check,
+        upgrade=_pad_upgrade,
+        static_inputs=(1, 2, 3),
+        doc="constant/reflect/edge/wrap, pads/constant_value/axes inputs; MLA for constant mode",
+    )
+)
 
 
 # ---- Gather ----
@@ -354,7 +413,9 @@ register(OpDef("Gather", _gather_infer, _gather_run, kind="take", doc="axis, neg
 # ---- Shape / ConstantOfShape / Constant / Range ----
 def _shape_slice(node, rank):
     start, end = node.attrs.get("start", 0), node.attrs.get("end", rank)
-    return slice(max(0, min(rank, start + rank if start < 0 else start)), max(0, min(rank, end + rank if end < 0 else end)))
+    return slice(
+        max(0, min(rank, start + rank if start < 0 else start)), max(0, min(rank, end + rank if end < 0 else end))
+    )
 
 
 def _shape_infer(node, infos):
@@ -386,9 +447,13 @@ register(OpDef("ConstantOfShape", _cos_infer, _cos_run, kind="full", static_inpu
 
 def _constant_value(node):
     a = node.attrs
-    for key, conv in (("value", lambda v: np.asarray(v)), ("value_float", lambda v: np.asarray(v, np.float32)),
-                      ("value_floats", lambda v: np.asarray(v, np.float32)), ("value_int", lambda v: np.asarray(v, np.int64)),
-                      ("value_ints", lambda v: np.asarray(v, np.int64))):
+    for key, conv in (
+        ("value", lambda v: np.asarray(v)),
+        ("value_float", lambda v: np.asarray(v, np.float32)),
+        ("value_floats", lambda v: np.asarray(v, np.float32)),
+        ("value_int", lambda v: np.asarray(v, np.int64)),
+        ("value_ints", lambda v: np.asarray(v, np.int64)),
+    ):
         if key in a:
             return conv(a[key])
     raise UnsupportedOperatorError(node.op, _where(node), "needs value, value_float(s) or value_int(s)")
@@ -404,7 +469,9 @@ def _range_run(node, inputs):
         raise ShapeInferenceError(f"{node.describe()}: delta is 0")
     dtype = start.dtype
     # stash_type=1 (the default): float16/bfloat16 ranges are computed in float32
-    wide = np.float32 if dtype.itemsize == 2 and dtype.kind not in "iu" and node.attrs.get("stash_type", 1) == 1 else dtype
+    wide = (
+        np.float32 if dtype.itemsize == 2 and dtype.kind not in "iu" and node.attrs.get("stash_type", 1) == 1 else dtype
+    )
     if dtype.kind in "iu":  # exact integer ceil((limit - start) / delta)
         n = max(-((int(start) - int(limit)) // int(delta)), 0)
     else:
@@ -418,7 +485,9 @@ def _range_infer(node, infos):
     return [TensorInfo(v.shape, v.dtype)]
 
 
-register(OpDef("Range", _range_infer, _range_run, kind="arange", static_inputs=(0, 1, 2), doc="static start/limit/delta"))
+register(
+    OpDef("Range", _range_infer, _range_run, kind="arange", static_inputs=(0, 1, 2), doc="static start/limit/delta")
+)
 
 
 # ---- Cast / Identity / Dropout ----
@@ -469,8 +538,11 @@ def _dropout_check(node, infos):
         ratio = const_input(node, infos, 1, "ratio")
         ratio = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
         if ratio != 0:  # training with ratio 0 keeps everything: the identity
-            raise UnsupportedOperatorError(node.op, _where(node), f"training_mode=True with ratio {ratio} drops at random "
-                                           "(mixq runs inference only)")
+            raise UnsupportedOperatorError(
+                node.op,
+                _where(node),
+                f"training_mode=True with ratio {ratio} drops at random (mixq runs inference only)",
+            )
 
 
 register(OpDef("Dropout", _dropout_infer, _dropout_run, kind="dropout", check=_dropout_check, static_inputs=(1, 2),

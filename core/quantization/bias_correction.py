@@ -14,7 +14,7 @@ calibration *samples*, not only statistics.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

@@ -81,7 +81,7 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -221,7 +221,7 @@ class TensorObserver:
         self._batch_maxs.append(bmax)
         self._cache.clear()
 
-    def merge(self, other: "TensorObserver") -> "TensorObserver":
+    def merge(self, other: TensorObserver) -> TensorObserver:
         """Add ``other``'s statistics to this observer (exact); returns self.
 
         Batch lists are concatenated, self's first (moving averages follow that order)."""
@@ -302,7 +302,9 @@ class TensorObserver:
 
 # --------------------------------------------------------------------------- range methods
 
-def compute_range(observer: TensorObserver, method: CalibrationMethod, scheme: QuantizationScheme) -> tuple[float, float]:
+def compute_range(
+    observer: TensorObserver, method: CalibrationMethod, scheme: QuantizationScheme
+) -> tuple[float, float]:
     """The (lo, hi) float range that ``method`` gives ``observer``'s tensor under ``scheme``.
 
     Symmetric schemes: ``(-a, a)``. Asymmetric: ``lo <= 0 <= hi``. A tensor that only held zeros
@@ -462,7 +464,9 @@ def _kl_divergences(hist: np.ndarray, starts: np.ndarray, lengths: np.ndarray, l
         def f(x):  # x * log(x / total), the P log P term of a bin holding x counts (0 for x = 0)
             return _xlogx(x) - x * log_total
 
-        p_log_p = (xl_prefix[e] - xl_prefix[s]) - inside * log_total - f(first) - f(last) + f(first + left) + f(last + right)
+        p_log_p = (
+            (xl_prefix[e] - xl_prefix[s]) - inside * log_total - f(first) - f(last) + f(first + left) + f(last + right)
+        )
         p_log_q = (g_sum * log_q).sum(axis=1) + left * log_q[:, 0] + right * log_q[:, -1]
         kl = (p_log_p - p_log_q) / total
         impossible = (inside <= 0) | ((left > 0) & (first == 0)) | ((right > 0) & (last == 0))
@@ -572,7 +576,7 @@ class CalibrationStatistics:
     ``stats.compute_range(name, method, scheme)``; ``save(path)`` / ``CalibrationStatistics.load(path)``.
     """
 
-    def __init__(self, num_bins: int = DEFAULT_FINE_BINS, metadata: Optional[Mapping[str, Any]] = None):
+    def __init__(self, num_bins: int = DEFAULT_FINE_BINS, metadata: Mapping[str, Any] | None = None):
         self.num_bins = _check_fine_bins(num_bins)
         self.num_samples = 0
         self.metadata: dict[str, Any] = dict(metadata or {})
@@ -594,7 +598,7 @@ class CalibrationStatistics:
             self.observer(name).observe(value)
         self.num_samples += 1
 
-    def merge(self, other: "CalibrationStatistics") -> "CalibrationStatistics":
+    def merge(self, other: CalibrationStatistics) -> CalibrationStatistics:
         """Add another pass's statistics (e.g. from another worker); returns self."""
         if not isinstance(other, CalibrationStatistics):
             raise CalibrationError(f"can only merge CalibrationStatistics, got {type(other).__name__}")
@@ -670,7 +674,7 @@ class CalibrationStatistics:
                      error=CalibrationError, what="calibration statistics file")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CalibrationStatistics":
+    def load(cls, path: str | os.PathLike) -> CalibrationStatistics:
         """Read a file written by :meth:`save`; any other content raises CalibrationError naming it."""
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -786,7 +790,7 @@ def iter_calibration_batches(
     data: Iterable[Mapping[str, Any]],
     input_names: Iterable[str],
     input_shapes: Mapping[str, tuple[int, ...]],
-    input_dtypes: Optional[Mapping[str, Any]] = None,
+    input_dtypes: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Validate calibration samples one at a time, yielding ``{input name: array}`` per sample.
 

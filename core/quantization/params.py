@@ -112,7 +112,7 @@ class QuantizationPrecision(enum.Enum):
         return 8 if self is QuantizationPrecision.INT_8 else 16
 
     @classmethod
-    def from_bits(cls, bits: int) -> "QuantizationPrecision":
+    def from_bits(cls, bits: int) -> QuantizationPrecision:
         if bits == 8:
             return cls.INT_8
         if bits == 16:
@@ -144,7 +144,7 @@ class RequantizationMode(enum.Enum):
     tflite = "tflite"
 
     @classmethod
-    def from_str(cls, name: str) -> "RequantizationMode":
+    def from_str(cls, name: str) -> RequantizationMode:
         return _enum_from(cls, name, "requantization_mode")
 
 
@@ -159,7 +159,7 @@ class QuantizationFlavor(enum.Enum):
         return RequantizationMode(self.value)
 
     @classmethod
-    def from_str(cls, name: str) -> "QuantizationFlavor":
+    def from_str(cls, name: str) -> QuantizationFlavor:
         return _enum_from(cls, name, "quantization_flavor")
 
 
@@ -229,7 +229,7 @@ class CalibrationMethod:
             )
 
     @staticmethod
-    def from_str(name: str) -> "CalibrationMethod":
+    def from_str(name: str) -> CalibrationMethod:
         """'min_max' (or 'minmax'), 'moving_average', 'mse', 'entropy', 'percentile';
         case-insensitive, '-' and ' ' read as '_', 'histogram_' prefix allowed."""
         if not isinstance(name, str):
@@ -465,32 +465,32 @@ class QuantizationParams:
         _set(self, "custom_quantization_configs",
              _normalise_custom_configs(self.custom_quantization_configs))
 
-    def __call__(self) -> "QuantizationParams":
+    def __call__(self) -> QuantizationParams:
         return self
 
     # ---- builders (each returns a new, validated QuantizationParams)
 
-    def with_activation_quantization(self, scheme: QuantizationScheme) -> "QuantizationParams":
+    def with_activation_quantization(self, scheme: QuantizationScheme) -> QuantizationParams:
         return dataclasses.replace(self, activation_quantization_scheme=scheme)
 
-    def with_weight_quantization(self, scheme: QuantizationScheme) -> "QuantizationParams":
+    def with_weight_quantization(self, scheme: QuantizationScheme) -> QuantizationParams:
         return dataclasses.replace(self, weight_quantization_scheme=scheme)
 
-    def with_calibration(self, method: CalibrationMethod) -> "QuantizationParams":
+    def with_calibration(self, method: CalibrationMethod) -> QuantizationParams:
         return dataclasses.replace(self, calibration_method=method)
 
-    def with_requantization_mode(self, mode: RequantizationMode) -> "QuantizationParams":
+    def with_requantization_mode(self, mode: RequantizationMode) -> QuantizationParams:
         return dataclasses.replace(self, requantization_mode=mode)
 
-    def with_bias_correction(self, enable: bool = True) -> "QuantizationParams":
+    def with_bias_correction(self, enable: bool = True) -> QuantizationParams:
         return dataclasses.replace(self, bias_correction=enable)
 
-    def with_channel_equalization(self, enable: bool = True) -> "QuantizationParams":
+    def with_channel_equalization(self, enable: bool = True) -> QuantizationParams:
         return dataclasses.replace(self, channel_equalization=enable)
 
     def with_custom_quantization_configs(
         self, custom_quantization_configs: Mapping[str, Mapping[str, Any]] | None
-    ) -> "QuantizationParams":
+    ) -> QuantizationParams:
         """Set (replace, not merge) the per-node overrides ``{node: {field: value}}``.
 
         Fields: ``quantization_precision`` (QuantizationPrecision) and ``output_int32`` (bool).

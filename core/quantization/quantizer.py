@@ -12,8 +12,8 @@ Rules (see docs/quantization.md, "Quantized programs"):
   ``zp = 0`` (so +/-a are both representable). An all-zero tensor gets scale 1.
 * weights: symmetric, per output channel or per tensor, ``bits`` = the weight scheme's width
   (16 on nodes whose precision is set to ``INT_16``), in [-qmax, qmax] (qmax = 127 or 32767),
-  ``scale = max|w| / qmax`` (an all-zero channel gets scale 1). Bias: ``round(b / (s_in * s_w[c]))`` as int32 (clipped to
-  int32) for 8-bit inputs, int64 for 16-bit inputs.
+  ``scale = max|w| / qmax`` (an all-zero channel gets scale 1).
+  Bias: ``round(b / (s_in * s_w[c]))`` as int32 (clipped to int32) for 8-bit inputs, int64 for 16-bit inputs.
 * Conv / Gemm / MatMul (constant weights): ``requantize(acc, m, shift, mode, zp_out, lo, hi)`` with
   ``(m, shift) = quantize_multiplier_for(s_in * s_w[c] / s_out, mode)`` and ``[lo, hi]`` the output
   type's range narrowed by the fused Relu/Clip (``activation_range_int``).
@@ -77,7 +77,9 @@ class TensorQuant:
 
     def __post_init__(self):
         if self.rounding not in ("half_even", "tflite"):
-            raise QuantizationConfigError(f"TensorQuant.rounding must be 'half_even' or 'tflite', got {self.rounding!r}")
+            raise QuantizationConfigError(
+                f"TensorQuant.rounding must be 'half_even' or 'tflite', got {self.rounding!r}"
+            )
 
     @property
     def qmin(self) -> int:
@@ -244,7 +246,6 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> Quantized
     tq: dict[str, TensorQuant] = {}
     node_consts: dict[str, dict[str, Any]] = {}
     kinds: dict[str, str] = {}
-    producers = graph.producers()
     consumers = graph.consumers()
 
     def input_quant(t: str) -> TensorQuant:

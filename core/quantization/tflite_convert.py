@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def _mode(requantization_mode) -> RequantizationMode:
 
 
 class _Converter:
-    def __init__(self, graph: Graph, mode: RequantizationMode, model_name: Optional[str]):
+    def __init__(self, graph: Graph, mode: RequantizationMode, model_name: str | None):
         self.g = graph
         self.mode = mode
         self.model_name = model_name or graph.name
@@ -103,12 +103,15 @@ class _Converter:
                 self.const_src.setdefault(ir, name)
 
     # ---- tensor quantization ---------------------------------------------------------------
-    def _tq(self, entry: dict, where: str) -> Optional[TensorQuant]:
+    def _tq(self, entry: dict, where: str) -> TensorQuant | None:
         dtype = entry.get("dtype")
         if dtype not in _BITS:
             if dtype == "uint8":
-                raise UnsupportedOperatorError("uint8 activation", where,
-                                               "uint8 (pre-2.0 TFLite) quantization is not converted; re-convert with int8")
+                raise UnsupportedOperatorError(
+                    "uint8 activation",
+                    where,
+                    "uint8 (pre-2.0 TFLite) quantization is not converted; re-convert with int8",
+                )
             return None
         if len(entry["scale"]) != 1:
             raise UnsupportedOperatorError("per-axis activation quantization", where,
@@ -168,7 +171,7 @@ class _Converter:
                     changed = True
         return tq
 
-    def _constant_operand(self, n: Node, name: str) -> Optional[tuple[np.ndarray, TensorQuant]]:
+    def _constant_operand(self, n: Node, name: str) -> tuple[np.ndarray, TensorQuant] | None:
         """The int8 codes (in the IR constant's layout) and quantization of a constant operand of
         an elementwise node, found through the TFLite op that produced the node's output."""
         outs = set(n.outputs)
@@ -192,7 +195,7 @@ class _Converter:
                 return codes.astype(np.int8 if q.bits == 8 else np.int16), q
         return None
 
-    def _mean_keepdims(self, n: Node) -> Optional[bool]:
+    def _mean_keepdims(self, n: Node) -> bool | None:
         """For a GlobalAveragePool made from a TFLite MEAN: its keep_dims (True when the pool's
         output is the MEAN's output, False when a Flatten/Reshape after it is); None otherwise."""
         mean_outs = set()
@@ -262,7 +265,7 @@ class _Converter:
                                            "the file's int8 weights do not match the imported graph's weights")
         return wq.astype(np.int8), scales
 
-    def _bias(self, n: Node, n_out: int, acc_scale: np.ndarray) -> Optional[np.ndarray]:
+    def _bias(self, n: Node, n_out: int, acc_scale: np.ndarray) -> np.ndarray | None:
         if len(n.inputs) < 3 or not n.inputs[2]:
             return None
         bname = n.inputs[2]
@@ -277,7 +280,9 @@ class _Converter:
         if b.size == 1 and n_out > 1:
             b = np.broadcast_to(b, (n_out,))
         if b.size != n_out:
-            raise UnsupportedOperatorError(n.op, n.source_name or n.name, f"bias of {b.size} values for {n_out} channels")
+            raise UnsupportedOperatorError(
+                n.op, n.source_name or n.name, f"bias of {b.size} values for {n_out} channels"
+            )
         return np.clip(b, -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
 
     def dense(self, n: Node, q_in: TensorQuant, q_out: TensorQuant) -> dict[str, Any]:
@@ -336,7 +341,7 @@ class _Converter:
         meta = {"activation_bits": bits, "source": "tflite", "tflite_float_islands": islands}
         return QuantizedProgram(g, tq, node_consts, kinds, self.mode, params, meta)
 
-    def _int_constants(self, n: Node, acts, q_ins, q_out: TensorQuant) -> Optional[dict[str, Any]]:
+    def _int_constants(self, n: Node, acts, q_ins, q_out: TensorQuant) -> dict[str, Any] | None:
         op = n.op
         consts = self.consts
         if op in ("Conv", "Gemm") and len(n.inputs) >= 2 and n.inputs[1] in consts and len(acts) == 1 \
@@ -420,7 +425,7 @@ class _Converter:
 
 
 def convert_tflite_program(graph: Graph, requantization_mode: Any = RequantizationMode.sima,
-                           model_name: Optional[str] = None) -> QuantizedProgram:
+                           model_name: str | None = None) -> QuantizedProgram:
     """A pre-quantized TFLite model's graph (from ``load_model(tflite_source(...))``) -> a
     :class:`QuantizedProgram` with the model's own scales and zero points (see the module doc)."""
     if graph.metadata.get("source_format") != "tflite" or not is_prequantized(graph):

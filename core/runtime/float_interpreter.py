@@ -1,7 +1,7 @@
 """Float execution of a Graph with the registry's numpy kernels."""
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -14,7 +14,7 @@ def run_graph(
     graph: Graph,
     feeds: Mapping[str, np.ndarray],
     keep: tuple[str, ...] = (),
-    on_tensor: Optional[Callable[[str, np.ndarray], None]] = None,
+    on_tensor: Callable[[str, np.ndarray], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Execute ``graph`` on ``feeds`` (graph input name -> array); returns graph outputs
     (and any tensor named in ``keep``) by name. Intermediates are freed after their last use.

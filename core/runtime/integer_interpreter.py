@@ -26,7 +26,7 @@ kernels in both modes.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -57,7 +57,9 @@ def _storage(q: np.ndarray, tq: TensorQuant) -> np.ndarray:
     return q if q.dtype == dtype else q.astype(dtype)
 
 
-def run_program(program: QuantizedProgram, feeds: Mapping[str, np.ndarray], fast_mode: bool = False) -> dict[str, np.ndarray]:
+def run_program(
+    program: QuantizedProgram, feeds: Mapping[str, np.ndarray], fast_mode: bool = False
+) -> dict[str, np.ndarray]:
     """Run ``program`` on ``feeds`` (graph input name -> float array, already validated);
     returns every graph output as float32, by name."""
     g = program.graph

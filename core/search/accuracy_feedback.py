@@ -9,7 +9,8 @@ The search (every candidate is one quantize + one evaluation; calibration runs o
      :class:`~core.search.ranking.SimulatedOutputError`: float passes over a few samples, no
      evaluation), accuracy is predicted from the prefix's error ``e``, fitted to the prefixes
      evaluated so far (:class:`_PrefixModel`: for fraction scores a loss ``1 - a = L * e**p``).
-     The next probe is the largest prefix the model predicts to miss, inside the bracket: when the model is right, that probe misses and
+     The next probe is the largest prefix the model predicts to miss, inside the bracket: when the
+     model is right, that probe misses and
      the next one, one node longer, hits -- INT8 + 2 evaluations for any answer. A probe on the
      same side of the target as the previous one is followed by a bisection step (doubling
      while no prefix has hit), so a wrong model costs at most about twice bisection's steps;
@@ -39,13 +40,14 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 from core.errors import AccuracyTargetError, QuantizationConfigError
-from core.quantization.params import QuantizationParams, QuantizationPrecision, default_quantization
+from core.quantization.params import QuantizationParams, QuantizationPrecision
 
 log = logging.getLogger("mixq")
 
@@ -117,7 +119,7 @@ class _PrefixModel:
     def error(self, k: int) -> float:
         return float(self.surrogate(self.order[:k]))
 
-    def predictor(self) -> Optional[tuple[Callable[[float], float], float]]:
+    def predictor(self) -> tuple[Callable[[float], float], float] | None:
         """``(accuracy as a function of e, largest residual)``, or None without a usable fit."""
         if self.surrogate is None:
             return None
@@ -154,7 +156,7 @@ class _PrefixModel:
                 return intercept + slope * x
         return predict, float(max(abs(y - predict(x)) for x, y in pts))
 
-    def last_predicted_miss(self, lo: int, top: int) -> Optional[int]:
+    def last_predicted_miss(self, lo: int, top: int) -> int | None:
         """The largest prefix in [lo, top] predicted to miss the target (the error falls with k:
         a binary search), ``top`` if every one is; None without a model."""
         fit = self.predictor()
@@ -190,15 +192,15 @@ def search_int16_nodes(
     ranking: Sequence[tuple[str, float]],
     *,
     max_trials: int = 40,
-    timeout: Optional[float] = None,
+    timeout: float | None = None,
     storage: Any = DEFAULT_STORAGE,
-    study_name: Optional[str] = None,
+    study_name: str | None = None,
     study_key: str = "",
     multi_objective: bool = False,
     seed: int = 0,
     callbacks: Iterable[Callable[[Candidate], None]] = (),
-    model_name: Optional[str] = None,
-    surrogate: Optional[Callable[[Sequence[str]], float]] = None,
+    model_name: str | None = None,
+    surrogate: Callable[[Sequence[str]], float] | None = None,
 ) -> AccuracyFeedbackResult:
     """Run the search (module docstring). ``evaluator(model) -> accuracy``; ``ranking`` is
     ``[(node, score)]`` most sensitive first; ``study_key`` identifies the data (part of the
@@ -298,7 +300,7 @@ def search_int16_nodes(
         record(nodes, acc, seconds, source, study.trials[-1].number)
         return acc
 
-    def best_feasible() -> Optional[Candidate]:
+    def best_feasible() -> Candidate | None:
         feasible = [c for c in candidates if c.feasible]
         return min(feasible, key=lambda c: (len(c.int16_nodes), -c.accuracy)) if feasible else None
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,9 @@ class Evaluator:
         self.labels: list[Any] = []
         for i, pair in enumerate(dataset):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], Mapping)):
-                raise InputError(f"evaluation sample {i} must be an (inputs dict, label) pair, got {type(pair).__name__}")
+                raise InputError(
+                    f"evaluation sample {i} must be an (inputs dict, label) pair, got {type(pair).__name__}"
+                )
             inputs, label = pair
             missing = [n for n in self.input_names if n not in inputs]
             if missing:

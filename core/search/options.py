@@ -13,8 +13,9 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 from core.errors import MixqError, QuantizationConfigError
 from core.quantization.params import (
@@ -80,17 +81,17 @@ def search_quantization_options(
     net,
     statistics,
     evaluator: Callable[[Any], float],
-    options: Optional[dict[str, Sequence]] = None,
+    options: dict[str, Sequence] | None = None,
     *,
     base_config: QuantizationParams = default_quantization,
-    max_trials: Optional[int] = None,
-    timeout: Optional[float] = None,
+    max_trials: int | None = None,
+    timeout: float | None = None,
     storage: Any = None,
-    study_name: Optional[str] = None,
+    study_name: str | None = None,
     study_key: str = "",
     seed: int = 0,
     callbacks: Iterable[Callable[[OptionCandidate], None]] = (),
-    model_name: Optional[str] = None,
+    model_name: str | None = None,
 ) -> OptionsSearchResult:
     """Evaluate combinations of ``options`` (field name -> values; ``DEFAULT_OPTIONS`` fills the
     fields not given) on top of ``base_config``. Exhaustive when the grid has at most

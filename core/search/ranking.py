@@ -8,7 +8,8 @@ output, relative to the output's variance) drops when that node alone is not qua
 marginal gain of promoting it inside an otherwise INT8 model, measured where it matters. One
 pass per node over a few samples (MobileNetV2, 16 samples: about 65 passes).
 
-:func:`rank_nodes_by_int8_noise`: one float pass over a few calibration samples. For every node whose output the INT8 program
+:func:`rank_nodes_by_int8_noise`: one float pass over a few calibration samples. For every node whose
+output the INT8 program
 stores as an integer tensor, the noise-to-signal ratio its own INT8 rounding adds:
 
 * activation: ``sum((y - dq(q(y)))**2) / sum((y - mean y)**2)`` with the program's own scale and
@@ -22,7 +23,7 @@ without quantizing the model once per node (the Neural Compressor / NNCF "per-op
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -16,8 +16,16 @@ import numpy as np
 import pytest
 
 from core.devkit.transport import DevkitSession
-from core.errors import (DevkitAuthenticationError, DevkitCommandError, DevkitConnectionError, DevkitDiskFullError,
-                         DevkitHostKeyError, DevkitTimeoutError, DevkitTransferError, InputError)
+from core.errors import (
+    DevkitAuthenticationError,
+    DevkitCommandError,
+    DevkitConnectionError,
+    DevkitDiskFullError,
+    DevkitHostKeyError,
+    DevkitTimeoutError,
+    DevkitTransferError,
+    InputError,
+)
 
 
 def _samples(x, n, per=1):

@@ -6,8 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from core import (InputError, Model, QuantizationConfigError, QuantizationPrecision, default_quantization,
-                  int16_quantization, load_model, onnx_source, zoo)
+from core import (
+    InputError,
+    Model,
+    QuantizationConfigError,
+    QuantizationPrecision,
+    default_quantization,
+    int16_quantization,
+    load_model,
+    onnx_source,
+    zoo,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +47,14 @@ def test_numbers_match_direct_computation(net, int8, data):
     (f,) = net.execute({"input": x})
     last = int8.program.graph.nodes[-1].name
     first = int8.program.graph.nodes[0].name
-    for metric, expected in (("mae", np.abs(q - f).mean()), ("mse", ((q.astype(np.float64) - f) ** 2).mean()),
-                             ("sqnr", 10 * np.log10((f.astype(np.float64) ** 2).sum() / ((q - f.astype(np.float64)) ** 2).sum()))):
-        cumulative = dict((r.node, r.error) for r in int8.analyze_quantization_error(data, metric, local_feed=False).rows)
+    for metric, expected in (
+        ("mae", np.abs(q - f).mean()),
+        ("mse", ((q.astype(np.float64) - f) ** 2).mean()),
+        ("sqnr", 10 * np.log10((f.astype(np.float64) ** 2).sum() / ((q - f.astype(np.float64)) ** 2).sum())),
+    ):
+        cumulative = dict(
+            (r.node, r.error) for r in int8.analyze_quantization_error(data, metric, local_feed=False).rows
+        )
         assert cumulative[last] == pytest.approx(float(expected), rel=1e-5)
         local = dict((r.node, r.error) for r in int8.analyze_quantization_error(data, metric, local_feed=True).rows)
         assert local[first] == cumulative[first]              # the first node's input is the same in both feeds
@@ -73,7 +87,9 @@ def test_layer_statistics_saved_loaded_and_reanalyzed(net, calib, data, tmp_path
     model = net.quantize(calib, cfg, model_name="mixed")
     report = model.analyze_quantization_error(data, "mae", local_feed=True)
     model.save("mixed", str(tmp_path))
-    layers = {l["name"]: l["config"] for l in json.loads((tmp_path / "mixed.sima.json").read_text())["config"]["layers"]}
+    layers = {
+        l["name"]: l["config"] for l in json.loads((tmp_path / "mixed.sima.json").read_text())["config"]["layers"]
+    }
     for row in report.rows:
         stats = layers[row.node]["Layer Statistics"]
         assert stats["metric"] == "mae" and stats["error_value"] == pytest.approx(row.error, rel=1e-12)

@@ -13,9 +13,19 @@ import pytest
 
 import core.formats.atomic as atomic
 import core.formats.sima as sima
-from core import (HistogramPercentileMethod, MinMaxMethod, Model, QuantizationPrecision,
-                  RequantizationMode, ScalarType, default_quantization, int16_quantization, load_model,
-                  onnx_source, quantization_scheme)
+from core import (
+    HistogramPercentileMethod,
+    MinMaxMethod,
+    Model,
+    QuantizationPrecision,
+    RequantizationMode,
+    ScalarType,
+    default_quantization,
+    int16_quantization,
+    load_model,
+    onnx_source,
+    quantization_scheme,
+)
 from core.errors import ModelFileError
 from core.formats import read_sima, write_sima
 from core.formats.program_io import PROGRAM_FORMAT_VERSION, load_program, save_program
@@ -144,7 +154,9 @@ def test_round_trip_is_bit_identical(models, x, tmp_path, config):
            [(n.name, n.op, n.inputs, n.outputs, n.segment, n.source_name) for n in g.nodes]
     assert all(_same(m.attrs, n.attrs) for m, n in zip(h.nodes, g.nodes))
     assert all(_same(h.constants[k], g.constants[k]) for k in g.constants) and list(h.constants) == list(g.constants)
-    assert {k: (t.shape, t.dtype) for k, t in h.tensors.items()} == {k: (t.shape, t.dtype) for k, t in g.tensors.items()}
+    assert {k: (t.shape, t.dtype) for k, t in h.tensors.items()} == {
+        k: (t.shape, t.dtype) for k, t in g.tensors.items()
+    }
     # one graph saved; the float graph is a copy sharing the constant arrays
     f = loaded.float_graph
     assert f is not h and all(f.constants[k] is h.constants[k] for k in h.constants)
@@ -153,7 +165,7 @@ def test_round_trip_is_bit_identical(models, x, tmp_path, config):
 
 
 def test_sima_json_layers_and_int16_flags(models, tmp_path):
-    for config, int16_nodes in (("int8", set()), ("mixed", {DEPTHWISE}), ("int16", None)):
+    for config in ("int8", "mixed", "int16"):
         model = models[config]
         model.save(config, str(tmp_path))
         with open(tmp_path / f"{config}.sima.json", encoding="utf-8") as fh:
@@ -220,12 +232,25 @@ def test_generic_constants_and_attrs_round_trip(models, tmp_path):
     program.constants = {k: dict(v) for k, v in src.constants.items()}
     program.graph = src.graph.copy()
     extra = {
-        "w16": np.arange(-6, 6, dtype=np.int16).reshape(3, 4), "f32": np.float32(0.1), "f64": np.float64(1 / 3), "i64": np.int64(-3),
-        "c64": np.complex64(1 - 2j), "u8": np.uint8(200), "f16": np.float16(0.5), "inf": float("-inf"),
-        "flag": np.bool_(True), "tup": (1, 2.5, "a", None), "blob": b"\x00\x01\xff", "none": None,
+        "w16": np.arange(-6, 6, dtype=np.int16).reshape(3, 4),
+        "f32": np.float32(0.1),
+        "f64": np.float64(1 / 3),
+        "i64": np.int64(-3),
+        "c64": np.complex64(1 - 2j),
+        "u8": np.uint8(200),
+        "f16": np.float16(0.5),
+        "inf": float("-inf"),
+        "flag": np.bool_(True),
+        "tup": (1, 2.5, "a", None),
+        "blob": b"\x00\x01\xff",
+        "none": None,
         "weird": {"__array__": "not a tag", 3: "int key", (1, 2): [np.uint8(7)]},
-        "strs": np.array(["ab", "c"]), "empty": np.zeros((0, 3), np.float64), "nan": float("nan"),
-        "big": 2 ** 70, "dt": np.dtype(np.int16), "mode": RequantizationMode.tflite,
+        "strs": np.array(["ab", "c"]),
+        "empty": np.zeros((0, 3), np.float64),
+        "nan": float("nan"),
+        "big": 2**70,
+        "dt": np.dtype(np.int16),
+        "mode": RequantizationMode.tflite,
     }
     program.constants[CONV].update(extra)
     program.graph.nodes[0].attrs["extra"] = {"t": (np.array([1.5, 2.5], np.float16),), "b": b"xy"}
@@ -273,11 +298,13 @@ BAD_DOCUMENTS = {
     "two tags": lambda d: _node(d)["attrs"].__setitem__("x", {"__tuple__": [], "__bytes__": ""}),
     "unknown enum": lambda d: d.__setitem__("requantization_mode", {"__enum__": "os.system"}),
     "unknown enum member": lambda d: d.__setitem__("requantization_mode", {"__enum__": "RequantizationMode.evil"}),
-    "enum of wrong type": lambda d: d.__setitem__("requantization_mode",
-                                                  {"__enum__": "QuantizationPrecision.INT_8"}),
-    "unknown class": lambda d: d.__setitem__("params", {"__object__": {"class": "os.system",
-                                                                        "fields": {"command": "true"}}}),
-    "dotted class": lambda d: d["params"]["__object__"].__setitem__("class", "core.quantization.params.QuantizationParams"),
+    "enum of wrong type": lambda d: d.__setitem__("requantization_mode", {"__enum__": "QuantizationPrecision.INT_8"}),
+    "unknown class": lambda d: d.__setitem__(
+        "params", {"__object__": {"class": "os.system", "fields": {"command": "true"}}}
+    ),
+    "dotted class": lambda d: d["params"]["__object__"].__setitem__(
+        "class", "core.quantization.params.QuantizationParams"
+    ),
     "unknown field": lambda d: d["params"]["__object__"]["fields"].__setitem__("__class__", "x"),
     "invalid field value": lambda d: d["params"]["__object__"]["fields"].__setitem__("bias_correction", "yes"),
     "bad tensor quant": lambda d: d["tensors"]["x"]["__object__"]["fields"].__setitem__("bits", 7),

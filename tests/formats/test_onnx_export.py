@@ -5,8 +5,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from core import (QuantizationConfigError, QuantizationPrecision, RequantizationMode, default_quantization,
-                  int16_quantization, load_model, onnx_source, zoo)
+from core import (
+    QuantizationConfigError,
+    QuantizationPrecision,
+    RequantizationMode,
+    default_quantization,
+    int16_quantization,
+    load_model,
+    onnx_source,
+    zoo,
+)
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,9 @@ def small_keras(tf, tmp_path_factory):
     # a frozen GraphDef: the model as a tf.function with its variables folded
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    fn = tf.function(lambda t: m(t, training=False)[0], input_signature=[tf.TensorSpec((None, 10, 10, 3), tf.float32, name="image")])
+    fn = tf.function(
+        lambda t: m(t, training=False)[0], input_signature=[tf.TensorSpec((None, 10, 10, 3), tf.float32, name="image")]
+    )
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
     gd = frozen.graph.as_graph_def()
     out_op = frozen.outputs[0].name.split(":")[0]

@@ -213,7 +213,10 @@ def _reshape_to_squeeze(data):
     m.operatorCodes.append(code)
     for op in sub.operators:
         c = m.operatorCodes[op.opcodeIndex]
-        if max(c.builtinCode, c.deprecatedBuiltinCode) == S.BuiltinOperator.RESHAPE and len(sub.tensors[op.outputs[0]].shape) == 3:
+        if (
+            max(c.builtinCode, c.deprecatedBuiltinCode) == S.BuiltinOperator.RESHAPE
+            and len(sub.tensors[op.outputs[0]].shape) == 3
+        ):
             op.opcodeIndex = len(m.operatorCodes) - 1
             op.inputs = op.inputs[:1]
             op.builtinOptionsType = S.BuiltinOptions.SqueezeOptions

@@ -93,38 +93,60 @@ def _op_models(tf):
         return K.Input(shape)
 
     models = {}
-    i = inp(); models["conv2d"] = K.Model(i, L.Conv2D(6, 3, strides=2, activation="relu")(i))
-    i = inp(); x = L.Conv2D(4, 3, padding="same")(i)
+    i = inp()
+    models["conv2d"] = K.Model(i, L.Conv2D(6, 3, strides=2, activation="relu")(i))
+    i = inp()
+    x = L.Conv2D(4, 3, padding="same")(i)
     models["depthwise_conv2d"] = K.Model(i, L.DepthwiseConv2D(3, depth_multiplier=2, padding="same",
                                                               activation="relu6")(x))
-    i = inp(); x = L.Flatten()(i); x = L.Dense(16, activation="relu")(x)
+    i = inp()
+    x = L.Flatten()(i)
+    x = L.Dense(16, activation="relu")(x)
     models["fully_connected"] = K.Model(i, L.Dense(5)(x))
-    i = inp(); a = L.Conv2D(4, 1)(i); b = L.Conv2D(4, 3, padding="same")(i)
+    i = inp()
+    a = L.Conv2D(4, 1)(i)
+    b = L.Conv2D(4, 3, padding="same")(i)
     models["add"] = K.Model(i, L.ReLU()(L.Add()([a, b])))
-    i = inp(); a = L.Conv2D(4, 1)(i); b = L.Conv2D(4, 3, padding="same")(i)
+    i = inp()
+    a = L.Conv2D(4, 1)(i)
+    b = L.Conv2D(4, 3, padding="same")(i)
     models["mul"] = K.Model(i, L.Multiply()([a, b]))
-    i = inp(); x = L.Conv2D(4, 3, activation="relu")(i)   # BatchNormalization after a ReLU: MUL/ADD by constants
+    i = inp()
+    x = L.Conv2D(4, 3, activation="relu")(i)  # BatchNormalization after a ReLU: MUL/ADD by constants
     models["mul_add_constant"] = K.Model(i, L.BatchNormalization(beta_initializer="random_normal",
                                                                  gamma_initializer="random_uniform")(x))
-    i = inp(); x = L.Conv2D(4, 1)(i)
+    i = inp()
+    x = L.Conv2D(4, 1)(i)
     models["average_pool_2d"] = K.Model(i, L.AveragePooling2D(3, strides=2, padding="same")(x))
-    i = inp(); x = L.Conv2D(4, 1)(i)
+    i = inp()
+    x = L.Conv2D(4, 1)(i)
     models["max_pool_2d"] = K.Model(i, L.MaxPooling2D(2)(x))
-    i = inp(); x = L.Conv2D(4, 1)(i)
+    i = inp()
+    x = L.Conv2D(4, 1)(i)
     models["mean"] = K.Model(i, L.GlobalAveragePooling2D()(x))
-    i = inp(); x = L.Conv2D(4, 1)(i)
+    i = inp()
+    x = L.Conv2D(4, 1)(i)
     models["mean_keepdims"] = K.Model(i, L.GlobalAveragePooling2D(keepdims=True)(x))
-    i = inp(); a = L.Conv2D(4, 1)(i); b = L.Conv2D(3, 3, padding="same")(i)
+    i = inp()
+    a = L.Conv2D(4, 1)(i)
+    b = L.Conv2D(3, 3, padding="same")(i)
     models["concatenation"] = K.Model(i, L.Concatenate()([a, b]))
-    i = inp(); x = L.Conv2D(4, 1)(i); x = L.Reshape((576,))(x)
+    i = inp()
+    x = L.Conv2D(4, 1)(i)
+    x = L.Reshape((576,))(x)
     models["reshape"] = K.Model(i, L.Dense(3)(x))
-    i = inp(); x = L.Conv2D(4, 1)(i); x = L.ZeroPadding2D(((1, 2), (2, 1)))(x)
+    i = inp()
+    x = L.Conv2D(4, 1)(i)
+    x = L.ZeroPadding2D(((1, 2), (2, 1)))(x)
     models["pad"] = K.Model(i, L.Conv2D(3, 3)(x))
-    i = inp(); x = L.Conv2D(4, 1)(i)
+    i = inp()
+    x = L.Conv2D(4, 1)(i)
     models["resize_nearest"] = K.Model(i, L.Resizing(24, 24, interpolation="nearest")(x))
-    i = inp(); x = L.Flatten()(i)
+    i = inp()
+    x = L.Flatten()(i)
     models["logistic"] = K.Model(i, L.Dense(8, activation="sigmoid")(x))
-    i = inp(); x = L.Flatten()(i)
+    i = inp()
+    x = L.Flatten()(i)
     models["softmax"] = K.Model(i, L.Dense(10, activation="softmax")(x))
     return models
 
@@ -181,9 +203,25 @@ def op_results(tf, tmp_path_factory):
     return _op_results(tf, tmp_path_factory, "int8")
 
 
-BIT_EXACT_OPS = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "mul", "mul_add_constant", "average_pool_2d", "max_pool_2d",
-                 "mean", "mean_keepdims", "concatenation", "reshape", "pad", "resize_nearest", "logistic", "softmax",
-                 "depthwise_int8_io"]
+BIT_EXACT_OPS = [
+    "conv2d",
+    "depthwise_conv2d",
+    "fully_connected",
+    "add",
+    "mul",
+    "mul_add_constant",
+    "average_pool_2d",
+    "max_pool_2d",
+    "mean",
+    "mean_keepdims",
+    "concatenation",
+    "reshape",
+    "pad",
+    "resize_nearest",
+    "logistic",
+    "softmax",
+    "depthwise_int8_io",
+]
 
 
 @pytest.mark.parametrize("name", BIT_EXACT_OPS)
@@ -285,7 +323,9 @@ def test_sima_flavor_and_default(op_results, tf):
     x = np.random.default_rng(3).normal(size=(4, 12, 12, 3)).astype(np.float32)
     ref, od = _interpreter(tf, path, x, "BUILTIN_REF")
     y = sima.execute({net.graph.inputs[0]: x})[0]
-    assert _compare(y.reshape(ref.shape), ref, od, sima.program.tensors[sima.output_names[0]])[1] <= 1   # sima arithmetic: within one step
+    assert (
+        _compare(y.reshape(ref.shape), ref, od, sima.program.tensors[sima.output_names[0]])[1] <= 1
+    )  # sima arithmetic: within one step
     exact = net.convert_to_sima_quantization(requantization_mode=RequantizationMode.tflite, model_name="m",
                                              log_level=logging.INFO)
     assert exact.name == "m" and exact.program.requantization_mode is RequantizationMode.tflite
@@ -339,7 +379,11 @@ def test_integer_onnx_export_of_converted_model(op_results, tmp_path, name):
     _, model = op_results[name]
     path = model.export_onnx(str(tmp_path / f"{name}.onnx"), form="integer")
     inp = model.input_names[0]
-    x = np.random.default_rng(5).normal(size=(4,) + tuple(model.program.graph.tensors[inp].shape[1:])).astype(np.float32)
+    x = (
+        np.random.default_rng(5)
+        .normal(size=(4,) + tuple(model.program.graph.tensors[inp].shape[1:]))
+        .astype(np.float32)
+    )
     if model.program.graph.tensors[inp].dtype == np.int8:
         x = np.random.default_rng(5).integers(-128, 128, size=x.shape).astype(np.int8)
     out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {inp: x})[0]

@@ -3,7 +3,6 @@ import pytest
 
 from core.ir.passes import DEFAULT_PIPELINE, batch_agnostic_reshape, run_passes
 from core.runtime.float_interpreter import run_graph
-
 from tests.ir.graphs import feeds_for, make_graph, node, rand
 
 

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from core.ir.passes import fold_batchnorm, run_passes
-
 from tests.ir.graphs import assert_same_outputs, make_graph, node, ops, rand
 
 C = 4

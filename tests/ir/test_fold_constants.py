@@ -5,7 +5,6 @@ from core.errors import MixqError
 from core.ir.graph import Graph
 from core.ir.passes import fold_constants, run_passes
 from core.runtime.float_interpreter import run_graph
-
 from tests.ir.graphs import assert_same_outputs, make_graph, node, ops, rand
 
 

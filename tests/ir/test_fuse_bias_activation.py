@@ -1,7 +1,6 @@
 import numpy as np
 
 from core.ir.passes import fuse_bias_activation, run_passes
-
 from tests.ir.graphs import assert_same_outputs, make_graph, node, ops, rand
 
 C = 4

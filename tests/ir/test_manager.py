@@ -3,7 +3,6 @@ import logging
 import numpy as np
 
 from core.ir.passes import DEFAULT_PIPELINE, optimize, run_passes
-
 from tests.ir.graphs import assert_same_outputs, make_graph, node, rand
 
 

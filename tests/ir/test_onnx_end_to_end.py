@@ -6,7 +6,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from core import load_model, onnx_source
-
 from tests.ir.graphs import rand
 
 NAME = re.compile(r"^(MLA|APU)_\d+/[a-z0-9_]+_\d+$")

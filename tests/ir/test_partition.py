@@ -1,9 +1,6 @@
 import re
 
-import numpy as np
-
 from core.ir.passes import optimize, partition
-
 from tests.ir.graphs import assert_same_outputs, make_graph, node, rand
 
 NAME = re.compile(r"^(MLA|APU)_\d+/[a-z0-9_]+_\d+$")

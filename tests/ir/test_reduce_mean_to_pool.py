@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from core.ir.passes import reduce_mean_to_pool, run_passes
-
 from tests.ir.graphs import assert_same_outputs, make_graph, node, ops
 
 

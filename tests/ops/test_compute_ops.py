@@ -97,12 +97,42 @@ CONV_CASES = {
     "grouped": ((2, 8, 6, 6), (12, 4, 3, 3), True, {"group": 2, "pads": [1, 1, 1, 1]}, RELU),
     "grouped_1x1": ((2, 6, 5, 5), (9, 2, 1, 1), True, {"group": 3}, None),
     "depthwise_relu6": ((2, 6, 11, 11), (6, 1, 3, 3), True, {"group": 6, "pads": [1, 1, 1, 1]}, RELU6),
-    "depthwise_stride2": ((3, 5, 12, 12), (5, 1, 3, 3), True, {"group": 5, "pads": [1, 1, 1, 1], "strides": [2, 2]}, None),
+    "depthwise_stride2": (
+        (3, 5, 12, 12),
+        (5, 1, 3, 3),
+        True,
+        {"group": 5, "pads": [1, 1, 1, 1], "strides": [2, 2]},
+        None,
+    ),
     "depthwise_no_pad": ((2, 4, 9, 9), (4, 1, 3, 3), False, {"group": 4}, None),
-    "depthwise_dilated_asym": ((1, 3, 10, 9), (3, 1, 5, 3), True, {"group": 3, "pads": [2, 0, 1, 1], "dilations": [1, 2]}, None),
-    "depthwise_stride_w_only": ((2, 4, 9, 10), (4, 1, 3, 3), True, {"group": 4, "strides": [1, 2], "pads": [1, 1, 1, 1]}, None),
-    "depthwise_stride_h_only": ((2, 4, 9, 10), (4, 1, 3, 3), True, {"group": 4, "strides": [2, 1], "pads": [1, 1, 1, 1]}, None),
-    "depthwise_same_upper": ((1, 4, 9, 8), (4, 1, 3, 3), True, {"group": 4, "auto_pad": "SAME_UPPER", "strides": [2, 2]}, None),
+    "depthwise_dilated_asym": (
+        (1, 3, 10, 9),
+        (3, 1, 5, 3),
+        True,
+        {"group": 3, "pads": [2, 0, 1, 1], "dilations": [1, 2]},
+        None,
+    ),
+    "depthwise_stride_w_only": (
+        (2, 4, 9, 10),
+        (4, 1, 3, 3),
+        True,
+        {"group": 4, "strides": [1, 2], "pads": [1, 1, 1, 1]},
+        None,
+    ),
+    "depthwise_stride_h_only": (
+        (2, 4, 9, 10),
+        (4, 1, 3, 3),
+        True,
+        {"group": 4, "strides": [2, 1], "pads": [1, 1, 1, 1]},
+        None,
+    ),
+    "depthwise_same_upper": (
+        (1, 4, 9, 8),
+        (4, 1, 3, 3),
+        True,
+        {"group": 4, "auto_pad": "SAME_UPPER", "strides": [2, 2]},
+        None,
+    ),
     "depth_multiplier": ((2, 4, 6, 6), (8, 1, 3, 3), True, {"group": 4, "pads": [1, 1, 1, 1]}, None),
     "conv1d": ((2, 3, 17), (4, 3, 3), True, {"pads": [1, 2], "strides": [2]}, RELU),
     "conv1d_depthwise": ((2, 4, 17), (4, 1, 5), True, {"group": 4, "pads": [2, 2]}, None),
@@ -138,7 +168,9 @@ def test_conv_chain_reads_channels_last_views():
     for dw_attrs in ({"group": 12}, {"group": 12, "pads": [1, 1, 1, 1]}, {"group": 12, "strides": [2, 2]}):
         y2 = run_kernel("Conv", [y1, w2], dw_attrs, const={1})
         y3 = run_kernel("Conv", [y2, w3], {}, const={1})
-        (want,) = onnxruntime_run("Conv", [onnxruntime_run("Conv", [np.ascontiguousarray(y1), w2], dw_attrs)[0], w3], {})
+        (want,) = onnxruntime_run(
+            "Conv", [onnxruntime_run("Conv", [np.ascontiguousarray(y1), w2], dw_attrs)[0], w3], {}
+        )
         assert_matches(y3, want)
 
 
@@ -157,7 +189,9 @@ def _conv_in_child(queue):
 def test_conv_runs_in_a_forked_child_after_the_parent_used_its_threads():
     import multiprocessing
 
-    want = np.asarray(run_kernel("Conv", [rand(4, 8, 16, 16), rand(16, 8, 3, 3, seed=1)], {"pads": [1, 1, 1, 1]}, const={1}))
+    want = np.asarray(
+        run_kernel("Conv", [rand(4, 8, 16, 16), rand(16, 8, 3, 3, seed=1)], {"pads": [1, 1, 1, 1]}, const={1})
+    )
     ctx = multiprocessing.get_context("fork")  # the child inherits the thread pool object, not its threads
     queue = ctx.Queue()
     child = ctx.Process(target=_conv_in_child, args=(queue,))
@@ -381,7 +415,11 @@ def test_resize_linear_matches_onnxruntime(ctm, scales, sizes):
 @pytest.mark.parametrize("mode", ["linear"] + [f"nearest-{m}" for m in NEAREST_MODES])
 def test_resize_fractional_scales_follow_the_onnx_reference(mode, ctm):
     mode, _, nearest_mode = mode.partition("-")
-    attrs = {"mode": mode, "coordinate_transformation_mode": ctm, **({"nearest_mode": nearest_mode} if nearest_mode else {})}
+    attrs = {
+        "mode": mode,
+        "coordinate_transformation_mode": ctm,
+        **({"nearest_mode": nearest_mode} if nearest_mode else {}),
+    }
     for scales in ([1, 1, 0.6, 1.7], [1, 1, 0.5, 0.7], [1, 1, 1.3, 2.5]):
         check_resize(resize_inputs(rand(2, 3, 5, 4), scales), attrs)
 
@@ -426,8 +464,14 @@ def test_resize_shape_comes_from_constant_scales_and_sizes():
         get_op("Resize").infer(node, [x, None, None, TensorInfo((4,), np.int64)])
 
 
-@pytest.mark.parametrize("attrs,match", [({"mode": "cubic"}, "cubic"), ({"mode": "linear", "antialias": 1}, "antialias"),
-                                         ({"mode": "nearest", "nearest_mode": "stochastic"}, "nearest_mode")])
+@pytest.mark.parametrize(
+    "attrs,match",
+    [
+        ({"mode": "cubic"}, "cubic"),
+        ({"mode": "linear", "antialias": 1}, "antialias"),
+        ({"mode": "nearest", "nearest_mode": "stochastic"}, "nearest_mode"),
+    ],
+)
 def test_resize_variants_mixq_does_not_implement(attrs, match):
     inputs = resize_inputs(rand(1, 1, 4, 4), [1, 1, 2, 2])
     node = Node("Resize", ["x", "roi", "s"], ["y"], attrs, name="my_resize")
@@ -511,7 +555,11 @@ def test_gemm_and_matmul_run_on_the_mla_only_with_constant_weights():
 
 
 def test_pool_resize_and_conv_transpose_placement():
-    for op, kind in [("MaxPool", "max_pool2d"), ("AveragePool", "avg_pool2d"), ("GlobalAveragePool", "global_avg_pool2d")]:
+    for op, kind in [
+        ("MaxPool", "max_pool2d"),
+        ("AveragePool", "avg_pool2d"),
+        ("GlobalAveragePool", "global_avg_pool2d"),
+    ]:
         node = Node(op, ["x"], ["y"], {"kernel_shape": [2, 2]})
         assert get_op(op).kind_of(node) == kind and get_op(op).on_mla(node, graph_with(node))
     for op in ("Resize", "Upsample"):
@@ -526,5 +574,15 @@ def test_pool_resize_and_conv_transpose_placement():
 
 
 def test_every_compute_op_documents_itself():
-    for op in ("Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Upsample"):
+    for op in (
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Resize",
+        "Upsample",
+    ):
         assert get_op(op).doc.strip(), op

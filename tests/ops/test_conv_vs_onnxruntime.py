@@ -13,7 +13,12 @@ CASES = {
     "3x3_stride2_relu": ((2, 4, 10, 10), (6, 4, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), "Relu"),
     "1x1_stride2": ((3, 8, 7, 7), (5, 8, 1, 1), dict(strides=[2, 2]), None),
     "depthwise_relu6": ((2, 6, 11, 11), (6, 1, 3, 3), dict(group=6, pads=[1, 1, 1, 1]), "Clip"),
-    "depthwise_stride2_dilated": ((2, 6, 12, 12), (6, 1, 3, 3), dict(group=6, pads=[2, 2, 2, 2], strides=[2, 2], dilations=[2, 2]), None),
+    "depthwise_stride2_dilated": (
+        (2, 6, 12, 12),
+        (6, 1, 3, 3),
+        dict(group=6, pads=[2, 2, 2, 2], strides=[2, 2], dilations=[2, 2]),
+        None,
+    ),
     "depthwise_asym_pads": ((1, 3, 8, 9), (3, 1, 5, 3), dict(group=3, pads=[2, 0, 1, 1]), None),
     "grouped": ((2, 8, 6, 6), (12, 4, 3, 3), dict(group=2, pads=[1, 1, 1, 1]), "Relu"),
     "depth_multiplier": ((2, 4, 6, 6), (8, 1, 3, 3), dict(group=4), None),

@@ -12,10 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import (ExecutionError, QuantizationConfigError, ShapeInferenceError,
-                         UnsupportedOperatorError)
+from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node
-from core.ops import conv as conv_module
 from core.ops.conv import conv_accumulate, conv_forward, exact_accumulation_dtype
 from core.ops.gemm import dense_accumulate
 
@@ -253,7 +251,9 @@ def test_int64_fallback_exact_beyond_2_53(depthwise):
     assert not np.array_equal(_conv_float_gemm(x, zp, w, node, np.float64).astype(np.int64),
                               ref - bias.reshape(-1, 1, 1))
     # batch-split invariance on this path too
-    np.testing.assert_array_equal(np.concatenate([conv_accumulate(x[i:i + 1], zp, w, bias, node) for i in range(2)]), acc)
+    np.testing.assert_array_equal(
+        np.concatenate([conv_accumulate(x[i : i + 1], zp, w, bias, node) for i in range(2)]), acc
+    )
 
 
 @pytest.mark.parametrize("shape", ["pointwise", "pointwise_grouped", "3x3", "depthwise"])
@@ -300,7 +300,9 @@ def test_batch_split_across_paths():
     dtypes = {exact_accumulation_dtype(x[i:i + 1], 0, w.reshape(8, -1), None, node) for i in range(4)}
     assert dtypes == {np.dtype(np.float32), np.dtype(np.float64)}
     acc = conv_accumulate(x, 0, w, None, node)
-    np.testing.assert_array_equal(np.concatenate([conv_accumulate(x[i:i + 1], 0, w, None, node) for i in range(4)]), acc)
+    np.testing.assert_array_equal(
+        np.concatenate([conv_accumulate(x[i : i + 1], 0, w, None, node) for i in range(4)]), acc
+    )
     np.testing.assert_array_equal(acc, ref_conv(x, 0, w, None, [1, 1], [1, 1], [1, 1, 1, 1], 1))
 
 
@@ -456,7 +458,9 @@ def test_dense_accumulate_errors():
     with pytest.raises(UnsupportedOperatorError, match="fc_q.*alpha"):
         dense_accumulate(x, 0, w, None, Node("Gemm", ["x", "w"], ["y"], {"alpha": 0.5}, name="fc_q"))
     with pytest.raises(UnsupportedOperatorError, match="fc_q.*beta"):
-        dense_accumulate(x, 0, w, np.zeros(3, np.int32), Node("Gemm", ["x", "w", "b"], ["y"], {"beta": 2.0}, name="fc_q"))
+        dense_accumulate(
+            x, 0, w, np.zeros(3, np.int32), Node("Gemm", ["x", "w", "b"], ["y"], {"beta": 2.0}, name="fc_q")
+        )
     # beta without a bias is irrelevant
     assert dense_accumulate(x, 0, w, None, Node("Gemm", ["x", "w"], ["y"], {"beta": 2.0}, name="fc_q")).shape == (2, 3)
     gemm = Node("Gemm", ["x", "w", "b"], ["y"], {}, name="fc_q")

@@ -216,7 +216,7 @@ def binary_case(draw, bits):
 def _add_ok(sa, sb, so, bits):
     left = 15 if bits == 16 else 20
     sa, sb, so = f32(sa), f32(sb), f32(so)
-    return sa > 0 and sb > 0 and 2 * max(sa, sb) / ((1 << left) * so) < 1 and min(sa, sb) / (2 * max(sa, sb)) > 2.0 ** -31
+    return sa > 0 and sb > 0 and 2 * max(sa, sb) / ((1 << left) * so) < 1 and min(sa, sb) / (2 * max(sa, sb)) > 2.0**-31
 
 
 # --------------------------------------------------------------------------- Add / Sub / Mul

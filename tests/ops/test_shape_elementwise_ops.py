@@ -14,8 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from core import (ExecutionError, ShapeInferenceError, UnsupportedOperatorError, load_model,
-                  onnx_source)
+from core import ExecutionError, ShapeInferenceError, UnsupportedOperatorError, load_model, onnx_source
 from core.ir.graph import Graph, Node, TensorInfo
 from core.ops.registry import get_op
 from core.runtime.float_interpreter import run_graph
@@ -50,7 +49,9 @@ def run_node(op, inputs, attrs=None, const=(), opset=18, n_outputs=1):
     got = run_graph(g, feeds)
     results = [got[o] for o in outs]
     for o, r in zip(outs, results):
-        assert (g.tensors[o].shape, g.tensors[o].dtype) == (r.shape, r.dtype), f"{op}: inference disagrees with the kernel"
+        assert (g.tensors[o].shape, g.tensors[o].dtype) == (r.shape, r.dtype), (
+            f"{op}: inference disagrees with the kernel"
+        )
     return results
 
 
@@ -154,7 +155,9 @@ def test_pad_reflect_edge_wrap_and_negative_pads():
     np.testing.assert_array_equal(run1("Pad", [x, pads], {"mode": "edge"}, const={1}), [[1, 1, 1, 2, 3, 4, 4]])
     np.testing.assert_array_equal(run1("Pad", [x, pads], {"mode": "wrap"}, const={1}), [[3, 4, 1, 2, 3, 4, 1]])
     # negative pads crop; constant_value fills; axes picks the padded dimensions
-    y = run1("Pad", [x, np.array([-1, 2], np.int64), np.array(9, np.float32), np.array([-1], np.int64)], const={1, 2, 3})
+    y = run1(
+        "Pad", [x, np.array([-1, 2], np.int64), np.array(9, np.float32), np.array([-1], np.int64)], const={1, 2, 3}
+    )
     np.testing.assert_array_equal(y, [[2, 3, 4, 9, 9]])
 
 
@@ -164,7 +167,9 @@ def test_pad_errors():
         run1("Pad", [x, np.array([1, 1, 1, 1])], {"mode": "mirror"}, const={1})
     with pytest.raises(ShapeInferenceError, match="pads .* should hold 2 x 2"):
         run1("Pad", [x, np.array([1, 1, 1])], const={1})
-    with pytest.raises(ShapeInferenceError, match="my_pad.*reflect pads .2, 0. on axis 0 need more than its 2 elements"):
+    with pytest.raises(
+        ShapeInferenceError, match="my_pad.*reflect pads .2, 0. on axis 0 need more than its 2 elements"
+    ):
         run1("Pad", [x, np.array([2, 0, 0, 0])], {"mode": "reflect"}, const={1})
 
 
@@ -264,7 +269,9 @@ def test_reduce_mean_axes_keepdims_and_noop():
     y = run1("ReduceMean", [x, np.array([-1, 0], np.int64)], {"keepdims": 0}, const={1})
     np.testing.assert_allclose(y, x.mean(axis=(0, 2)))
     assert run1("ReduceMean", [x]).shape == (1, 1, 1)  # no axes: all of them
-    np.testing.assert_array_equal(run1("ReduceMean", [x, np.array([], np.int64)], {"noop_with_empty_axes": 1}, const={1}), x)
+    np.testing.assert_array_equal(
+        run1("ReduceMean", [x, np.array([], np.int64)], {"noop_with_empty_axes": 1}, const={1}), x
+    )
     with pytest.raises(ShapeInferenceError, match="my_reducemean.*repeat an axis"):
         run1("ReduceMean", [x, np.array([1, -2], np.int64)], const={1})
 
@@ -279,7 +286,12 @@ def test_squeeze_unsqueeze_transpose_concat_split():
     x = np.zeros((1, 3, 1, 2), np.float32)
     assert run1("Squeeze", [x]).shape == (3, 2)
     assert run1("Squeeze", [x, np.array([-2])], const={1}).shape == (1, 3, 2)
-    assert run1("Unsqueeze", [np.zeros((3, 2), np.float32), np.array([3, 0], np.int64)], const={1}).shape == (1, 3, 2, 1)
+    assert run1("Unsqueeze", [np.zeros((3, 2), np.float32), np.array([3, 0], np.int64)], const={1}).shape == (
+        1,
+        3,
+        2,
+        1,
+    )
     assert run1("Transpose", [np.zeros((2, 3, 4), np.float32)]).shape == (4, 3, 2)
     parts = run_node("Split", [np.arange(7, dtype=np.float32)], {"num_outputs": 3}, n_outputs=3)
     assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]
@@ -328,7 +340,9 @@ def test_constant_and_constant_of_shape():
 
 def test_range_float16_is_computed_in_float32():
     # stash_type=1 (default): 2048 + k in float16 steps, accumulated in float16, would stall at 2048
-    r = run1("Range", [np.array(2040, np.float16), np.array(2056, np.float16), np.array(2, np.float16)], const={0, 1, 2})
+    r = run1(
+        "Range", [np.array(2040, np.float16), np.array(2056, np.float16), np.array(2, np.float16)], const={0, 1, 2}
+    )
     assert r.dtype == np.float16
     np.testing.assert_array_equal(r.astype(np.float32), np.arange(2040, 2056, 2, dtype=np.float32))
 
@@ -348,7 +362,9 @@ def test_dropout_inference_and_training_mode():
 
 # ---- old-opset forms, end to end against onnxruntime ----
 def _model(nodes, inputs, outputs, initializers, opset):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    graph = helper.make_graph(
+        nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in initializers.items()]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 7
     return model
@@ -380,7 +396,9 @@ OLD_FORMS = [  # op, attrs, constant inputs, opset
 ]
 
 
-@pytest.mark.parametrize("op, attrs, consts, opset", OLD_FORMS, ids=[f"{o[0]}-opset{o[3]}-{i}" for i, o in enumerate(OLD_FORMS)])
+@pytest.mark.parametrize(
+    "op, attrs, consts, opset", OLD_FORMS, ids=[f"{o[0]}-opset{o[3]}-{i}" for i, o in enumerate(OLD_FORMS)]
+)
 def test_old_opset_forms_match_onnxruntime(tmp_path, op, attrs, consts, opset):
     # a Relu first, so the upgraded node's input is an intermediate tensor (not yet shape-inferred)
     x = np.random.default_rng(2).standard_normal((2, 4, 1, 5)).astype(np.float32)

@@ -23,7 +23,9 @@ def test_killed_search_resumes_without_duplicates(prefect_server, workdir, mlflo
 
     env = dict(os.environ, PREFECT_API_URL=prefect_server, MIXQ_KILL_AFTER_CANDIDATES="4",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = f"import json; from flows.search import search_flow; search_flow(**json.loads({json.dumps(json.dumps(ARGS))}))"
+    code = (
+        f"import json; from flows.search import search_flow; search_flow(**json.loads({json.dumps(json.dumps(ARGS))}))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -9, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -334,7 +334,13 @@ def test_save_load_round_trip_is_exact(tmp_path, stats):
         np.testing.assert_array_equal(a.histogram, b.histogram)
         np.testing.assert_array_equal(a.batch_mins, b.batch_mins)
         np.testing.assert_array_equal(a.batch_maxs, b.batch_maxs)
-        assert (a.half_range, a.count, a.zero_count, a.min, a.max) == (b.half_range, b.count, b.zero_count, b.min, b.max)
+        assert (a.half_range, a.count, a.zero_count, a.min, a.max) == (
+            b.half_range,
+            b.count,
+            b.zero_count,
+            b.min,
+            b.max,
+        )
         for method in ALL_METHODS:
             assert compute_range(a, method, ASYM8) == compute_range(b, method, ASYM8)
     assert [p.name for p in tmp_path.iterdir()] == ["calib.npz"]  # no temp file left behind
@@ -490,7 +496,10 @@ def test_empty_or_non_iterable_calibration_data_raises():
     [
         ("not a dict", r"sample 1 must be a dict.*got str"),
         ({"image": np.ones((1, 4, 4, 3), np.float32)}, r"sample 1 is missing model input 'scale'"),
-        (sample(image=np.ones((1, 5, 4, 3), np.float32)), r"sample 1: input 'image' has shape \(1, 5, 4, 3\), expected \(1, 4, 4, 3\)"),
+        (
+            sample(image=np.ones((1, 5, 4, 3), np.float32)),
+            r"sample 1: input 'image' has shape \(1, 5, 4, 3\), expected \(1, 4, 4, 3\)",
+        ),
         (sample(image=np.ones((4, 3), np.float32)), r"sample 1: input 'image' has shape \(4, 3\)"),
         (sample(scale=np.array([[1.0, np.nan]], np.float32)), r"sample 1: input 'scale' contains 1 NaN/Inf"),
         (sample(image=np.full((1, 4, 4, 3), np.inf, np.float32)), r"sample 1: input 'image' contains 48 NaN/Inf"),

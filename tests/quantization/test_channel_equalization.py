@@ -79,8 +79,9 @@ def test_per_channel_clip_runs_in_integers(block):
     lo, hi = equalized.program.constants[first]["act_channel_bounds"]
     assert len(hi) == 8 and hi.min() < hi.max()
     # the per-channel clamp holds in the integer output of the first conv
-    from core.runtime.integer_interpreter import run_program
     import copy
+
+    from core.runtime.integer_interpreter import run_program
 
     prog = copy.copy(equalized.program)
     prog.graph = equalized.program.graph.copy()

@@ -5,8 +5,14 @@ import pytest
 
 from core import CalibrationError, InputError, load_model, onnx_source, zoo
 from core.quantization.calibration import CalibrationStatistics
-from core.quantization.params import (HistogramEntropyMethod, HistogramMSEMethod, HistogramPercentileMethod,
-                                      MinMaxMethod, MovingAverageMinMaxMethod, quantization_scheme)
+from core.quantization.params import (
+    HistogramEntropyMethod,
+    HistogramMSEMethod,
+    HistogramPercentileMethod,
+    MinMaxMethod,
+    MovingAverageMinMaxMethod,
+    quantization_scheme,
+)
 
 
 @pytest.fixture(scope="module")

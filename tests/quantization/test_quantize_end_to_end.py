@@ -3,8 +3,19 @@ invariance of the integer program, both requantization modes, fast_mode's tolera
 import numpy as np
 import pytest
 
-from core import (CalibrationError, InputError, Model, QuantizationConfigError, QuantizationPrecision,
-                  RequantizationMode, default_quantization, int16_quantization, load_model, onnx_source, zoo)
+from core import (
+    CalibrationError,
+    InputError,
+    Model,
+    QuantizationConfigError,
+    QuantizationPrecision,
+    RequantizationMode,
+    default_quantization,
+    int16_quantization,
+    load_model,
+    onnx_source,
+    zoo,
+)
 from core.quantization.quantizer import QuantizedProgram, TensorQuant
 
 
@@ -201,16 +212,20 @@ def test_mobilenet_v2_int8_agrees_with_fp32():
 def _mixed_model():
     """Conv+Relu -> Sigmoid (APU) -> Conv (APU -> MLA), Add, Pad, AveragePool, Concat, nearest
     Resize, standalone Clip, Mul, GlobalAveragePool, Flatten, Gemm, Softmax (APU)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)
     inits = {
-        "w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3, "b1": rng.standard_normal(4).astype(np.float32) * 0.1,
-        "w2": rng.standard_normal((4, 4, 1, 1)).astype(np.float32) * 0.5, "b2": rng.standard_normal(4).astype(np.float32) * 0.1,
+        "w1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3,
+        "b1": rng.standard_normal(4).astype(np.float32) * 0.1,
+        "w2": rng.standard_normal((4, 4, 1, 1)).astype(np.float32) * 0.5,
+        "b2": rng.standard_normal(4).astype(np.float32) * 0.1,
         "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
-        "scales": np.array([1, 1, 2, 2], np.float32), "lo": np.array(0.0, np.float32), "hi": np.array(1.5, np.float32),
-        "wd": rng.standard_normal((5, 8)).astype(np.float32) * 0.5, "bd": rng.standard_normal(5).astype(np.float32) * 0.1,
+        "scales": np.array([1, 1, 2, 2], np.float32),
+        "lo": np.array(0.0, np.float32),
+        "hi": np.array(1.5, np.float32),
+        "wd": rng.standard_normal((5, 8)).astype(np.float32) * 0.5,
+        "bd": rng.standard_normal(5).astype(np.float32) * 0.1,
     }
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
@@ -241,7 +256,9 @@ def test_mixed_mla_apu_graph(onnx_model_file, mode):
     assert any(s.startswith("APU") for s in net.segments()) and any(s.startswith("MLA") for s in net.segments())
     rng = np.random.default_rng(2)
     x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
-    model = net.quantize([{"x": x[i : i + 4]} for i in range(0, 16, 4)], default_quantization.with_requantization_mode(mode))
+    model = net.quantize(
+        [{"x": x[i : i + 4]} for i in range(0, 16, 4)], default_quantization.with_requantization_mode(mode)
+    )
     kinds = model.program.kinds
     assert "float" not in kinds.values()                 # every MLA op above has an integer kernel
     assert sum(k == "apu" for k in kinds.values()) == 2  # Sigmoid, Softmax

@@ -276,7 +276,9 @@ def test_mbqm_int64_reduces_multiplier_to_16_bits():
     # 0x7FFF0000 and above saturate to 0x7FFF instead of rounding up to 0x8000.
     assert multiply_by_quantized_multiplier_int64(1 << 20, 0x7FFF0000, 0) == ((1 << 20) * 0x7FFF + (1 << 14)) >> 15
     assert multiply_by_quantized_multiplier_int64(1 << 20, 0x7FFEFFFF, 0) == ((1 << 20) * 0x7FFF + (1 << 14)) >> 15
-    assert multiply_by_quantized_multiplier_int64(1 << 20, (1 << 30) + (1 << 15), 0) == ref_mbqm_int64(1 << 20, (1 << 30) + (1 << 15), 0)
+    assert multiply_by_quantized_multiplier_int64(1 << 20, (1 << 30) + (1 << 15), 0) == ref_mbqm_int64(
+        1 << 20, (1 << 30) + (1 << 15), 0
+    )
     with pytest.raises(ExecutionError, match="x"):
         multiply_by_quantized_multiplier_int64(1 << 47, 1 << 30, 0)
     with pytest.raises(QuantizationConfigError, match="shift"):

@@ -7,10 +7,24 @@ import json
 import numpy as np
 import pytest
 
-from core import (CalibrationError, CalibrationMethod, HistogramEntropyMethod, HistogramMSEMethod, HistogramPercentileMethod,
-                  MinMaxMethod, Model, MovingAverageMinMaxMethod, QuantizationConfigError, QuantizationPrecision,
-                  RequantizationMode, default_quantization, int16_quantization, load_model, onnx_source,
-                  quantization_scheme, zoo)
+from core import (
+    CalibrationError,
+    CalibrationMethod,
+    HistogramEntropyMethod,
+    HistogramMSEMethod,
+    HistogramPercentileMethod,
+    MinMaxMethod,
+    Model,
+    MovingAverageMinMaxMethod,
+    QuantizationPrecision,
+    RequantizationMode,
+    default_quantization,
+    int16_quantization,
+    load_model,
+    onnx_source,
+    quantization_scheme,
+    zoo,
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +154,11 @@ def test_configuration_examples(loaded_net, calib_data, test_set):
     # calibration methods: from_str, a custom percentile, dataclasses.replace
     scales = {}
     for label, quant_configs in (
-            ("mse", default_quantization.with_calibration(CalibrationMethod.from_str("mse"))),
-            ("p91", default_quantization.with_calibration(HistogramPercentileMethod(91.0, 2048))),
-            ("p99.9", default_quantization.with_calibration(HistogramPercentileMethod(99.9, 2048))),
-            ("moving average", dataclasses.replace(default_quantization, calibration_method=MovingAverageMinMaxMethod()))):
+        ("mse", default_quantization.with_calibration(CalibrationMethod.from_str("mse"))),
+        ("p91", default_quantization.with_calibration(HistogramPercentileMethod(91.0, 2048))),
+        ("p99.9", default_quantization.with_calibration(HistogramPercentileMethod(99.9, 2048))),
+        ("moving average", dataclasses.replace(default_quantization, calibration_method=MovingAverageMinMaxMethod())),
+    ):
         sdk_net = loaded_net.quantize(calibration_data=calib_data, quantization_config=quant_configs,
                                       model_name="test_model")
         scales[label] = sdk_net.program.tensors["input"].scale

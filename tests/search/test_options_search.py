@@ -2,7 +2,15 @@
 import numpy as np
 import pytest
 
-from core import HistogramMSEMethod, MinMaxMethod, QuantizationConfigError, load_model, onnx_source, quantization_scheme, zoo
+from core import (
+    HistogramMSEMethod,
+    MinMaxMethod,
+    QuantizationConfigError,
+    load_model,
+    onnx_source,
+    quantization_scheme,
+    zoo,
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from core.errors import CheckpointError
 from core.zoo import get
 from core.zoo.checkpoint import load_checkpoint
 
-
 # ---------------------------------------------------------------- hand-written pickles (no torch here)
 
 class PickleWriter:

@@ -33,7 +33,9 @@ def test_built_model_is_valid_onnx(built_models, name, input_shape, output_shape
     model = onnx.load(str(built_models[name]))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == 17
-    dims = lambda value: [d.dim_value for d in value.type.tensor_type.shape.dim]
+    def dims(value):
+        return [d.dim_value for d in value.type.tensor_type.shape.dim]
+
     assert [i.name for i in model.graph.input] == ["input"]
     assert dims(model.graph.input[0]) == input_shape
     assert [o.name for o in model.graph.output] == ["output"]
@@ -55,7 +57,10 @@ def test_mobilenet_v2_graph_keeps_batch_norm_like_a_pytorch_export(built_models)
         if node.op_type == "BatchNormalization":
             assert by_output[node.input[0]].op_type == "Conv"
     first = graph.node[0]
-    assert first.name == "/features/features.0/features.0.0/Conv" and list(first.input) == ["input", "features.0.0.weight"]
+    assert first.name == "/features/features.0/features.0.0/Conv" and list(first.input) == [
+        "input",
+        "features.0.0.weight",
+    ]
     depthwise = next(n for n in graph.node if n.name == "/features/features.1/conv/conv.0/conv.0.0/Conv")
     assert list(depthwise.input) == ["/features/features.0/features.0.2/Clip_output_0", "features.1.conv.0.0.weight"]
     assert {a.name: onnx.helper.get_attribute_value(a) for a in depthwise.attribute}["group"] == 32

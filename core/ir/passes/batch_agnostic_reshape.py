@@ -3,7 +3,6 @@ spells out the batch (often a folded ``x.size(0)``) copies dim 0 instead (ONNX's
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from core.ir.graph import Graph
 
@@ -38,7 +37,7 @@ def batch_agnostic_reshape(graph: Graph) -> bool:
     return changed
 
 
-def _input_batch(graph: Graph) -> Optional[int]:
+def _input_batch(graph: Graph) -> int | None:
     """Dim 0 shared by all graph inputs, or None if they disagree or there are none."""
     dims = {graph.tensors[i].shape[0] for i in graph.inputs if i in graph.tensors and graph.tensors[i].shape}
     return dims.pop() if len(dims) == 1 else None

@@ -64,7 +64,12 @@ def equalizable_pairs(graph: Graph) -> list[tuple[Node, Node]]:
         if out in graph.outputs or len(users) != 1:
             continue
         b = users[0]
-        if b.op not in ("Conv", "Gemm") or b.inputs[0] != out or len(b.inputs) < 2 or b.inputs[1] not in graph.constants:
+        if (
+            b.op not in ("Conv", "Gemm")
+            or b.inputs[0] != out
+            or len(b.inputs) < 2
+            or b.inputs[1] not in graph.constants
+        ):
             continue
         if a.segment != b.segment:
             continue
@@ -124,7 +129,9 @@ def equalize_channels(graph: Graph, max_sweeps: int = 20, tolerance: float = 1e-
         moved = max(_equalize_pair(graph, a, b) for a, b in pairs)
         if moved < tolerance:
             break
-    for name in {n.inputs[1] for pair in pairs for n in pair} | {a.inputs[2] for a, _ in pairs if len(a.inputs) > 2 and a.inputs[2]}:
+    for name in {n.inputs[1] for pair in pairs for n in pair} | {
+        a.inputs[2] for a, _ in pairs if len(a.inputs) > 2 and a.inputs[2]
+    }:
         if name in graph.tensors:
             graph.tensors[name].value = graph.constants[name] if graph.tensors[name].value is not None else None
     return len(pairs)

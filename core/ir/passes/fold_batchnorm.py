@@ -3,7 +3,7 @@
 into becomes Mul + Add with constants, which the accelerator runs."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from core.ir.graph import Graph, Node, TensorInfo
 from core.ir.passes.patterns import absorb, fold_affine, linear_channel_axis, per_channel, sole_consumer
 
 # (shape of the linear node's output, its channel axis) -> (scale, shift) per channel, or None
-AffineFn = Callable[[tuple[int, ...], int], Optional[tuple[np.ndarray, np.ndarray]]]
+AffineFn = Callable[[tuple[int, ...], int], tuple[np.ndarray, np.ndarray] | None]
 
 
 def fold_batchnorm(graph: Graph) -> bool:
@@ -50,7 +50,7 @@ def _fold_into_producer(graph: Graph, n: Node, x: str, affine: AffineFn, produce
     return True
 
 
-def _batchnorm_affine(graph: Graph, n: Node, consumers) -> Optional[tuple[str, AffineFn]]:
+def _batchnorm_affine(graph: Graph, n: Node, consumers) -> tuple[str, AffineFn] | None:
     """BN(x) = scale * (x - mean) / sqrt(var + eps) + B, when its parameters are constants,
     it is in inference mode and only its first output is used."""
     if len(n.inputs) != 5 or any(i not in graph.constants for i in n.inputs[1:]):
@@ -70,7 +70,7 @@ def _batchnorm_affine(graph: Graph, n: Node, consumers) -> Optional[tuple[str, A
     return n.inputs[0], affine
 
 
-def _elementwise_affine(graph: Graph, n: Node) -> Optional[tuple[str, AffineFn]]:
+def _elementwise_affine(graph: Graph, n: Node) -> tuple[str, AffineFn] | None:
     """x * c, c * x, x / c, x + c, c + x, x - c, c - x with a constant c."""
     if len(n.inputs) != 2:
         return None
@@ -98,7 +98,7 @@ def _elementwise_affine(graph: Graph, n: Node) -> Optional[tuple[str, AffineFn]]
     return x, affine
 
 
-def _decompose_batchnorm(graph: Graph, n: Node, affine: AffineFn) -> Optional[list[Node]]:
+def _decompose_batchnorm(graph: Graph, n: Node, affine: AffineFn) -> list[Node] | None:
     x, y = n.inputs[0], n.outputs[0]
     info = graph.info(x)
     got = affine(info.shape, 1) if len(info.shape) >= 2 else None

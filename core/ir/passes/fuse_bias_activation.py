@@ -2,8 +2,6 @@
 becomes Gemm) and a following Relu or Clip, as attrs["activation"]."""
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from core.ir.graph import Graph, Node
@@ -26,7 +24,7 @@ def fuse_bias_activation(graph: Graph) -> bool:
     return changed
 
 
-def _fusable_input(graph: Graph, n: Node) -> Optional[str]:
+def _fusable_input(graph: Graph, n: Node) -> str | None:
     """The non-constant input of an Add (with a constant), Relu or Clip; else None."""
     if n.op == "Add" and len(n.inputs) == 2:
         a, b = n.inputs
@@ -60,7 +58,7 @@ def _fuse(graph: Graph, p: Node, n: Node, x: str) -> bool:
     return True
 
 
-def _clip_bound(graph: Graph, n: Node, k: int, omitted: float) -> Optional[float]:
+def _clip_bound(graph: Graph, n: Node, k: int, omitted: float) -> float | None:
     """Clip's min (k=1) or max (k=2): ``omitted`` if absent, None if not a constant scalar."""
     if len(n.inputs) <= k or not n.inputs[k]:
         return omitted

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from core.ir.graph import Graph
 from core.ir.passes.batch_agnostic_reshape import batch_agnostic_reshape

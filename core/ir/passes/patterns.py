@@ -2,8 +2,6 @@
 constants, and folding a per-channel affine map y = scale * x + shift into a linear node."""
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from core.ir.graph import Graph, Node
@@ -11,7 +9,7 @@ from core.ir.graph import Graph, Node
 LINEAR_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def sole_consumer(graph: Graph, tensor: str, consumers: dict[str, list[Node]]) -> Optional[Node]:
+def sole_consumer(graph: Graph, tensor: str, consumers: dict[str, list[Node]]) -> Node | None:
     """The one node reading ``tensor`` (once), or None if it has several uses or is a graph output."""
     uses = consumers.get(tensor, [])
     if len(uses) != 1 or tensor in graph.outputs:
@@ -19,7 +17,7 @@ def sole_consumer(graph: Graph, tensor: str, consumers: dict[str, list[Node]]) -
     return uses[0]
 
 
-def scalar(graph: Graph, name: str) -> Optional[float]:
+def scalar(graph: Graph, name: str) -> float | None:
     """The value of a one-element constant tensor, else None."""
     v = graph.constants.get(name)
     if v is None or v.size != 1:
@@ -27,7 +25,7 @@ def scalar(graph: Graph, name: str) -> Optional[float]:
     return float(v.reshape(()))
 
 
-def per_channel(value: np.ndarray, shape: tuple[int, ...], axis: int) -> Optional[np.ndarray]:
+def per_channel(value: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray | None:
     """``value`` as a float64 vector of length shape[axis] if, broadcast against a tensor of
     ``shape``, it varies only along ``axis`` and does not enlarge the tensor; else None."""
     value = np.asarray(value)
@@ -39,7 +37,7 @@ def per_channel(value: np.ndarray, shape: tuple[int, ...], axis: int) -> Optiona
     return np.broadcast_to(value.reshape(-1).astype(np.float64), (shape[axis],))
 
 
-def linear_channel_axis(graph: Graph, node: Node) -> Optional[int]:
+def linear_channel_axis(graph: Graph, node: Node) -> int | None:
     """Output-channel axis of a Conv/Gemm/MatMul whose weights (and bias) are float constants
     and that has no fused activation yet; None if an affine map cannot fold into it."""
     if node.op not in LINEAR_OPS or node.attrs.get("activation") or len(node.inputs) < 2:

@@ -2,8 +2,6 @@
 -> GlobalAveragePool (+ Flatten when keepdims=0), which the accelerator runs."""
 from __future__ import annotations
 
-from typing import Optional
-
 from core.ir.graph import Graph, Node, TensorInfo
 
 
@@ -30,7 +28,7 @@ def reduce_mean_to_pool(graph: Graph) -> bool:
     return changed
 
 
-def _axes(graph: Graph, n: Node) -> Optional[set[int]]:
+def _axes(graph: Graph, n: Node) -> set[int] | None:
     """The reduced axes, normalized to non-negative; None if unknown or "all axes"."""
     if len(n.inputs) > 1 and n.inputs[1]:
         value = graph.constants.get(n.inputs[1])
