@@ -1,12 +1,16 @@
 """Elementwise activations and Softmax; integer Relu/Clip (relu_int, clip_int, activation_range_int)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import normalize_axis
+from core.ops.quant_rules import QuantRule, ReuseRule, activation_range_int, clip_bounds
 from core.ops.registry import OpDef, register
+from core.quantization.quant_data import NodeQuant
 
 
 def _same(node: Node, infos):
@@ -39,6 +43,80 @@ def _leaky(node, x):
     return np.where(x >= 0, x, x * np.asarray(node.attrs.get("alpha", 0.01), x.dtype))
 
 
+class ClipRule(ReuseRule):
+    """Standalone Clip: the output reuses the input's quantization, clamped to the bounds'
+    integer codes (TFLite's ReluX with equal input and output quantization)."""
+
+    def bounds(self, node: Node, consts) -> tuple[float, float]:
+        return clip_bounds(node, consts)
+
+    def constants(self, node, q, consts):
+        lo, hi = self.bounds(node, consts)
+        act_min, act_max = activation_range_int(q.zero_point, q.scale, lo, hi, q.qmin, q.qmax)
+        return NodeQuant(act_min=act_min, act_max=act_max)
+
+    def run_int(self, node, nq, ctx):
+        ctx.set_int(node.outputs[0], np.clip(ctx.int(node.inputs[0]), nq.act_min, nq.act_max))
+
+    def lower_integer_onnx(self, node, nq, L):
+        L.store(node.outputs[0], L.int64_of(node.inputs[0]), nq)
+        return True
+
+
+class ReluRule(ClipRule):
+    def bounds(self, node, consts):
+        return 0.0, math.inf
+
+
+class TfliteKernelRule(QuantRule):
+    """Ops that run in integers only in converted TFLite models, with TFLite's reference kernel
+    (mixq's own quantization keeps them float islands)."""
+
+    kernel = ""
+
+    def accepts(self, node: Node, ctx, q_in, q_out) -> NodeQuant | None:
+        raise NotImplementedError
+
+    def convert_tflite(self, node, ctx, acts, q_ins, q_out):
+        if len(acts) != 1 or q_ins[0].bits != 8 or q_out.bits != 8:
+            return None
+        return self.accepts(node, ctx, q_ins[0], q_out)
+
+    def run_int(self, node, nq, ctx):
+        if nq.tflite_kernel != self.kernel:
+            raise ExecutionError(f"{node.describe()}: unknown TFLite kernel {nq.tflite_kernel!r}")
+        x = node.inputs[0]
+        q_out = ctx.tensors[node.outputs[0]]
+        ctx.set_int(node.outputs[0], self.kernel_run(ctx.int(x), nq, ctx.tensors[x], q_out))
+
+
+class LogisticRule(TfliteKernelRule):
+    kernel = "logistic_int8"
+
+    def accepts(self, node, ctx, q_in, q_out):
+        return NodeQuant(tflite_kernel=self.kernel)
+
+    def kernel_run(self, x, nq, q_in, q_out):
+        return logistic_int8(x, q_in.scale, q_in.zero_point, q_out.scale, q_out.zero_point)
+
+
+class SoftmaxRule(TfliteKernelRule):
+    kernel = "softmax_int8"
+
+    def accepts(self, node, ctx, q_in, q_out):
+        if q_out.zero_point != -128 or abs(q_out.scale - 1 / 256) >= 1e-12:
+            return None
+        x_rank = len(ctx.graph.tensors[node.inputs[0]].shape)
+        axis = int(node.attrs.get("axis", -1)) % x_rank
+        if node.attrs.get("_coerce_2d") and axis != x_rank - 1:
+            return None
+        return NodeQuant(tflite_kernel=self.kernel, beta=1.0, axis=axis)
+
+    def kernel_run(self, x, nq, q_in, q_out):
+        return softmax_int8(x, q_in.scale, float(1.0 if nq.beta is None else nq.beta),
+                            int(-1 if nq.axis is None else nq.axis))
+
+
 register(
     OpDef(
         "Relu",
@@ -46,11 +124,12 @@ register(
         _unary(lambda n, x: np.maximum(x, 0)),
         mla=True,
         kind="relu",
+        quant=ReluRule(),
         doc="fused into a preceding conv/dense",
     )
 )
 register(OpDef("LeakyRelu", _same, _unary(_leaky), doc="alpha"))
-register(OpDef("Sigmoid", _same, _unary(_sigmoid), doc="1 / (1 + exp(-x)), overflow-free"))
+register(OpDef("Sigmoid", _same, _unary(_sigmoid), quant=LogisticRule(), doc="1 / (1 + exp(-x)), overflow-free"))
 register(OpDef("Tanh", _same, _unary(lambda n, x: np.tanh(x)), doc="tanh(x)"))
 register(OpDef("HardSigmoid", _same, _unary(_hard_sigmoid), kind="hard_sigmoid", doc="alpha, beta"))
 register(
@@ -93,6 +172,7 @@ def _clip_upgrade(node: Node, graph) -> None:
 
 
 register(OpDef("Clip", _same, _clip_run, mla=True, kind="clip", check=_clip_check, upgrade=_clip_upgrade,
+               quant=ClipRule(),
                doc="min/max inputs (attributes before opset 11); fused into a preceding conv/dense"))
 
 
@@ -126,54 +206,12 @@ def _softmax_upgrade(node: Node, graph) -> None:
 
 
 register(
-    OpDef("Softmax", _softmax_infer, _softmax_run, upgrade=_softmax_upgrade, doc="axis (opset < 13 semantics kept)")
+    OpDef("Softmax", _softmax_infer, _softmax_run, upgrade=_softmax_upgrade, quant=SoftmaxRule(),
+          doc="axis (opset < 13 semantics kept)")
 )
 
 
 # --------------------------------------------------------------------------- integer kernels
-
-def _round_half_away_f32(v: np.float32) -> int:
-    # TfLiteRound / roundf on a float32, exactly: the fractional part of a float is exact
-    a = abs(float(v))
-    fl = np.floor(a)
-    r = int(fl) + int(a - fl >= 0.5)
-    return -r if v < 0 else r
-
-
-def _bound(value: float, s: np.float32, zp: int, qmin: int, qmax: int) -> int:
-    q = np.float32(value) / s
-    if not np.isfinite(q):          # float32 overflow: saturate (C's int32 cast is undefined)
-        return qmax if q > 0 else qmin
-    return zp + _round_half_away_f32(q)
-
-
-def activation_range_int(zp, scale, lo, hi, qmin, qmax) -> tuple[int, int]:
-    """TFLite's CalculateActivationRangeQuantized / QuantizedReluX bounds:
-    ``act_min = max(qmin, zp + round(lo / scale))``, ``act_max = min(qmax, zp + round(hi / scale))``
-    with the division in float32 (``f / scale``, both float) and ``round`` half away from zero
-    (TfLiteRound). ``lo = -inf`` / ``hi = +inf`` leave ``qmin`` / ``qmax``. Where the C cast to
-    int32 would overflow (huge ``lo/scale``), the exact integer is used instead.
-    """
-    qmin, qmax = int(qmin), int(qmax)
-    if qmin > qmax:
-        raise QuantizationConfigError(f"qmin ({qmin}) must be <= qmax ({qmax})")
-    try:
-        s = np.float32(scale)
-        zp_i = int(zp)
-        lo_f, hi_f = float(lo), float(hi)
-    except (TypeError, ValueError, OverflowError):
-        raise QuantizationConfigError(
-            f"zp, scale, lo, hi must be numbers, got {zp!r}, {scale!r}, {lo!r}, {hi!r}"
-        ) from None
-    if not np.isfinite(s) or s <= 0:
-        raise QuantizationConfigError(f"scale must be a positive finite number, got {scale!r}")
-    if np.isnan(lo_f) or np.isnan(hi_f) or lo_f > hi_f:
-        raise QuantizationConfigError(f"clip bounds lo={lo!r}, hi={hi!r} must satisfy lo <= hi")
-    with np.errstate(over="ignore"):
-        act_min = qmin if lo_f == -np.inf else max(qmin, _bound(lo_f, s, zp_i, qmin, qmax))
-        act_max = qmax if hi_f == np.inf else min(qmax, _bound(hi_f, s, zp_i, qmin, qmax))
-    return int(act_min), int(act_max)
-
 
 def clip_int(x_q, zp, scale, lo, hi, qmin, qmax) -> np.ndarray:
     """Clip (and ReLU/ReLU6) on quantized integers, TFLite's ReluX with equal input and output

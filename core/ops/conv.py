@@ -10,6 +10,7 @@ import numpy as np
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import activation_suffix
+from core.ops.quant_rules import DenseRule
 from core.ops.registry import OpDef, register
 
 
@@ -556,6 +557,30 @@ def _conv_upgrade(node: Node, graph) -> None:
         node.attrs["kernel_shape"] = list(w.shape[2:])
 
 
+class ConvRule(DenseRule):
+    """Conv's quantization: :class:`DenseRule` with the conv accumulator (channels on axis 1)."""
+
+    channel_axis = 1
+    onnx_product = "ConvInteger"
+
+    def accumulate(self, x, zero_point, w_q, bias_q, node, requant=None):
+        return conv_accumulate(x, zero_point, w_q, bias_q, node, requant=requant)
+
+    def onnx_operands(self, node, w_q, L):
+        attrs = {k: v for k, v in L.onnx_attrs(node).items()
+                 if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
+        return w_q, attrs, (1, -1) + (1,) * (w_q.ndim - 2)
+
+    def weight_row_sums(self, weights):
+        return np.abs(weights.astype(np.int64)).reshape(weights.shape[0], -1).sum(1)
+
+    def onnx_float_product(self, L, xf, w_int, bias, attrs, base):
+        ins = [xf, w_int]
+        if bias is not None:
+            ins.append(L.w.const(f"{base}/bias_int", bias.reshape(-1).astype(np.float32)))
+        return L.ops.cast(L.w.op("Conv", ins, base, **attrs), "DOUBLE", base)
+
+
 register(
     OpDef(
         "Conv",
@@ -564,6 +589,7 @@ register(
         mla=True,
         kind=_conv_kind,
         upgrade=_conv_upgrade,
+        quant=ConvRule(),
         doc="1-D/2-D/3-D; groups (depthwise, grouped), strides, dilations, pads, auto_pad; fused bias + Relu/Clip",
     )
 )

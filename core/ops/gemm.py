@@ -7,6 +7,7 @@ from core.errors import ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import activation_suffix, apply_activation, broadcast_shape
 from core.ops.conv import _exact_plan, _int_operand, _shifted, _zero_point
+from core.ops.quant_rules import DenseRule
 from core.ops.registry import OpDef, register
 
 
@@ -43,8 +44,35 @@ def _gemm_kind(node: Node) -> str:
     return "dense" + ("_add" if len(node.inputs) > 2 and node.inputs[2] else "") + activation_suffix(node)
 
 
+class GemmRule(DenseRule):
+    """Gemm's quantization: :class:`DenseRule` with the dense accumulator; TFLite's
+    FULLY_CONNECTED requantizes in double."""
+
+    tflite_float_requant = True
+
+    def accumulate(self, x, zero_point, w_q, bias_q, node, requant=None):
+        return dense_accumulate(x, zero_point, w_q, bias_q, node, requant=requant)
+
+    def onnx_operands(self, node, w_q, L):
+        a = node.attrs
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            return None
+        return (w_q.T if a.get("transB", 0) else w_q), {}, (-1,)
+
+
+class MatMulRule(GemmRule):
+    """MatMul with constant 2-D weights; its float ONNX op has no bias input; not a TFLite op."""
+
+    tflite = False
+    tflite_float_requant = False
+    onnx_bias_input = False
+
+    def onnx_operands(self, node, w_q, L):
+        return None if w_q.ndim != 2 else (w_q, {}, (-1,))
+
+
 register(OpDef("Gemm", _gemm_infer, _gemm_run, mla=lambda n, g: g.is_constant(n.inputs[1]), kind=_gemm_kind,
-               doc="alpha, beta, transA, transB; MLA when B is constant; fused bias + Relu/Clip"))
+               quant=GemmRule(), doc="alpha, beta, transA, transB; MLA when B is constant; fused bias + Relu/Clip"))
 
 
 def _matmul_infer(node: Node, infos):
@@ -66,6 +94,7 @@ def _matmul_run(node: Node, inputs):
 
 
 register(OpDef("MatMul", _matmul_infer, _matmul_run, mla=lambda n, g: g.is_constant(n.inputs[1]), kind="dense",
+               quant=MatMulRule(),
                doc="numpy matmul semantics (batched, broadcast); MLA when the second input is constant"))
 
 
