@@ -58,7 +58,16 @@ class TensorQuant:
         return ((np.asarray(q, np.int64) - self.zero_point) * np.float64(self.scale)).astype(np.float32)
 
 
-@dataclass
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape
+                and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+@dataclass(eq=False)
 class NodeQuant:
     """The integer constants of one node (``QuantizedProgram.constants[node]``). Every field is
     optional: an op's quantization rule sets the ones its kernel reads, None means "not used".
@@ -110,6 +119,14 @@ class NodeQuant:
     tflite_kernel: str | None = None
     beta: float | None = None
     axis: int | None = None
+
+    def __eq__(self, other: object) -> bool:
+        # arrays compare by dtype, shape and values (a dataclass's == would compare them elementwise)
+        if not isinstance(other, NodeQuant):
+            return NotImplemented
+        return all(_same_value(getattr(self, f), getattr(other, f)) for f in self.field_names())
+
+    __hash__ = None  # mutable
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
