@@ -35,7 +35,7 @@ import numpy as np
 from core.formats.atomic import sha256_file
 
 __all__ = ["Samples", "load_samples", "data_digest", "spec_json", "build_config", "config_spec_of",
-           "resolve_model", "sha256_file", "model_label"]
+           "resolve_model", "sha256_file", "model_label", "scheme_from_spec"]
 
 ZOO_DATA = ("natural_images", "imagenet_samples", "digits")
 CONFIG_KEYS = {"preset", "calibration", "weights", "activations", "requantization", "int16_nodes",
@@ -179,7 +179,7 @@ def data_digest(spec: dict) -> str:
 
 # ---------------------------------------------------------------- configs
 
-def _scheme(base, given: Any, what: str):
+def scheme_from_spec(base, given: Any, what: str):
     from core import quantization_scheme
     from core.errors import QuantizationConfigError
 
@@ -217,9 +217,9 @@ def build_config(spec: dict | None):
     cfg = int16_quantization if preset == "int16" else default_quantization
     if spec.get("calibration"):
         cfg = cfg.with_calibration(CalibrationMethod.from_str(spec["calibration"]))
-    cfg = cfg.with_weight_quantization(_scheme(cfg.weight_quantization_scheme, spec.get("weights"), "weights"))
+    cfg = cfg.with_weight_quantization(scheme_from_spec(cfg.weight_quantization_scheme, spec.get("weights"), "weights"))
     cfg = cfg.with_activation_quantization(
-        _scheme(cfg.activation_quantization_scheme, spec.get("activations"), "activations"))
+        scheme_from_spec(cfg.activation_quantization_scheme, spec.get("activations"), "activations"))
     if spec.get("requantization"):
         cfg = cfg.with_requantization_mode(RequantizationMode.from_str(spec["requantization"]))
     if spec.get("bias_correction"):

@@ -15,20 +15,20 @@ import numpy as np
 
 from tasks.data import Samples, load_samples, sha256_file
 
-__all__ = ["Scorer", "get_net", "int16_node_count", "scorer_for", "SQNR_CAP_DB"]
+__all__ = ["Scorer", "file_stamp", "get_net", "int16_node_count", "scorer_for", "SQNR_CAP_DB"]
 
 SQNR_CAP_DB = 200.0
 BATCH = 32
 
 
-def _stamp(path: str):
+def file_stamp(path: str):
     st = os.stat(path)
     return (os.path.abspath(path), st.st_mtime_ns, st.st_size)
 
 
 def get_net(model_path: str):
     """The LoadedNet of a model file (memoized per process while the file is unchanged)."""
-    return _get_net(_stamp(model_path))
+    return _get_net(file_stamp(model_path))
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,7 +107,7 @@ class Scorer:
 def scorer_for(model_path: str, data: dict) -> Scorer:
     """The Scorer of a model file and a data spec (memoized per process)."""
     samples = load_samples(data)
-    return _scorer(_stamp(model_path), samples.spec, samples.digest())
+    return _scorer(file_stamp(model_path), samples.spec, samples.digest())
 
 
 @functools.lru_cache(maxsize=4)

@@ -113,3 +113,17 @@ def test_devkit_password_never_a_parameter(prefect_server, workdir, mlflow_store
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient().get_experiment_by_name("mixq-mnist_cnn") is None      # nothing was logged
+
+
+def test_search_flow_default_target_is_halfway_to_int16(prefect_server, workdir, mlflow_store):
+    from flows.search import search_flow
+
+    s = search_flow(model="mnist_cnn", calibration=MNIST_CAL, evaluation=MNIST_EVAL_AGREEMENT,
+                    options={"calibration": ["min_max"], "weights": [{"per_channel": True}]},
+                    max_trials=5, output_dir="out")
+    ref, best = s["int16_reference"], s["options"]["best"]["accuracy"]
+    assert s["target"] == best + (max(ref["accuracy"], best) - best) / 2.0
+    assert ref["int16_nodes"] > 0 and ref["mlflow_run_id"]
+    stages = [r["stage"] for r in s["candidates"]]
+    n = s["options"]["candidates"]
+    assert stages[:n + 1] == ["options"] * n + ["int16 reference"] and "accuracy feedback" in stages[n + 1:]
