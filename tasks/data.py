@@ -50,7 +50,8 @@ def spec_json(spec: Any) -> str:
 # ---------------------------------------------------------------- models
 
 def resolve_model(model: str) -> str:
-    """A zoo model name (built and cached by ``core.zoo``) or a model file path -> the file path."""
+    """A zoo model name (built and cached by ``core.zoo``) or a model file path (any format a
+    registered importer reads: ONNX, TFLite, TensorFlow) -> the file path."""
     from core import zoo
     from core.errors import ModelLoadError
 
@@ -65,8 +66,8 @@ def resolve_model(model: str) -> str:
 
 def model_label(model: str) -> str:
     """A short name for a model (zoo name or file stem), used for experiment and file names."""
-    base = os.path.basename(str(model))
-    for ext in (".onnx", ".tflite", ".sima"):
+    base = os.path.basename(os.path.normpath(str(model)))
+    for ext in (".onnx", ".tflite", ".keras", ".h5", ".hdf5", ".pb", ".sima"):
         if base.endswith(ext):
             base = base[: -len(ext)]
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in base) or "model"

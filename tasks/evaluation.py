@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 
@@ -33,14 +34,24 @@ def get_net(model_path: str):
 
 @functools.lru_cache(maxsize=4)
 def _get_net(stamp):
-    from core import load_model, onnx_source
+    from core import load_model, source_for_path
 
-    return load_model(onnx_source(stamp[0]))
+    return load_model(source_for_path(stamp[0]))      # the importer that reads this file (ONNX, TFLite, ...)
 
 
 @functools.lru_cache(maxsize=32)
 def model_sha256(stamp) -> str:
-    return sha256_file(stamp[0])
+    """sha256 of a model file, or of a model directory's files (a SavedModel) with their names."""
+    path = stamp[0]
+    if not os.path.isdir(path):
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for f in sorted(files):
+            full = os.path.join(folder, f)
+            digest.update(os.path.relpath(full, path).encode() + b"\0" + sha256_file(full).encode())
+    return digest.hexdigest()
 
 
 def _first_output(outputs, n: int) -> np.ndarray:
