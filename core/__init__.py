@@ -43,8 +43,7 @@ from core.quantization.params import (
     quantization_scheme,
 )
 from core.types import ScalarType
-
-__version__ = "0.1.0"
+from core.version import __version__  # noqa: F401  (core.__version__)
 
 __all__ = [
     "AccuracyTargetError",

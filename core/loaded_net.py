@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.errors import CalibrationError, InputError, ModelLoadError, QuantizationConfigError
+from core.errors import CalibrationError, ModelLoadError, QuantizationConfigError
 from core.importers.sources import ImporterParams
+from core.inputs import InputSignature
 from core.ir.graph import Graph
 from core.quantization.params import QuantizationParams, check_custom_config_nodes, default_quantization
 
@@ -127,7 +128,7 @@ class LoadedNet:
     # ---- execution -------------------------------------------------------
     def check_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
         """Validate one set of inputs; returns them as arrays of the model's dtypes."""
-        return check_graph_inputs(self.graph, inputs)
+        return InputSignature.of(self.graph).check(inputs)
 
     def calibrate(self, calibration_data, *, num_bins: int | None = None, progress: bool = False):
         """One float pass over ``calibration_data`` (an iterable of ``{input name: array}``) that
@@ -396,38 +397,3 @@ def _fingerprinted(samples, digest):
         update_digest(digest, feeds, sorted(feeds))
         digest.update(b"/")
         yield feeds
-
-
-def check_graph_inputs(graph: Graph, inputs: Any) -> dict[str, np.ndarray]:
-    """Validate one set of inputs for ``graph`` (names, dtypes, shapes with any batch size);
-    returns them as arrays of the graph's dtypes. Shared by LoadedNet and Model."""
-    if not isinstance(inputs, Mapping):
-        raise InputError(f"inputs must be a dict of input name -> array, got {type(inputs).__name__}")
-    expected = graph.inputs
-    unknown = [k for k in inputs if k not in expected]
-    if unknown:
-        raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {expected}")
-    missing = [k for k in expected if k not in inputs]
-    if missing:
-        raise InputError(f"missing input(s) {missing}; the model's inputs are {expected}")
-    feeds = {}
-    for name in expected:
-        info = graph.tensors[name]
-        try:
-            value = np.asarray(inputs[name])
-        except Exception as e:
-            raise InputError(f"input {name!r} cannot be converted to an array: {e}") from None
-        feeds[name] = _conform(name, value, info.shape, info.dtype)
-    return feeds
-
-
-def _conform(name: str, value: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    kinds = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}
-    if kinds.get(value.dtype.kind) != kinds.get(dtype.kind):
-        raise InputError(f"input {name!r} expects {dtype.name}, got {value.dtype.name} array")
-    if value.ndim != len(shape):
-        raise InputError(f"input {name!r} expects shape {shape} (rank {len(shape)}), got shape {value.shape}")
-    # Dimension 0 is the batch: any size runs; every other dimension must match.
-    if value.shape[1:] != tuple(shape[1:]) or (value.ndim and value.shape[0] < 1):
-        raise InputError(f"input {name!r} expects shape {shape} (any batch size), got shape {value.shape}")
-    return value.astype(dtype, copy=False)

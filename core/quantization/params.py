@@ -120,7 +120,7 @@ class QuantizationPrecision(enum.Enum):
         raise QuantizationConfigError(f"bits must be 8 or 16, got {bits!r}")
 
 
-def _enum_from(enum_cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
+def enum_from(enum_cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
     """Accept an enum member or its name/value as a string (case-insensitive)."""
     if isinstance(value, enum_cls):
         return value
@@ -145,7 +145,7 @@ class RequantizationMode(enum.Enum):
 
     @classmethod
     def from_str(cls, name: str) -> RequantizationMode:
-        return _enum_from(cls, name, "requantization_mode")
+        return enum_from(cls, name, "requantization_mode")
 
 
 class QuantizationFlavor(enum.Enum):
@@ -160,7 +160,7 @@ class QuantizationFlavor(enum.Enum):
 
     @classmethod
     def from_str(cls, name: str) -> QuantizationFlavor:
-        return _enum_from(cls, name, "quantization_flavor")
+        return enum_from(cls, name, "quantization_flavor")
 
 
 # --------------------------------------------------------------------------- schemes
@@ -459,7 +459,7 @@ class QuantizationParams:
                 f"(or CalibrationMethod.from_str(name)), got {self.calibration_method!r}"
             )
         _set(self, "requantization_mode",
-             _enum_from(RequantizationMode, self.requantization_mode, "requantization_mode"))
+             enum_from(RequantizationMode, self.requantization_mode, "requantization_mode"))
         _set(self, "channel_equalization", _check_bool(self.channel_equalization, "channel_equalization"))
         _set(self, "bias_correction", _check_bool(self.bias_correction, "bias_correction"))
         _set(self, "custom_quantization_configs",

@@ -84,7 +84,7 @@ class AccuracyFeedbackResult:
     settled_after: int = 0      # evaluations by this call when the prefix search (steps 1-3) was settled
 
 
-def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool):
+def open_study(storage: Any, study_name: str, seed: int, multi_objective: bool):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -226,7 +226,7 @@ def search_int16_nodes(
     if study_name is None:
         h = hashlib.sha256(repr((net.graph.name, study_key, repr(quantization_config), target, order)).encode())
         study_name = f"mixq-accuracy-feedback-{net.graph.name}-{h.hexdigest()[:16]}"
-    study = _open_study(storage, study_name, seed, multi_objective)
+    study = open_study(storage, study_name, seed, multi_objective)
     callbacks = list(callbacks)
     started = time.perf_counter()
 

@@ -11,6 +11,7 @@ from core.ir.passes.fold_constants import fold_constants
 from core.ir.passes.fuse_bias_activation import fuse_bias_activation
 from core.ir.passes.reduce_mean_to_pool import reduce_mean_to_pool
 from core.ir.passes.remove_identity import remove_identity
+from core.ir.shape_inference import infer_shapes
 
 log = logging.getLogger("mixq")
 
@@ -40,7 +41,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass] = DEFAULT_PIPELINE, max_iter
                 changed = True
                 graph.toposort()
                 graph.remove_unused()
-                graph.infer_shapes()
+                infer_shapes(graph)
         if not changed:
             return changed_any
         changed_any = True
