@@ -1,8 +1,12 @@
 """Let a model imported at one batch size run at any: a Reshape whose constant target
-spells out the batch (often a folded ``x.size(0)``) copies dim 0 instead (ONNX's 0)."""
+spells out the batch (often a folded ``x.size(0)``) copies dim 0 instead (ONNX's 0); a Resize
+whose constant ``sizes`` spell out the batch (``F.interpolate(x, size=y.shape[-2:])`` exports
+``Concat(Shape(x)[:2], size)``) resizes only the other axes (``axes`` = 1..rank-1)."""
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from core.ir.graph import Graph
 
@@ -16,6 +20,9 @@ def batch_agnostic_reshape(graph: Graph) -> bool:
     for n in graph.nodes:
         if any(i in from_inputs for i in n.inputs):
             from_inputs.update(o for o in n.outputs if o)
+        if n.op == "Resize":
+            changed |= _batch_agnostic_resize(graph, n, batch, from_inputs)
+            continue
         if n.op != "Reshape" or n.attrs.get("allowzero", 0) or len(n.inputs) < 2:
             continue
         x, target_name = n.inputs[:2]
@@ -35,6 +42,30 @@ def batch_agnostic_reshape(graph: Graph) -> bool:
         n.inputs[1] = graph.add_constant(graph.unique_name(f"{target_name}_any_batch"), new_target)
         changed = True
     return changed
+
+
+def _batch_agnostic_resize(graph: Graph, n, batch: int, from_inputs: set[str]) -> bool:
+    """Resize(x, roi, scales, sizes) with constant full-rank ``sizes`` whose dim 0 is the batch:
+    the same node with ``axes`` = 1..rank-1 and ``sizes[1:]`` (identical output at that batch,
+    and dim 0 follows the input at any other)."""
+    if len(n.inputs) < 4 or not n.inputs[3] or n.attrs.get("axes") is not None or \
+            n.attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return False
+    x, sizes_name = n.inputs[0], n.inputs[3]
+    sizes = graph.constants.get(sizes_name)
+    info = graph.tensors.get(x)
+    if sizes is None or info is None or x not in from_inputs or sizes.ndim != 1 or len(info.shape) < 2:
+        return False
+    if sizes.size != len(info.shape) or info.shape[0] != batch or int(sizes[0]) != batch:
+        return False
+    n.attrs["axes"] = list(range(1, len(info.shape)))
+    n.inputs[3] = graph.add_constant(graph.unique_name(f"{sizes_name}_any_batch"), sizes[1:].copy())
+    if n.inputs[1] and n.inputs[1] in graph.constants:   # a full-rank roi no longer matches the axes
+        roi = np.asarray(graph.constants[n.inputs[1]]).reshape(-1)
+        if roi.size == 2 * sizes.size:
+            r = roi.reshape(2, -1)[:, 1:].reshape(-1)
+            n.inputs[1] = graph.add_constant(graph.unique_name(f"{n.inputs[1]}_any_batch"), r.astype(roi.dtype))
+    return True
 
 
 def _input_batch(graph: Graph) -> int | None:
