@@ -514,6 +514,9 @@ def _cast_run(node, inputs):
 register(OpDef("Cast", lambda n, i: [TensorInfo(i[0].shape, _cast_dtype(n))], _cast_run, kind="cast",
                doc="to float16/32/64, integer and bool types (saturate ignored)"))
 
+register(OpDef("Size", lambda n, i: [TensorInfo((), np.int64)], lambda n, x: [np.asarray(x[0].size, np.int64)],
+               kind="size", doc="folded to a constant for static shapes"))
+
 register(OpDef("Identity", lambda n, i: [TensorInfo(i[0].shape, i[0].dtype)], lambda n, x: [x[0]], kind="identity",
                doc="removed by a pass"))
 
