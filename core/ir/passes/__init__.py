@@ -5,6 +5,8 @@ from core.ir.passes.batch_agnostic_reshape import batch_agnostic_reshape
 from core.ir.passes.fold_batchnorm import fold_batchnorm
 from core.ir.passes.fold_constants import fold_constants
 from core.ir.passes.fuse_bias_activation import fuse_bias_activation
+from core.ir.passes.fuse_gelu import fuse_gelu
+from core.ir.passes.fuse_layer_norm import fuse_layer_norm
 from core.ir.passes.manager import DEFAULT_PIPELINE, run_passes
 from core.ir.passes.partition import partition
 from core.ir.passes.reduce_mean_to_pool import reduce_mean_to_pool
@@ -16,6 +18,8 @@ __all__ = [
     "fold_batchnorm",
     "fold_constants",
     "fuse_bias_activation",
+    "fuse_gelu",
+    "fuse_layer_norm",
     "optimize",
     "partition",
     "reduce_mean_to_pool",
