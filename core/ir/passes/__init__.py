@@ -1,6 +1,7 @@
 """Graph passes over the IR: each a function ``pass_name(graph) -> bool`` (True if it changed
 the graph), run to a fixpoint by ``run_passes``; ``optimize`` is what ``load_model`` runs."""
 from core.ir.graph import Graph
+from core.ir.passes.batch_agnostic_concat import batch_agnostic_concat
 from core.ir.passes.batch_agnostic_reshape import batch_agnostic_reshape
 from core.ir.passes.fold_batchnorm import fold_batchnorm
 from core.ir.passes.fold_constants import fold_constants
@@ -14,6 +15,7 @@ from core.ir.passes.remove_identity import remove_identity
 
 __all__ = [
     "DEFAULT_PIPELINE",
+    "batch_agnostic_concat",
     "batch_agnostic_reshape",
     "fold_batchnorm",
     "fold_constants",

@@ -5,6 +5,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from core.ir.graph import Graph
+from core.ir.passes.batch_agnostic_concat import batch_agnostic_concat
 from core.ir.passes.batch_agnostic_reshape import batch_agnostic_reshape
 from core.ir.passes.fold_batchnorm import fold_batchnorm
 from core.ir.passes.fold_constants import fold_constants
@@ -30,6 +31,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     fold_batchnorm,
     fuse_bias_activation,
     batch_agnostic_reshape,
+    batch_agnostic_concat,
 )
 
 
