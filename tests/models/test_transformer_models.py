@@ -147,3 +147,17 @@ def test_int8_close_to_onnxruntime_static_quantizer(models, name, tmp_path):
     s_ort, s_mixq = sqnr(m["ref"], theirs), sqnr(m["ref"], ours)
     print(f"{name}: INT8 output SQNR mixq {s_mixq:.1f} dB, onnxruntime quantize_static {s_ort:.1f} dB")
     assert s_mixq >= s_ort - 6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exported_integer_onnx_equals_execute_at_batch_3(models, name, tmp_path):
+    import onnxruntime as ort
+
+    m = models[name]
+    model = m["net"].quantize(m["stats"], default_quantization)
+    path = str(tmp_path / "int.onnx")
+    model.export_onnx(path, form="integer")
+    x = m["x"][:3]
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    want = model.execute({"input": x})[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
