@@ -1,6 +1,7 @@
 """Let a model imported at one batch size run at any: a Reshape whose constant target
-spells out the batch (often a folded ``x.size(0)``) copies dim 0 instead (ONNX's 0); a Resize
-whose constant ``sizes`` spell out the batch (``F.interpolate(x, size=y.shape[-2:])`` exports
+spells out the batch (often a folded ``x.size(0)``) copies dim 0 instead (ONNX's 0); at import
+batch 1, a window-style Reshape that merges the batch into dim 0 or splits it out again gets -1 there;
+a Resize whose constant ``sizes`` spell out the batch (``F.interpolate(x, size=y.shape[-2:])`` exports
 ``Concat(Shape(x)[:2], size)``) resizes only the other axes (``axes`` = 1..rank-1)."""
 from __future__ import annotations
 
@@ -31,8 +32,14 @@ def batch_agnostic_reshape(graph: Graph) -> bool:
         if target is None or info is None or x not in from_inputs or target.ndim != 1 or not target.size:
             continue
         shape = info.shape
-        if not shape or shape[0] != batch or int(target[0]) != batch:
+        if batch == 1 and _merges_or_splits_batch(shape, [int(d) for d in target]):
+            new_target = target.copy()
+            new_target[0] = -1
+            n.inputs[1] = graph.add_constant(graph.unique_name(f"{target_name}_any_batch"), new_target)
+            changed = True
             continue
+        if not shape or int(target[0]) != shape[0] or (shape[0] != batch and batch != 1):
+            continue   # (at import batch 1, a dim 0 that is a merged batch is copied likewise)
         rest = [shape[k] if d == 0 and k < len(shape) else int(d) for k, d in enumerate(target[1:], start=1)]
         # The remaining dims must hold exactly the remaining input volume: dim 0 maps to dim 0.
         if -1 not in rest and math.prod(rest) != math.prod(shape[1:]):
@@ -66,6 +73,22 @@ def _batch_agnostic_resize(graph: Graph, n, batch: int, from_inputs: set[str]) -
             r = roi.reshape(2, -1)[:, 1:].reshape(-1)
             n.inputs[1] = graph.add_constant(graph.unique_name(f"{n.inputs[1]}_any_batch"), r.astype(roi.dtype))
     return True
+
+
+def _merges_or_splits_batch(shape: tuple[int, ...], target: list[int]) -> bool:
+    """Window-style reshapes at import batch 1 (Swin's window partition ``(B, h, H/h, w, W/w, C)
+    -> (B * n_windows, h * w, C)`` and back): dim 0 of the target is the product of the input's
+    leading dims (the batch merged into it), or the input's dim 0 is the product of the target's
+    leading dims (split out again). Dim 0 then becomes -1, so the batch stays merged in front;
+    this changes nothing at batch 1 and only batches where the constant target could not work.
+    Rank >= 3 on both sides, no 0 or -1 in the target."""
+    if len(shape) < 3 or len(target) < 3 or any(d <= 0 for d in target):
+        return False
+    if math.prod(target) != math.prod(shape) or target[0] == shape[0]:
+        return False
+    merged = any(target[0] == math.prod(shape[:k]) for k in range(2, len(shape)))
+    split = shape[0] > 1 and any(shape[0] == math.prod(target[:k]) for k in range(2, len(target)))
+    return merged or split
 
 
 def _input_batch(graph: Graph) -> int | None:
