@@ -56,11 +56,11 @@ def test_truncated_file(tmp_path, onnx_model_file):
 def test_unsupported_operator_names_op_and_node(onnx_model_file):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    node = helper.make_node("Erf", ["x"], ["y"], name="my_erf_node")
+    node = helper.make_node("Hardmax", ["x"], ["y"], name="my_hardmax_node")
     model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(UnsupportedOperatorError, match="'Erf'.*'my_erf_node'") as info:
+    with pytest.raises(UnsupportedOperatorError, match="'Hardmax'.*'my_hardmax_node'") as info:
         load_model(onnx_source(onnx_model_file(model)))
-    assert info.value.op_type == "Erf" and info.value.node_name == "my_erf_node"
+    assert info.value.op_type == "Hardmax" and info.value.node_name == "my_hardmax_node"
 
 
 def test_custom_domain_operator_is_unsupported(onnx_model_file):
