@@ -42,6 +42,10 @@ test: venv data sshd browser lint
 demo: venv data
 	$(PY) scripts/demo.py
 
+# the Prefect UI, MLflow UI, Netron and optuna-dashboard on the demo's results (Ctrl-C stops them)
+ui: venv
+	$(PY) -m core ui mixq-demo
+
 bench: venv data
 	$(PY) bench/run_all.py
 
