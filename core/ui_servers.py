@@ -109,7 +109,7 @@ class UIServers:
     logs: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
-        for name, proc in self.processes.items():
+        for proc in self.processes.values():
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)     # the server and the workers it started
