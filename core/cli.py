@@ -48,15 +48,11 @@ def _zoo_build(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- models and data from the command line
 
 def _load_net(spec: str):
-    """A model file (.onnx, .tflite) or a zoo model name."""
-    from core import load_model, onnx_source, zoo
+    """A model file (any registered importer's: .onnx, .tflite, Keras, SavedModel ...) or a zoo model name."""
+    from core import load_model, onnx_source, source_for_path, zoo
 
     if os.path.exists(spec):
-        if spec.endswith(".tflite"):
-            from core import tflite_source  # noqa: F401  (issue "Fidelity": the TFLite importer)
-
-            return load_model(tflite_source(spec))
-        return load_model(onnx_source(spec))
+        return load_model(source_for_path(spec))
     if spec in zoo.list_models():
         return load_model(onnx_source(zoo.build(spec)))
     raise ModelLoadError(f"{spec!r} is neither a model file nor a zoo model ({', '.join(zoo.list_models())})")
