@@ -280,7 +280,8 @@ class LoadedNet:
             max_trials: int = 40, timeout: float | None = None, storage: Any = "mixq-search.journal",
             study_name: str | None = None, ranking: Any = None, ranking_samples: int = 16,
             multi_objective: bool = False, seed: int = 0, callbacks: Any = (), batch_size: int = 32,
-            fast_mode: bool = False, log_level: int | None = logging.NOTSET) -> Model:
+            fast_mode: bool = False, confirm_exact: bool = True, max_confirmations: int = 4,
+            log_level: int | None = logging.NOTSET) -> Model:
         """The model with the fewest INT16 nodes found that reaches ``target_accuracy``.
 
         ``evaluation_dataset``: ``(inputs dict, label)`` pairs; ``accuracy_score(outputs, labels)
@@ -292,7 +293,13 @@ class LoadedNet:
         ``storage`` (a journal file path, an Optuna RDB URL, or None for memory) so a killed run
         resumes. Raises :class:`~core.errors.AccuracyTargetError` (with ``best_accuracy``) when
         the target is out of reach. The returned model's ``accuracy_feedback`` attribute holds
-        every candidate (:class:`~core.search.AccuracyFeedbackResult`)."""
+        every candidate (:class:`~core.search.AccuracyFeedbackResult`). With ``fast_mode`` the
+        candidates are scored in fast mode and the answer is confirmed under exact execution
+        (``confirm_exact``, default on): a set that misses the target exactly is not returned --
+        the search goes on to the next candidates and longer prefixes (``max_confirmations``
+        feasible candidates first), or raises :class:`~core.errors.AccuracyTargetError` with the
+        best exact accuracy; ``result.exact_accuracy`` and ``result.confirmations`` say what was
+        confirmed."""
         from core.quantization.calibration import CalibrationStatistics
         from core.search import Evaluator, SimulatedOutputError, rank_nodes_by_output_gain, search_int16_nodes
 
@@ -325,10 +332,17 @@ class LoadedNet:
             if unknown:
                 raise QuantizationConfigError(f"ranking names node(s) not in the model: {unknown}")
         key = f"{stats.metadata.get('data_sha256', '')}/{evaluator.fingerprint()}"
+        confirm = None
+        if fast_mode and confirm_exact:          # the answer must hold under bit-accurate execution
+            import copy
+
+            confirm = copy.copy(evaluator)
+            confirm.fast_mode = False
         result = search_int16_nodes(self, stats, evaluator, params, target_accuracy, ranking,
                                     max_trials=max_trials, timeout=timeout, storage=storage, study_name=study_name,
                                     study_key=key, multi_objective=multi_objective, seed=seed, callbacks=callbacks,
-                                    model_name=model_name or self.graph.name, surrogate=error)
+                                    model_name=model_name or self.graph.name, surrogate=error, confirm=confirm,
+                                    max_confirmations=max_confirmations)
         result.model.accuracy_feedback = result
         return result.model
 

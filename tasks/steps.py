@@ -213,6 +213,7 @@ def analyze_task(sima_path: str, model_path: str, data: dict, output_dir: str, s
         rows = [[n, float(v)] for n, v in report.ranking()]
         table = report.table(worst_first=True)
         kind = f"per-layer {report.metric} (worst first)"
+        _layer_statistics_into_json(sima_path + ".json", report)
     else:
         from core.search import rank_nodes_by_output_gain
 
@@ -224,6 +225,17 @@ def analyze_task(sima_path: str, model_path: str, data: dict, output_dir: str, s
     with open(plot[:-4] + ".txt", "w") as f:
         f.write(table + "\n")
     return {"plot": plot, "table": table, "table_path": plot[:-4] + ".txt", "rows": rows[:50], "kind": kind}
+
+
+def _layer_statistics_into_json(json_path: str, report) -> None:
+    """Each node's error into the ``.sima.json`` (``Layer Statistics``, what Netron shows)."""
+    from core.formats import read_sima_json, update_layer_statistics
+
+    if not os.path.exists(json_path):
+        return
+    names = {layer["name"] for layer in read_sima_json(json_path)["config"]["layers"]}
+    update_layer_statistics(json_path, {r.node: (report.metric, float(r.error)) for r in report.rows
+                                        if r.node in names})
 
 
 # ---------------------------------------------------------------- register (MLflow registry)

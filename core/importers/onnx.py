@@ -145,6 +145,10 @@ def _input_info(vi, params: ImporterParams, path: str) -> TensorInfo:
         for k, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(d.dim_value)
+            elif k == 0:
+                # a symbolic (or unknown) dim 0 is the batch, as everywhere in mixq: import at
+                # batch 1 (batch_agnostic_reshape lets the model run at any batch size)
+                shape.append(1)
             else:
                 sym = d.dim_param or "?"
                 raise ModelLoadError(

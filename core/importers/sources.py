@@ -34,7 +34,8 @@ class ImporterParams:
     ``tensorflow_source``; one subclass per format).
 
     model_path    the model file (or SavedModel directory)
-    shape_dict    input name -> shape; required for inputs with dynamic dimensions
+    shape_dict    input name -> shape; required for inputs with dynamic dimensions other than
+                  dim 0 (a symbolic dim 0 is the batch and defaults to 1)
     dtype_dict    input name -> ScalarType (or numpy dtype); overrides the model's declared type
     output_names  graph outputs to keep (default: the model's own outputs)
     input_values  input name -> array: freeze these graph inputs as constants (e.g. a shape input)
