@@ -24,6 +24,9 @@ Rules (see docs/quantization.md, "Quantized programs"):
   Relu/Clip: the output reuses the input's TensorQuant.
 * Add/Sub/Mul (two activation inputs), GlobalAveragePool, Concat: the output's own calibrated
   range, with the TFLite-exact kernels of :mod:`core.ops`.
+* MatMul of two activations (attention): both operands keep their quantization, the output its
+  calibrated range (``core.ops.gemm.matmul_int``). Softmax on the MLA (attention's): 16-bit output
+  with scale 2**-15, zero point 0 (``core.ops.activation.softmax_int``), whatever the precision.
 * Any other MLA node (and Add/Sub/Mul with a constant operand) runs as a *float island*: its
   inputs are dequantized, the float kernel runs, the output is quantized with its calibrated
   range. ``QuantizedProgram.kinds`` says ``"float"`` for them (listed in ``float_islands``).
@@ -46,8 +49,9 @@ import numpy as np
 
 from core.errors import CalibrationError, QuantizationConfigError
 from core.ir.graph import Graph, Node
-from core.ops.activation import activation_range_int
+from core.ops.activation import SOFTMAX_OUT_BITS, SOFTMAX_OUT_SCALE, activation_range_int, softmax_int_constants
 from core.ops.common import weight_output_axis
+from core.ops.gemm import matmul_int_constants
 from core.quantization.params import (
     QuantizationParams,
     QuantizationPrecision,
@@ -276,6 +280,14 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> Quantized
             else:
                 tq[out] = own_quant(out)
                 _finish_dense(c, n, tq[n.inputs[0]], tq[out], mode)
+        elif n.op == "MatMul" and len(ins) == 2 and not any(i in consts for i in n.inputs[:2]):
+            # attention's Q K^T / P V: both operands quantized (core.ops.gemm.matmul_int)
+            tq[out] = own_quant(out)
+            c = matmul_int_constants(n, tq[ins[0]], tq[ins[1]], tq[out], mode)
+        elif n.op == "Softmax" and len(ins) == 1 and (sm := softmax_int_constants(n, tq[ins[0]])) is not None:
+            # fixed 16-bit probabilities (core.ops.activation.softmax_int)
+            tq[out] = TensorQuant(SOFTMAX_OUT_SCALE, 0, SOFTMAX_OUT_BITS)
+            c = sm
         elif n.op in REUSE_OPS and len(ins) == 1 and _reuse_supported(n):
             tq[out] = tq[ins[0]]
             if n.op in ("Relu", "Clip"):
