@@ -24,6 +24,7 @@ from core.loaded_net import LoadedNet, NodeInfo, load_model
 from core.model import Model
 from core.quantization.calibration import CalibrationStatistics
 from core.quantization.params import (
+    AdaRoundMethod,
     CalibrationMethod,
     HistogramEntropyMethod,
     HistogramMSEMethod,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccuracyTargetError",
+    "AdaRoundMethod",
     "CalibrationError",
     "CalibrationMethod",
     "CalibrationStatistics",
