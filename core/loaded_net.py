@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.errors import CalibrationError, ModelLoadError, QuantizationConfigError
+from core.errors import CalibrationError, MixqError, ModelLoadError, QuantizationConfigError
 from core.importers.sources import ImporterParams
 from core.inputs import InputSignature
 from core.ir.graph import Graph
@@ -59,6 +59,7 @@ class LoadedNet:
         self.graph = graph
         self.params = params
         self._stats_cache: dict[tuple[str, int], Any] = {}
+        self._rounding_cache: dict[str, Any] = {}       # AdaRound digest -> learned weights
         self._equalized = equalized          # this graph is already channel-equalized
         self._equalized_copy: LoadedNet | None = None
 
@@ -224,7 +225,7 @@ class LoadedNet:
         elif statistics is None:
             if calibration_data is None:
                 raise CalibrationError("quantize needs calibration_data (or statistics=)")
-            if params.bias_correction and isinstance(calibration_data, Iterable) and \
+            if (params.bias_correction or params.adaround) and isinstance(calibration_data, Iterable) and \
                     iter(calibration_data) is calibration_data:
                 calibration_data = list(calibration_data)     # a one-shot iterator: read it twice
             samples = calibration_data
@@ -240,6 +241,12 @@ class LoadedNet:
                 f"but channel_equalization={params.channel_equalization}: pass calibration data instead "
                 "(equalization changes every range)")
         program = quantize_graph(self.graph, statistics, params)
+        if params.adaround is not None:
+            if samples is None:
+                raise CalibrationError("adaround needs calibration samples (calibration_data=...), "
+                                       "not only calibration statistics")
+            learned = self._learned_rounding(program, samples, params.adaround)
+            program = quantize_graph(self.graph, statistics, params, learned_weights=learned)
         if params.bias_correction:
             if samples is None:
                 raise CalibrationError("bias_correction needs calibration samples (calibration_data=...), "
@@ -251,6 +258,42 @@ class LoadedNet:
         name = model_name or self.graph.name
         log.info("quantized %s: %r", name, program)
         return Model(name, program, self.graph)
+
+    def _learned_rounding(self, program, samples, method):
+        """AdaRound's integer weights for ``program`` (core/quantization/adaround.py): from the
+        in-memory or on-disk cache (``$MIXQ_CACHE_DIR/adaround``) when the same data, method,
+        scales and weights were learned before, else learned and cached."""
+        import os
+
+        from core.quantization import adaround
+        from core.zoo import cache_dir
+
+        fingerprint = hashlib.sha256()
+        limited = []
+        count = 0
+        for feeds in _fingerprinted(self._calibration_samples(samples), fingerprint):
+            if count >= method.max_samples:
+                break
+            limited.append(feeds)
+            count += len(next(iter(feeds.values())))
+        digest = adaround.rounding_digest(program, fingerprint.hexdigest(), method)
+        if digest in self._rounding_cache:
+            log.info("reusing learned rounding (in memory, %s)", digest[:12])
+            return self._rounding_cache[digest]
+        path = os.path.join(cache_dir(), "adaround", f"{digest}.npz")
+        learned = adaround.load_rounding(path, digest)
+        if learned is not None:
+            log.info("reusing learned rounding from %s", path)
+        else:
+            learned = adaround.learn_rounding(program, self.graph, limited, method)
+            try:
+                adaround.save_rounding(path, digest, learned)
+            except MixqError as e:   # the cache is an optimisation: a read-only cache dir is not an error
+                log.warning("cannot cache learned rounding: %s", e)
+        self._rounding_cache[digest] = learned
+        while len(self._rounding_cache) > self._STATS_CACHE_SIZE:
+            self._rounding_cache.pop(next(iter(self._rounding_cache)))
+        return learned
 
     def convert_to_sima_quantization(self, *, requantization_mode: Any = None, model_name: str | None = None,
                                      log_level: int | None = logging.NOTSET) -> Model:

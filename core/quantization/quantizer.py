@@ -42,6 +42,7 @@ Rules (see docs/quantization.md, "Quantized programs"):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,8 +158,8 @@ def activation_quant(lo: float, hi: float, bits: int, asymmetric: bool) -> Tenso
 
 def quantize_weights(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric ``bits``-bit in [-qmax, qmax] (qmax = 2**(bits-1) - 1, so +/-w are both
-    representable): (w_q int8/int16, scales float64 per channel along ``axis``, or one scale when
-    ``axis`` is None)."""
+    representable; 4-bit weights live in int8 containers): (w_q int8/int16, scales float64 per
+    channel along ``axis``, or one scale when ``axis`` is None)."""
     qmax = float((1 << (bits - 1)) - 1)
     w = np.asarray(w, np.float64)
     if axis is None:
@@ -172,7 +173,7 @@ def quantize_weights(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np
         shape = [1] * w.ndim
         shape[axis] = -1
         q = np.round(w / scales.reshape(shape))
-    return np.clip(q, -qmax, qmax).astype(np.int8 if bits == 8 else np.int16), scales.astype(np.float64)
+    return np.clip(q, -qmax, qmax).astype(np.int8 if bits <= 8 else np.int16), scales.astype(np.float64)
 
 
 def _fused_bounds(node: Node) -> tuple[Any, Any]:
@@ -208,8 +209,11 @@ def _activation_range(q: TensorQuant, lo, hi, c: dict) -> None:
 
 # --------------------------------------------------------------------------- main entry
 
-def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> QuantizedProgram:
-    """Quantize ``graph`` with ``stats`` (CalibrationStatistics) under ``params``."""
+def quantize_graph(graph: Graph, stats, params: QuantizationParams,
+                   learned_weights: Mapping[str, np.ndarray] | None = None) -> QuantizedProgram:
+    """Quantize ``graph`` with ``stats`` (CalibrationStatistics) under ``params``.
+    ``learned_weights``: node name -> integer weights (e.g. AdaRound's, on the scales
+    ``quantize_weights`` computes) used instead of round-to-nearest on those dense nodes."""
     if not isinstance(params, QuantizationParams):
         raise QuantizationConfigError(f"quantization_config must be QuantizationParams, got {type(params).__name__}")
     check_custom_config_nodes(params, [n.name for n in graph.nodes])
@@ -270,7 +274,7 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> Quantized
         c: dict[str, Any] = {}
         kind = "int"
         if n.op in DENSE_OPS and len(n.inputs) >= 2 and n.inputs[1] in consts and n.inputs[0] not in consts:
-            c = _dense_constants(n, graph, tq[n.inputs[0]], params, mode)
+            c = _dense_constants(n, graph, tq[n.inputs[0]], params, mode, (learned_weights or {}).get(n.name))
             if c.get("output_int32"):
                 if out not in graph.outputs or any(is_mla(m) for m in consumers.get(out, [])):
                     raise QuantizationConfigError(
@@ -333,12 +337,15 @@ def _clip_bounds(n: Node, consts) -> tuple[float, float]:
     return lo, hi
 
 
-def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: QuantizationParams, mode) -> dict[str, Any]:
+def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: QuantizationParams, mode,
+                     learned=None) -> dict[str, Any]:
     w = np.asarray(graph.constants[n.inputs[1]])
     per_channel = params.weight_quantization_scheme.per_channel
     axis = weight_output_axis(n, w.ndim)
     bits_w = _weight_bits(n, params)
     w_q, s_w = quantize_weights(w, axis if per_channel else None, bits_w)
+    if learned is not None:
+        w_q = _checked_learned(n, learned, w_q, bits_w)
     n_out = w.shape[axis] if w.ndim else 1
     s_w = np.broadcast_to(s_w, (n_out,)).astype(np.float64)
     b = None
@@ -346,7 +353,8 @@ def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: Quantizat
         b = np.asarray(graph.constants[n.inputs[2]], np.float64).reshape(-1)
         b = np.broadcast_to(b, (n_out,)) if b.size == 1 else b
         s_w, widened = _bias_fitting_weight_scales(b, float(q_in.scale), s_w, q_in.bits, per_channel)
-        if widened:   # requantize the weights on the wider scales (those channels' weights are tiny)
+        if widened:   # requantize the weights on the wider scales (those channels' weights are tiny;
+            # learned rounding was learned on the narrower scales, so it gives way to round-to-nearest)
             w_q = _requantize_weights(w, s_w, axis if per_channel else None, bits_w)
     acc_scale = float(q_in.scale) * s_w
     c: dict[str, Any] = {"w_q": w_q, "w_scale": s_w, "acc_scale": acc_scale}
@@ -394,6 +402,18 @@ def _requantize_weights(w: np.ndarray, s_w: np.ndarray, axis: int | None, bits: 
         shape[axis] = -1
         q = np.round(w / s_w.reshape(shape))
     return np.clip(q, -qmax, qmax).astype(np.int8 if bits == 8 else np.int16)
+
+
+def _checked_learned(n: Node, learned, w_q: np.ndarray, bits: int) -> np.ndarray:
+    """Learned integer weights: same shape and container as round-to-nearest, within [-qmax, qmax]."""
+    learned = np.asarray(learned)
+    qmax = (1 << (bits - 1)) - 1
+    if learned.shape != w_q.shape or learned.dtype.kind not in "iu" or \
+            (learned.size and (learned.min() < -qmax or learned.max() > qmax)):
+        raise QuantizationConfigError(
+            f"learned_weights[{n.name!r}]: need integers of shape {w_q.shape} in [-{qmax}, {qmax}], got "
+            f"{learned.dtype} {learned.shape}")
+    return learned.astype(w_q.dtype)
 
 
 def _weight_bits(n: Node, params: QuantizationParams) -> int:
