@@ -64,10 +64,11 @@ class InputSignature:
             value = np.asarray(given)
         except Exception as e:
             raise InputError(f"{at}input {name!r} cannot be converted to an array: {e}") from None
-        if value.dtype.kind not in DTYPE_KINDS:
-            raise InputError(f"{at}input {name!r} has unsupported dtype {value.dtype}")
         want = None if self.dtypes is None else self.dtypes[name]
-        if want is not None and DTYPE_KINDS[value.dtype.kind] != DTYPE_KINDS.get(want.kind):
+        # other dtypes (bfloat16, float8 from ml_dtypes) pass only where the model declares that very dtype
+        if value.dtype.kind not in DTYPE_KINDS and value.dtype != want:
+            raise InputError(f"{at}input {name!r} has unsupported dtype {value.dtype}")
+        if want is not None and DTYPE_KINDS.get(value.dtype.kind) != DTYPE_KINDS.get(want.kind):
             raise InputError(f"{at}input {name!r} expects {want.name}, got {value.dtype.name} array")
         shape = self.shapes[name]
         if unbatched and len(shape) >= 1 and value.ndim == len(shape) - 1:
