@@ -13,6 +13,7 @@ from core.errors import CalibrationError, MixqError, ModelLoadError, Quantizatio
 from core.importers.sources import ImporterParams
 from core.inputs import InputSignature
 from core.ir.graph import Graph
+from core.progress import progress_bar
 from core.quantization.params import QuantizationParams, check_custom_config_nodes, default_quantization
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,7 +149,7 @@ class LoadedNet:
             if value.dtype.kind == "f":
                 stats.observer(name).observe(value)
 
-        bar = _progress_bar(total, "calibrating", "sample") if progress else None
+        bar = progress_bar(total, "calibrating", "sample") if progress else None
         for feeds in samples:
             for name, value in feeds.items():
                 observe(name, value)
@@ -427,22 +428,6 @@ class LoadedNet:
         feeds = self.check_inputs(inputs)
         env = run_graph(self.graph, feeds)
         return [env[o] for o in self.graph.outputs]
-
-
-def _progress_bar(total, desc: str, unit: str):
-    """A tqdm progress bar on stderr (tqdm ships with optuna); a no-op object without it."""
-    try:
-        from tqdm import tqdm
-    except ImportError:   # progress is cosmetic
-        class _Silent:
-            def update(self, n):
-                pass
-
-            def close(self):
-                pass
-
-        return _Silent()
-    return tqdm(total=total, desc=desc, unit=unit, mininterval=0.5, leave=False)
 
 
 def _fingerprinted(samples, digest):

@@ -194,6 +194,15 @@ PENDING_PRIVATE_IMPORTS = {
     ("core/quantization/tflite_convert.py", "core.quantization.quantizer", "_activation_range"),
     ("core/quantization/tflite_convert.py", "core.quantization.quantizer", "_clip_bounds"),
     ("core/quantization/tflite_convert.py", "core.quantization.quantizer", "_fused_bounds"),
+    # AdaRound (issue 15, first cut) reuses the conv, interpreter and quantizer internals
+    ("core/quantization/adaround.py", "core.ops.conv", "_windows"),
+    ("core/quantization/adaround.py", "core.ops.conv", "_channels_last"),
+    ("core/quantization/adaround.py", "core.ops.conv", "_conv_out_shape"),
+    ("core/quantization/adaround.py", "core.runtime.integer_interpreter", "_run_int"),
+    ("core/quantization/adaround.py", "core.quantization.quantizer", "_fused_bounds"),
+    ("core/quantization/adaround.py", "core.quantization.quantizer", "_weight_bits"),
+    ("core/quantization/adaround.py", "core.runtime.integer_interpreter", "_storage"),
+    ("core/ir/passes/batch_agnostic_concat.py", "core.ir.passes.batch_agnostic_reshape", "_input_batch"),
 }
 
 

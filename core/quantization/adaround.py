@@ -39,6 +39,7 @@ import numpy as np
 
 from core.errors import CalibrationError
 from core.ir.graph import Node
+from core.progress import progress_bar
 from core.quantization.params import AdaRoundMethod
 
 __all__ = ["ADAROUND_FORMAT_VERSION", "learn_rounding", "rounding_digest", "load_rounding", "save_rounding"]
@@ -271,7 +272,6 @@ def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarr
                    *, progress: bool = True) -> dict[str, np.ndarray]:
     """Learned integer weights ``{node: w_q}`` for ``program``'s dense nodes (``program`` is not
     modified). ``samples``: validated ``{input: array}`` calibration samples."""
-    from core.loaded_net import _progress_bar
     from core.quantization.quantizer import _fused_bounds, _weight_bits
 
     feeds = _stack_samples(samples, method.max_samples)
@@ -294,7 +294,7 @@ def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarr
     qstore: dict[str, np.ndarray] = {}
     fstore: dict[str, np.ndarray] = dict(feeds)
     learned: dict[str, np.ndarray] = {}
-    bar = _progress_bar(len(dense), "adaround", "node") if progress else None
+    bar = progress_bar(len(dense), "adaround", "node") if progress else None
     rng = np.random.default_rng(method.seed & 0xFFFFFFFF)
     try:
         for k, n in enumerate(g.nodes):
