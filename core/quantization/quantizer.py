@@ -164,16 +164,25 @@ def quantize_weights(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np
     w = np.asarray(w, np.float64)
     if axis is None:
         amax = np.array([np.max(np.abs(w))]) if w.size else np.array([0.0])
-        scales = np.where(amax > 0, amax / qmax, 1.0)
-        q = np.round(w / scales[0])
     else:
         red = tuple(i for i in range(w.ndim) if i != axis)
         amax = np.max(np.abs(w), axis=red) if red else np.abs(w)
-        scales = np.where(amax > 0, amax / qmax, 1.0)
+    scales = np.where(amax > 0, amax / qmax, 1.0).astype(np.float64)
+    return weights_on_grid(w, scales, axis, bits), scales
+
+
+def weights_on_grid(w: np.ndarray, scales: np.ndarray, axis: int | None, bits: int) -> np.ndarray:
+    """``clip(round(w / scale))`` in [-qmax, qmax]: one scale when ``axis`` is None, else one per
+    channel along ``axis``; int8 containers for up to 8 bits, int16 above."""
+    qmax = float((1 << (bits - 1)) - 1)
+    w = np.asarray(w, np.float64)
+    if axis is None:
+        q = np.round(w / scales[0])
+    else:
         shape = [1] * w.ndim
         shape[axis] = -1
         q = np.round(w / scales.reshape(shape))
-    return np.clip(q, -qmax, qmax).astype(np.int8 if bits <= 8 else np.int16), scales.astype(np.float64)
+    return np.clip(q, -qmax, qmax).astype(np.int8 if bits <= 8 else np.int16)
 
 
 def _fused_bounds(node: Node) -> tuple[Any, Any]:
@@ -355,7 +364,7 @@ def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: Quantizat
         s_w, widened = _bias_fitting_weight_scales(b, float(q_in.scale), s_w, q_in.bits, per_channel)
         if widened:   # requantize the weights on the wider scales (those channels' weights are tiny;
             # learned rounding was learned on the narrower scales, so it gives way to round-to-nearest)
-            w_q = _requantize_weights(w, s_w, axis if per_channel else None, bits_w)
+            w_q = weights_on_grid(w, s_w, axis if per_channel else None, bits_w)
     acc_scale = float(q_in.scale) * s_w
     c: dict[str, Any] = {"w_q": w_q, "w_scale": s_w, "acc_scale": acc_scale}
     if b is not None:
@@ -390,18 +399,6 @@ def _bias_fitting_weight_scales(b: np.ndarray, s_in: float, s_w: np.ndarray, in_
     if not per_channel:
         widened = np.full_like(s_w, widened.max())
     return widened, True
-
-
-def _requantize_weights(w: np.ndarray, s_w: np.ndarray, axis: int | None, bits: int) -> np.ndarray:
-    qmax = float((1 << (bits - 1)) - 1)
-    w = np.asarray(w, np.float64)
-    if axis is None:
-        q = np.round(w / s_w[0])
-    else:
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        q = np.round(w / s_w.reshape(shape))
-    return np.clip(q, -qmax, qmax).astype(np.int8 if bits == 8 else np.int16)
 
 
 def _checked_learned(n: Node, learned, w_q: np.ndarray, bits: int) -> np.ndarray:
