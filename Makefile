@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mixq-installed
 OPENCV_DOC := .cache/opencv-doc/.done
 
-.PHONY: venv data sshd lint test demo bench clean docs
+.PHONY: venv data sshd browser lint test demo ui bench clean docs
 
 venv: $(STAMP)
 
@@ -29,14 +29,22 @@ $(OPENCV_DOC):
 sshd:
 	scripts/ensure_sshd.sh
 
+# the UI tests (tests/ui) open the web UIs in Debian's headless Chromium (installed with apt when missing)
+browser:
+	scripts/ensure_browser.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv data sshd lint
+test: venv data sshd browser lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: venv data
 	$(PY) scripts/demo.py
+
+# the Prefect UI, MLflow UI, Netron and optuna-dashboard on the demo's results (Ctrl-C stops them)
+ui: venv
+	$(PY) -m core ui mixq-demo
 
 bench: venv data
 	$(PY) bench/run_all.py

@@ -41,7 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from core.ir.graph import Node
 
 __all__ = ["QuantRule", "ReuseRule", "LayoutRule", "RescaleRule", "DenseRule", "activation_range_int",
-           "fused_bounds", "set_activation_range", "clip_bounds", "quantize_weights", "rule_of",
+           "fused_bounds", "set_activation_range", "clip_bounds", "quantize_weights", "weights_on_grid",
+           "bias_fitting_weight_scales", "checked_learned_weights", "BIAS_LIMIT", "rule_of",
            "reuses_input_quant", "is_layout_op"]
 
 
@@ -157,22 +158,68 @@ def clip_bounds(node: Node, consts) -> tuple[float, float]:
 
 def quantize_weights(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric ``bits``-bit in [-qmax, qmax] (qmax = 2**(bits-1) - 1, so +/-w are both
-    representable): (w_q int8/int16, scales float64 per channel along ``axis``, or one scale when
-    ``axis`` is None)."""
+    representable; 4-bit weights live in int8 containers): (w_q int8/int16, scales float64 per
+    channel along ``axis``, or one scale when ``axis`` is None)."""
     qmax = float((1 << (bits - 1)) - 1)
     w = np.asarray(w, np.float64)
     if axis is None:
         amax = np.array([np.max(np.abs(w))]) if w.size else np.array([0.0])
-        scales = np.where(amax > 0, amax / qmax, 1.0)
-        q = np.round(w / scales[0])
     else:
         red = tuple(i for i in range(w.ndim) if i != axis)
         amax = np.max(np.abs(w), axis=red) if red else np.abs(w)
-        scales = np.where(amax > 0, amax / qmax, 1.0)
+    scales = np.where(amax > 0, amax / qmax, 1.0).astype(np.float64)
+    return weights_on_grid(w, scales, axis, bits), scales
+
+
+def weights_on_grid(w: np.ndarray, scales: np.ndarray, axis: int | None, bits: int) -> np.ndarray:
+    """``clip(round(w / scale))`` in [-qmax, qmax]: one scale when ``axis`` is None, else one per
+    channel along ``axis``; int8 containers for up to 8 bits, int16 above."""
+    qmax = float((1 << (bits - 1)) - 1)
+    w = np.asarray(w, np.float64)
+    if axis is None:
+        q = np.round(w / scales[0])
+    else:
         shape = [1] * w.ndim
         shape[axis] = -1
         q = np.round(w / scales.reshape(shape))
-    return np.clip(q, -qmax, qmax).astype(np.int8 if bits == 8 else np.int16), scales.astype(np.float64)
+    return np.clip(q, -qmax, qmax).astype(np.int8 if bits <= 8 else np.int16)
+
+
+# |bias_q| limits: int32 biases of 8-bit inputs keep half the int32 range for the accumulator
+# (TFLite's int32 arithmetic); int64 biases of 16-bit inputs stay below 2**42, well inside the
+# 2**47 range of the int64-accumulator requantization (wider values still requantize exactly),
+# and so that the requantization multiplier (~ output code / bias_q >= 2**-27) stays above
+# TFLite's 2**-31 floor, below which QuantizeMultiplier flushes it to 0.
+BIAS_LIMIT = {8: 1 << 30, 16: 1 << 42}
+
+
+def bias_fitting_weight_scales(b: np.ndarray, s_in: float, s_w: np.ndarray, in_bits: int, per_channel: bool):
+    """Weight scales such that every ``round(b / (s_in * s_w[c]))`` fits the bias limit: a channel
+    whose bias is huge relative to its accumulator scale (tiny weights and/or a tiny input scale,
+    e.g. a classifier fed by vanishing activations, or a BatchNorm-folded channel with gamma ~ 0)
+    gets the coarser ``s_w[c] = |b[c]| / (s_in * limit)`` instead of a clipped bias -- clipping
+    silently replaced such outputs by wrong constants. Per-tensor weights widen all channels.
+    Returns (scales, whether any changed)."""
+    limit = float(BIAS_LIMIT[8 if in_bits <= 8 else 16])
+    need = np.abs(b) / (s_in * limit)
+    if not np.any(need > s_w):
+        return s_w, False
+    widened = np.maximum(s_w, need * (1 + 2.0 ** -20))   # the margin absorbs rounding of b / acc_scale
+    if not per_channel:
+        widened = np.full_like(s_w, widened.max())
+    return widened, True
+
+
+def checked_learned_weights(n: Node, learned, w_q: np.ndarray, bits: int) -> np.ndarray:
+    """Learned integer weights: same shape and container as round-to-nearest, within [-qmax, qmax]."""
+    learned = np.asarray(learned)
+    qmax = (1 << (bits - 1)) - 1
+    if learned.shape != w_q.shape or learned.dtype.kind not in "iu" or \
+            (learned.size and (learned.min() < -qmax or learned.max() > qmax)):
+        raise QuantizationConfigError(
+            f"learned_weights[{n.name!r}]: need integers of shape {w_q.shape} in [-{qmax}, {qmax}], got "
+            f"{learned.dtype} {learned.shape}")
+    return learned.astype(w_q.dtype)
 
 
 def per_channel(v, rank: int, axis: int) -> np.ndarray:
@@ -307,7 +354,7 @@ class DenseRule(QuantRule):
         if not (len(n.inputs) >= 2 and n.inputs[1] in consts and n.inputs[0] not in consts):
             return None
         q_in, out = ctx.tensors[n.inputs[0]], n.outputs[0]
-        nq = self.weight_constants(n, ctx.graph, q_in, ctx.params)
+        nq = self.weight_constants(n, ctx.graph, q_in, ctx.params, ctx.learned_weights.get(n.name))
         if nq.output_int32:
             if not ctx.is_final_output(out):
                 raise QuantizationConfigError(
@@ -319,25 +366,33 @@ class DenseRule(QuantRule):
             self.set_requantization(nq, n, q_in, ctx.tensors[out], ctx.mode)
         return nq
 
-    def weight_constants(self, n: Node, graph, q_in: TensorQuant, params) -> NodeQuant:
+    def weight_constants(self, n: Node, graph, q_in: TensorQuant, params, learned=None) -> NodeQuant:
+        """Weights on their per-channel grid (or ``learned`` integer weights on it), widened where the
+        bias would not fit its limit, and the bias on the accumulator's grid."""
         from core.ops.common import weight_output_axis
 
         w = np.asarray(graph.constants[n.inputs[1]])
         per_channel_weights = params.weight_quantization_scheme.per_channel
         axis = weight_output_axis(n, w.ndim)
-        w_q, s_w = quantize_weights(w, axis if per_channel_weights else None, self.weight_bits(n, params))
+        bits_w = self.weight_bits(n, params)
+        w_q, s_w = quantize_weights(w, axis if per_channel_weights else None, bits_w)
+        if learned is not None:
+            w_q = checked_learned_weights(n, learned, w_q, bits_w)
         n_out = w.shape[axis] if w.ndim else 1
         s_w = np.broadcast_to(s_w, (n_out,)).astype(np.float64)
-        acc_scale = float(q_in.scale) * s_w
-        nq = NodeQuant(w_q=w_q, w_scale=s_w, acc_scale=acc_scale)
+        b = None
         if len(n.inputs) > 2 and n.inputs[2]:
             b = np.asarray(graph.constants[n.inputs[2]], np.float64).reshape(-1)
             b = np.broadcast_to(b, (n_out,)) if b.size == 1 else b
-            bq = np.round(b / acc_scale)
-            if q_in.bits <= 8:
-                nq.bias_q = np.clip(bq, -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
-            else:
-                nq.bias_q = np.clip(bq, -(2 ** 47), 2 ** 47).astype(np.int64)
+            s_w, widened = bias_fitting_weight_scales(b, float(q_in.scale), s_w, q_in.bits, per_channel_weights)
+            if widened:   # requantize the weights on the wider scales (those channels' weights are tiny;
+                # learned rounding was learned on the narrower scales, so it gives way to round-to-nearest)
+                w_q = weights_on_grid(w, s_w, axis if per_channel_weights else None, bits_w)
+        acc_scale = float(q_in.scale) * s_w
+        nq = NodeQuant(w_q=w_q, w_scale=s_w, acc_scale=acc_scale)
+        if b is not None:
+            bq = np.round(b / acc_scale)   # |bq| <= the bias limit: no clipping
+            nq.bias_q = bq.astype(np.int32 if q_in.bits <= 8 else np.int64)
         nq.output_int32 = params.output_int32_for(n.name)
         return nq
 

@@ -93,6 +93,10 @@ class NodeQuant:
       requant_inputs   Concat of converted TFLite models: per input None or (multiplier, shift)
       tflite_kernel    a TFLite reference kernel of a converted model ("requantize", "mean_quantized",
                        "logistic_int8", "softmax_int8"); beta, axis: Softmax's parameters
+      kernel           mixq's integer kernel of an attention op: "matmul_int" (MatMul of two
+                       activations: multiplier, shift, real_multiplier, tflite_rounding, act_min,
+                       act_max) or "softmax_int" (Softmax with a 16-bit output: exp_table, axis)
+      exp_table        softmax_int's table ``round(exp(-s_in * j) * 2**20)``, int32
     """
 
     w_q: np.ndarray | None = None
@@ -119,6 +123,8 @@ class NodeQuant:
     tflite_kernel: str | None = None
     beta: float | None = None
     axis: int | None = None
+    kernel: str | None = None
+    exp_table: np.ndarray | None = None
 
     def __eq__(self, other: object) -> bool:
         # arrays compare by dtype, shape and values (a dataclass's == would compare them elementwise)

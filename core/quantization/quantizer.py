@@ -13,7 +13,9 @@ Rules (see docs/quantization.md, "Quantized programs"):
 * weights: symmetric, per output channel or per tensor, ``bits`` = the weight scheme's width
   (16 on nodes whose precision is set to ``INT_16``), in [-qmax, qmax] (qmax = 127 or 32767),
   ``scale = max|w| / qmax`` (an all-zero channel gets scale 1).
-  Bias: ``round(b / (s_in * s_w[c]))`` as int32 (clipped to int32) for 8-bit inputs, int64 for 16-bit inputs.
+  Bias: ``round(b / (s_in * s_w[c]))`` as int32 for 8-bit inputs (|bias_q| <= 2**30), int64 for
+  16-bit inputs (<= 2**42); a channel whose bias would exceed that gets a coarser weight scale
+  (``core.ops.quant_rules.bias_fitting_weight_scales``), never a clipped bias.
 * Conv / Gemm / MatMul (constant weights): ``requantize(acc, m, shift, mode, zp_out, lo, hi)`` with
   ``(m, shift) = quantize_multiplier_for(s_in * s_w[c] / s_out, mode)`` and ``[lo, hi]`` the output
   type's range narrowed by the fused Relu/Clip (``activation_range_int``).
@@ -22,6 +24,9 @@ Rules (see docs/quantization.md, "Quantized programs"):
   Relu/Clip: the output reuses the input's TensorQuant.
 * Add/Sub/Mul (two activation inputs), GlobalAveragePool, Concat: the output's own calibrated
   range, with the TFLite-exact kernels of :mod:`core.ops`.
+* MatMul of two activations (attention): both operands keep their quantization, the output its
+  calibrated range (``core.ops.gemm.MatMulRule``, ``matmul_int``). Softmax on the MLA (attention's): 16-bit output
+  with scale 2**-15, zero point 0 (``core.ops.activation.softmax_int``), whatever the precision.
 * Any other MLA node (and Add/Sub/Mul with a constant operand) runs as a *float island*: its
   inputs are dequantized, the float kernel runs, the output is quantized with its calibrated
   range. ``QuantizedProgram.kinds`` says ``"float"`` for them (listed in ``float_islands``).
@@ -36,12 +41,15 @@ Rules (see docs/quantization.md, "Quantized programs"):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from core.errors import CalibrationError, QuantizationConfigError
 from core.ir.graph import Graph, Node
-from core.ops.quant_rules import reuses_input_quant, rule_of
+from core.ops.quant_rules import quantize_weights, reuses_input_quant, rule_of, weights_on_grid
 from core.quantization.params import (
     QuantizationParams,
     QuantizationPrecision,
@@ -51,7 +59,8 @@ from core.quantization.params import (
 )
 from core.quantization.quant_data import NodeQuant, TensorQuant
 
-__all__ = ["NodeQuant", "QuantizedProgram", "TensorQuant", "quantize_graph"]
+__all__ = ["NodeQuant", "QuantizedProgram", "TensorQuant", "quantize_graph", "quantize_weights",
+           "weights_on_grid"]
 
 
 @dataclass
@@ -101,8 +110,10 @@ class QuantizeContext:
     configuration, ``tensors`` (tensor -> TensorQuant, filled in node order) and each tensor's own
     calibrated quantization (``own_quant``)."""
 
-    def __init__(self, graph: Graph, stats, params: QuantizationParams, bits: dict[str, int]):
+    def __init__(self, graph: Graph, stats, params: QuantizationParams, bits: dict[str, int],
+                 learned_weights: Mapping[str, np.ndarray] | None = None):
         self.graph = graph
+        self.learned_weights = dict(learned_weights or {})   # node -> integer weights (AdaRound's)
         self.consts = graph.constants
         self.params = params
         self.mode = params.requantization_mode
@@ -138,14 +149,17 @@ class QuantizeContext:
 
 # --------------------------------------------------------------------------- main entry
 
-def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> QuantizedProgram:
+def quantize_graph(graph: Graph, stats, params: QuantizationParams,
+                   learned_weights: Mapping[str, np.ndarray] | None = None) -> QuantizedProgram:
     """Quantize ``graph`` with ``stats`` (CalibrationStatistics) under ``params``: tensor widths,
-    then each MLA node through its op's quantization rule (``OpDef.quant``), in order."""
+    then each MLA node through its op's quantization rule (``OpDef.quant``), in order.
+    ``learned_weights``: node name -> integer weights (e.g. AdaRound's, on the scales
+    ``quantize_weights`` computes) used instead of round-to-nearest on those dense nodes."""
     if not isinstance(params, QuantizationParams):
         raise QuantizationConfigError(f"quantization_config must be QuantizationParams, got {type(params).__name__}")
     check_custom_config_nodes(params, [n.name for n in graph.nodes])
     graph = graph.copy()   # the program owns its node list (constant arrays are shared, immutable)
-    ctx = QuantizeContext(graph, stats, params, tensor_widths(graph, params))
+    ctx = QuantizeContext(graph, stats, params, tensor_widths(graph, params), learned_weights)
     node_quant: dict[str, NodeQuant] = {}
     kinds: dict[str, str] = {}
     for n in graph.nodes:

@@ -36,7 +36,7 @@ from core.ir.graph import Node
 from core.ops.registry import get_op
 from core.quantization.quantizer import QuantizedProgram, TensorQuant
 
-__all__ = ["run_program"]
+__all__ = ["IntegerContext", "run_program"]
 
 
 def _dtype(tq: TensorQuant):
@@ -55,72 +55,43 @@ def run_program(
 ) -> dict[str, np.ndarray]:
     """Run ``program`` on ``feeds`` (graph input name -> float array, already validated);
     returns every graph output as float32, by name."""
-    g = program.graph
-    tq = program.tensors
-    consts = g.constants
-    qenv: dict[str, np.ndarray] = {}
-    fenv: dict[str, np.ndarray] = dict(feeds)
-
-    def get_int(t: str) -> np.ndarray:
-        if t not in qenv:
-            if t not in fenv:
-                raise ExecutionError(f"tensor {t!r} was not computed")
-            qenv[t] = _storage(tq[t].quantize(fenv[t]), tq[t])
-        return qenv[t]
-
-    def get_float(t: str) -> np.ndarray:
-        if t in consts:
-            return consts[t]
-        if t not in fenv:
-            if t not in qenv:
-                raise ExecutionError(f"tensor {t!r} was not computed")
-            fenv[t] = tq[t].dequantize(qenv[t])
-        return fenv[t]
-
-    ctx = IntegerContext(program, get_int, qenv, fenv, fast_mode)
-    for n in g.nodes:
-        kind = program.kinds[n.name]
-        try:
-            if kind == "int":
-                rule = get_op(n.op, n).quant
-                if rule is None:
-                    raise ExecutionError(f"{n.describe()}: op {n.op} has no integer kernel")
-                rule.run_int(n, program.constants[n.name], ctx)
-            else:
-                # a float island on the MLA reads its inputs as the MLA holds them (quantized);
-                # an APU node reads float tensors (graph inputs unquantized)
-                if kind == "float":
-                    args = [None if not i else tq[i].dequantize(get_int(i)) if i in tq else get_float(i)
-                            for i in n.inputs]
-                else:
-                    args = [get_float(i) if i else None for i in n.inputs]
-                outs = get_op(n.op, n).run(n, args)
-                for name, value in zip(n.outputs, outs):
-                    if name:
-                        fenv[name] = value
-        except MixqError:
-            raise
-        except Exception as e:
-            raise ExecutionError(f"{n.describe()} failed in the integer program: {type(e).__name__}: {e}") from e
-    # a float island's output is an MLA tensor too: a graph output leaves through its integer grid
-    island_outputs = {o for n in g.nodes if program.kinds[n.name] == "float" for o in n.outputs
-                      if o in tq and tq[o].bits in (8, 16)}
-    return {o: np.asarray(tq[o].dequantize(get_int(o)) if o in island_outputs else get_float(o), np.float32)
-            for o in g.outputs}
+    ctx = IntegerContext(program, {}, dict(feeds), fast_mode)
+    for n in program.graph.nodes:
+        ctx.run_node(n)
+    return ctx.outputs()
 
 
 class IntegerContext:
-    """What an op's integer kernel (``QuantRule.run_int``) reads and writes: integer tensors
-    (``int`` quantizes a float one on first use), results stored as the tensor's integer type."""
+    """The tensors of one run of a program: integer ones (``qenv``, stored as each tensor's integer
+    type) and float ones (``fenv``). ``run_node`` runs one node; an op's integer kernel
+    (``QuantRule.run_int``) reads ``int(t)`` (a float tensor is quantized on first use) and
+    stores ``set_int`` / ``set_float``."""
 
-    def __init__(self, program: QuantizedProgram, get_int, qenv: dict, fenv: dict, fast_mode: bool):
+    def __init__(self, program: QuantizedProgram, qenv: dict, fenv: dict, fast_mode: bool = False):
+        self.program = program
         self.tensors = program.tensors
         self.consts = program.graph.constants
         self.mode = program.requantization_mode
         self.fast_mode = fast_mode
-        self.int = get_int
         self.qenv = qenv
         self.fenv = fenv
+
+    # ---- tensors
+    def int(self, t: str) -> np.ndarray:
+        if t not in self.qenv:
+            if t not in self.fenv:
+                raise ExecutionError(f"tensor {t!r} was not computed")
+            self.qenv[t] = _storage(self.tensors[t].quantize(self.fenv[t]), self.tensors[t])
+        return self.qenv[t]
+
+    def float_of(self, t: str) -> np.ndarray:
+        if t in self.consts:
+            return self.consts[t]
+        if t not in self.fenv:
+            if t not in self.qenv:
+                raise ExecutionError(f"tensor {t!r} was not computed")
+            self.fenv[t] = self.tensors[t].dequantize(self.qenv[t])
+        return self.fenv[t]
 
     def activations(self, node: Node) -> list[str]:
         return [i for i in node.inputs if i and i not in self.consts]
@@ -134,3 +105,45 @@ class IntegerContext:
 
     def set_float(self, t: str, y: np.ndarray) -> None:
         self.fenv[t] = y
+
+    # ---- nodes
+    def run_node(self, n: Node) -> None:
+        """One node: an integer node through its op's rule, a float island or APU node through the
+        float kernel (failures other than mixq's own name the node)."""
+        kind = self.program.kinds[n.name]
+        try:
+            if kind == "int":
+                self.run_integer(n)
+            else:
+                self.run_float(n, island=kind == "float")
+        except MixqError:
+            raise
+        except Exception as e:
+            raise ExecutionError(f"{n.describe()} failed in the integer program: {type(e).__name__}: {e}") from e
+
+    def run_integer(self, n: Node) -> None:
+        rule = get_op(n.op, n).quant
+        if rule is None:
+            raise ExecutionError(f"{n.describe()}: op {n.op} has no integer kernel")
+        rule.run_int(n, self.program.constants[n.name], self)
+
+    def run_float(self, n: Node, island: bool) -> None:
+        """A float island on the MLA reads its inputs as the MLA holds them (quantized); an APU
+        node reads float tensors (graph inputs unquantized)."""
+        tq = self.tensors
+        if island:
+            args = [None if not i else tq[i].dequantize(self.int(i)) if i in tq else self.float_of(i) for i in n.inputs]
+        else:
+            args = [self.float_of(i) if i else None for i in n.inputs]
+        for name, value in zip(n.outputs, get_op(n.op, n).run(n, args)):
+            if name:
+                self.fenv[name] = value
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Every graph output as float32; a float island's output is an MLA tensor too, so it
+        leaves through its integer grid."""
+        p, tq = self.program, self.tensors
+        island_outputs = {o for n in p.graph.nodes if p.kinds[n.name] == "float" for o in n.outputs
+                          if o in tq and tq[o].bits in (8, 16)}
+        return {o: np.asarray(tq[o].dequantize(self.int(o)) if o in island_outputs else self.float_of(o), np.float32)
+                for o in p.graph.outputs}

@@ -27,6 +27,14 @@ The search (every candidate is one quantize + one evaluation; calibration runs o
    reaches the target -- it can go below the smallest prefix.
 5. With budget left, Optuna's TPE explores subsets of the top ranked nodes (the history of
    steps 1-4 is in the study, so TPE starts from it).
+6. Exact confirmation (``confirm``: an exact-execution evaluator, given when the search scores
+   in fast mode): the answer is re-scored bit-accurately. Fast mode is within a few output steps
+   of exact execution, so a candidate that reaches the target in fast mode may miss it exactly:
+   then the next feasible candidates (fewest INT16 nodes first) are confirmed, then longer
+   ranking prefixes (growing by half), until one reaches the target exactly; if none does,
+   :class:`AccuracyTargetError` with the best exact accuracy. The exact scores are kept in the
+   study's user attributes (a resumed search does not repeat them) and in
+   ``AccuracyFeedbackResult.confirmations``.
 
 Every finished candidate is an Optuna trial in ``storage`` (a journal file by default, any
 Optuna RDB URL accepted): a search that is killed and rerun with the same arguments reopens
@@ -51,7 +59,7 @@ from core.quantization.params import QuantizationParams, QuantizationPrecision
 
 log = logging.getLogger("mixq")
 
-__all__ = ["Candidate", "AccuracyFeedbackResult", "search_int16_nodes", "DEFAULT_STORAGE"]
+__all__ = ["Candidate", "Confirmation", "AccuracyFeedbackResult", "search_int16_nodes", "DEFAULT_STORAGE"]
 
 DEFAULT_STORAGE = "mixq-search.journal"
 _PARAM = "int16:"
@@ -70,6 +78,16 @@ class Candidate:
     resumed: bool = False
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """An exact-execution score of a node set (step 6)."""
+
+    int16_nodes: tuple[str, ...]
+    accuracy: float             # exact execution (fast_mode=False)
+    feasible: bool              # accuracy >= target
+    resumed: bool = False       # read from the study, not re-scored
+
+
 @dataclass
 class AccuracyFeedbackResult:
     model: Any                                   # the chosen core.model.Model
@@ -82,9 +100,19 @@ class AccuracyFeedbackResult:
     study_name: str
     pareto_front: list[Candidate] = field(default_factory=list)   # accuracy vs INT16 count
     settled_after: int = 0      # evaluations by this call when the prefix search (steps 1-3) was settled
+    exact_accuracy: float | None = None   # the answer's exact score (None: the search scored exactly)
+    confirmations: list[Confirmation] = field(default_factory=list)   # step 6, in order
+
+    def exact(self, nodes: Iterable[str]) -> float | None:
+        """The exact score of ``nodes`` if step 6 measured it."""
+        key = frozenset(nodes)
+        return next((c.accuracy for c in self.confirmations if frozenset(c.int16_nodes) == key), None)
 
 
-def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool):
+def open_study(storage: Any, study_name: str, seed: int, multi_objective: bool,
+                directions: list[str] | None = None, metric_names: list[str] | None = None):
+    """Create or load the study; ``metric_names`` name its objectives (what optuna-dashboard shows
+    instead of "Objective 0")."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -98,9 +126,16 @@ def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool)
     else:
         st = storage                                   # an RDB URL or an optuna storage object
     sampler = optuna.samplers.TPESampler(seed=seed)
-    directions = ["maximize", "minimize"] if multi_objective else ["minimize"]
-    return optuna.create_study(study_name=study_name, storage=st, load_if_exists=True,
-                               directions=directions, sampler=sampler)
+    if directions is None:
+        directions = ["maximize", "minimize"] if multi_objective else ["minimize"]
+    if metric_names is None:
+        metric_names = (["accuracy", "INT16 nodes"] if multi_objective
+                        else ["INT16 nodes if the target is met, else nodes + 1 + shortfall"])
+    study = optuna.create_study(study_name=study_name, storage=st, load_if_exists=True,
+                                directions=directions, sampler=sampler)
+    if study.metric_names != metric_names and len(metric_names) == len(study.directions):
+        study.set_metric_names(metric_names)
+    return study
 
 
 class _PrefixModel:
@@ -201,11 +236,15 @@ def search_int16_nodes(
     callbacks: Iterable[Callable[[Candidate], None]] = (),
     model_name: str | None = None,
     surrogate: Callable[[Sequence[str]], float] | None = None,
+    confirm: Callable[[Any], float] | None = None,
+    max_confirmations: int = 4,
 ) -> AccuracyFeedbackResult:
     """Run the search (module docstring). ``evaluator(model) -> accuracy``; ``ranking`` is
     ``[(node, score)]`` most sensitive first; ``study_key`` identifies the data (part of the
     default study name, so a rerun on the same data resumes); ``surrogate(nodes) -> error``
-    (lower is better, e.g. :class:`~core.search.ranking.SimulatedOutputError`) guides step 2."""
+    (lower is better, e.g. :class:`~core.search.ranking.SimulatedOutputError`) guides step 2;
+    ``confirm(model) -> accuracy`` under exact execution (step 6), when ``evaluator`` is not exact;
+    ``max_confirmations``: feasible candidates confirmed before longer prefixes are tried."""
     import optuna
 
     if not isinstance(quantization_config, QuantizationParams):
@@ -226,7 +265,7 @@ def search_int16_nodes(
     if study_name is None:
         h = hashlib.sha256(repr((net.graph.name, study_key, repr(quantization_config), target, order)).encode())
         study_name = f"mixq-accuracy-feedback-{net.graph.name}-{h.hexdigest()[:16]}"
-    study = _open_study(storage, study_name, seed, multi_objective)
+    study = open_study(storage, study_name, seed, multi_objective)
     callbacks = list(callbacks)
     started = time.perf_counter()
 
@@ -375,10 +414,92 @@ def search_int16_nodes(
         raise AccuracyTargetError(
             f"no candidate reached target accuracy {target:g} within the budget ({len(study.trials)} trials); "
             f"best accuracy {top:.4f}", best_accuracy=top)
-    model = net.quantize(statistics=statistics, quantization_config=config_for(best.int16_nodes), model_name=model_name)
     front = []
     for c in sorted(candidates, key=lambda c: (len(c.int16_nodes), -c.accuracy)):
         if not front or c.accuracy > front[-1].accuracy:
             front.append(c)
-    return AccuracyFeedbackResult(model, list(best.int16_nodes), best.accuracy, target, candidates, evaluations,
-                                  list(ranking), study_name, front, settled or evaluations)
+    if confirm is None:
+        model = net.quantize(statistics=statistics, quantization_config=config_for(best.int16_nodes),
+                             model_name=model_name)
+        return AccuracyFeedbackResult(model, list(best.int16_nodes), best.accuracy, target, candidates, evaluations,
+                                      list(ranking), study_name, front, settled or evaluations)
+    nodes, model, confirmations = confirm_exactly(
+        study, lambda ns: net.quantize(statistics=statistics, quantization_config=config_for(ns),
+                                       model_name=model_name),
+        confirm, target, candidates, order, max_confirmations)
+    fast = done.get(frozenset(nodes))
+    exact = confirmations[-1].accuracy
+    return AccuracyFeedbackResult(model, list(nodes), exact if fast is None else fast, target, candidates,
+                                  evaluations, list(ranking), study_name, front, settled or evaluations,
+                                  exact_accuracy=exact, confirmations=confirmations)
+
+
+_EXACT = "mixq_exact:"
+
+
+def _exact_key(nodes: Iterable[str]) -> str:
+    return _EXACT + hashlib.sha256("\n".join(sorted(nodes)).encode()).hexdigest()[:20]
+
+
+def confirm_exactly(study, quantize: Callable[[Sequence[str]], Any], confirm: Callable[[Any], float], target: float,
+                    candidates: Sequence[Candidate], order: Sequence[str], max_confirmations: int = 4,
+                    ) -> tuple[tuple[str, ...], Any, list[Confirmation]]:
+    """Step 6 (module docstring): the first node set that reaches ``target`` under exact execution
+    -- feasible candidates first (fewest INT16 nodes, then highest accuracy), then ranking prefixes
+    longer than the smallest feasible one, growing by half up to every ranked node. Returns
+    ``(nodes, model, confirmations)``; raises :class:`AccuracyTargetError` with the best exact
+    accuracy when none reaches it."""
+    rank_of = {n: i for i, n in enumerate(order)}
+    known = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith(_EXACT) and isinstance(value, dict):
+            known[frozenset(value.get("nodes", []))] = float(value["accuracy"])
+    confirmations: list[Confirmation] = []
+
+    def check(nodes: Sequence[str]):
+        nodes = tuple(sorted(set(nodes), key=lambda n: rank_of.get(n, len(order))))
+        key = frozenset(nodes)
+        model = None
+        if key in known:
+            acc, resumed = known[key], True
+        else:
+            model = quantize(nodes)
+            acc, resumed = float(confirm(model)), False
+            known[key] = acc
+            try:
+                study.set_user_attr(_exact_key(nodes), {"nodes": list(nodes), "accuracy": acc})
+            except Exception as e:  # noqa: BLE001  (a read-only storage: the score is only not kept)
+                log.warning("accuracy feedback: cannot keep the exact score in the study: %s", e)
+        confirmations.append(Confirmation(nodes, acc, acc >= target, resumed))
+        log.info("accuracy feedback: exact execution, %d INT16 nodes -> %.4f%s", len(nodes), acc,
+                 " (meets target)" if acc >= target else " (misses the target)")
+        if acc >= target:
+            return nodes, model if model is not None else quantize(nodes)
+        return None
+
+    tried: set[frozenset] = set()
+    feasible = sorted((c for c in candidates if c.feasible), key=lambda c: (len(c.int16_nodes), -c.accuracy))
+    for c in feasible:
+        if len(tried) >= max(1, int(max_confirmations)):
+            break
+        if frozenset(c.int16_nodes) in tried:
+            continue
+        tried.add(frozenset(c.int16_nodes))
+        hit = check(c.int16_nodes)
+        if hit:
+            return hit[0], hit[1], confirmations
+    k = max(1, min((len(c.int16_nodes) for c in feasible), default=1))
+    while True:
+        k = min(len(order), max(k + 1, k + k // 2))
+        if frozenset(order[:k]) not in tried:
+            tried.add(frozenset(order[:k]))
+            hit = check(order[:k])
+            if hit:
+                return hit[0], hit[1], confirmations
+        if k >= len(order):
+            break
+    best = max(confirmations, key=lambda c: c.accuracy)
+    raise AccuracyTargetError(
+        f"target accuracy {target:g} is met in fast mode but not under exact execution: best exact accuracy "
+        f"{best.accuracy:.4f} ({len(best.int16_nodes)} INT16 nodes; {len(confirmations)} node set(s) confirmed)",
+        best_accuracy=best.accuracy)
