@@ -580,6 +580,12 @@ class ConvRule(DenseRule):
             ins.append(L.w.const(f"{base}/bias_int", bias.reshape(-1).astype(np.float32)))
         return L.ops.cast(L.w.op("Conv", ins, base, **attrs), "DOUBLE", base)
 
+    def tflite_weight_layout(self, node, raw, w):
+        if raw.ndim == 4 and w.ndim == 4 and int(node.attrs.get("group", 1)) > 1 and raw.shape[0] == 1 and \
+                raw.shape[3] == w.shape[0]:
+            return raw.transpose(3, 0, 1, 2)   # depthwise 1HWO -> O1HW
+        return super().tflite_weight_layout(node, raw, w)
+
 
 register(
     OpDef(

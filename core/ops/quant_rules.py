@@ -549,6 +549,17 @@ class DenseRule(QuantRule):
         return True
 
     # ---- TFLite
+    def tflite_weight_layout(self, node: Node, raw: np.ndarray, w: np.ndarray) -> np.ndarray | None:
+        """A TFLite file's weights ``raw`` in the layout of the imported float weights ``w``
+        (OHWI -> OIHW, or transposed 2-D), or None where they do not map."""
+        if raw.ndim == 4 and w.ndim == 4:
+            return raw.transpose(0, 3, 1, 2)   # OHWI -> OIHW
+        if raw.shape == w.shape:
+            return raw
+        if raw.ndim == 2 and raw.T.shape == w.shape:
+            return raw.T
+        return None
+
     def convert_tflite(self, node, ctx, acts, q_ins, q_out):
         n = node
         if not (self.tflite and len(n.inputs) >= 2 and n.inputs[1] in ctx.consts and len(acts) == 1

@@ -232,17 +232,8 @@ class _Converter:
         if any(int(z) != 0 for z in e["zero_point"]):
             raise UnsupportedOperatorError(n.op, n.source_name or n.name, "weights with a nonzero zero point")
         scales = np.asarray([float(np.float32(s)) for s in e["scale"]], np.float64)
-        if raw.ndim == 4 and w.ndim == 4:
-            if n.op == "Conv" and int(n.attrs.get("group", 1)) > 1 and raw.shape[0] == 1 and \
-                    raw.shape[3] == w.shape[0]:
-                wq = raw.transpose(3, 0, 1, 2)   # depthwise 1HWO -> O1HW
-            else:
-                wq = raw.transpose(0, 3, 1, 2)   # OHWI -> OIHW
-        elif raw.shape == w.shape:
-            wq = raw
-        elif raw.ndim == 2 and raw.T.shape == w.shape:
-            wq = raw.T
-        else:
+        wq = rule_of(n).tflite_weight_layout(n, raw, w)
+        if wq is None:
             raise UnsupportedOperatorError(n.op, n.source_name or n.name,
                                            f"weights of shape {raw.shape} do not map onto {w.shape}")
         wq = np.ascontiguousarray(wq)
