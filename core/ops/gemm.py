@@ -6,7 +6,7 @@ import numpy as np
 from core.errors import ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import activation_suffix, apply_activation, broadcast_shape
-from core.ops.conv import _exact_plan, _int_operand, _shifted, _zero_point
+from core.ops.conv import checked_zero_point, exact_plan, int_operand, shifted_operand
 from core.ops.quant_rules import DenseRule
 from core.ops.registry import OpDef, register
 from core.quantization.quant_data import NodeQuant
@@ -140,11 +140,11 @@ def dense_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node, requant=None) -
     BLAS when :func:`core.ops.conv.exact_accumulation_dtype` proves it exact, else int64.
     ``requant``: as in :func:`core.ops.conv.conv_accumulate` (the requantized output instead).
     """
-    x_q = _int_operand(x_q, "x_q", node)
-    w_q = _int_operand(w_q, "w_q", node)
-    zp = _zero_point(x_zero_point, node)
+    x_q = int_operand(x_q, "x_q", node)
+    w_q = int_operand(w_q, "w_q", node)
+    zp = checked_zero_point(x_zero_point, node)
     if bias_q is not None:
-        bias_q = _int_operand(bias_q, "bias_q", node)
+        bias_q = int_operand(bias_q, "bias_q", node)
     if node.op == "Gemm":
         alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
         if alpha != 1.0 or (bias_q is not None and beta != 1.0):
@@ -175,15 +175,15 @@ def dense_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node, requant=None) -
             raise ShapeInferenceError(
                 f"{node.describe()}: bias_q shape {bias_q.shape} != ({out_features},)")
         bias_q = bias_q.reshape(out_features)
-    dtype, bound = _exact_plan(x_q, zp, w2.T, bias_q, node)
+    dtype, bound = exact_plan(x_q, zp, w2.T, bias_q, node)
     if requant is not None:
         dtype, finish = requant.bind(dtype, bias_q, bound)
         w2 = w2.astype(dtype) if requant.weight_scale is None else w2.astype(dtype) * requant.weight_scale
-        y = np.matmul(_shifted(x_q, zp, dtype), w2)
+        y = np.matmul(shifted_operand(x_q, zp, dtype), w2)
         out = np.empty(y.shape, requant.dtype)
         finish(out, y)
         return out[..., 0] if vector_w else out
-    xs = _shifted(x_q, zp, dtype)
+    xs = shifted_operand(x_q, zp, dtype)
     y = np.matmul(xs, w2.astype(dtype))
     acc = y.astype(np.int64) if y.dtype != np.int64 else y
     if bias_q is not None:
@@ -212,8 +212,8 @@ def matmul_int_constants(node: Node, qa, qb, q_out, mode) -> NodeQuant:
 def matmul_accumulate(a_q, a_zero_point, b_q, b_zero_point, node: Node) -> np.ndarray:
     """``(a - zp_a) @ (b - zp_b)`` exactly, as int64 (numpy matmul semantics): in float64 BLAS while
     ``K * max|a - zp_a| * max|b - zp_b| < 2**53`` (every partial sum an exact integer), else int64."""
-    a = _int_operand(a_q, "a_q", node).astype(np.int64) - _zero_point(a_zero_point, node)
-    b = _int_operand(b_q, "b_q", node).astype(np.int64) - _zero_point(b_zero_point, node)
+    a = int_operand(a_q, "a_q", node).astype(np.int64) - checked_zero_point(a_zero_point, node)
+    b = int_operand(b_q, "b_q", node).astype(np.int64) - checked_zero_point(b_zero_point, node)
     k = a.shape[-1] if a.ndim else 1
     bound = k * (int(np.abs(a).max(initial=0)) * int(np.abs(b).max(initial=0)))
     if bound < (1 << 53):

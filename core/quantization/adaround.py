@@ -133,12 +133,12 @@ def _patches(n: Node, x: np.ndarray, w_shape, rows: list[tuple[int, np.ndarray]]
     if n.op != "Conv":
         xs = x.reshape(x.shape[0], -1, x.shape[-1])
         return np.concatenate([xs[i, r] for i, r in rows])[None]
-    from core.ops.conv import _channels_last, _conv_out_shape, _windows
+    from core.ops.conv import conv_out_shape, conv_windows, to_channels_last
 
-    kernel, strides, dilations, pads, out = _conv_out_shape(n, x.shape, w_shape)
+    kernel, strides, dilations, pads, out = conv_out_shape(n, x.shape, w_shape)
     nd = len(kernel)
-    xl = np.pad(_channels_last(x), [(0, 0)] + [(pads[d], pads[d + nd]) for d in range(nd)] + [(0, 0)])
-    win = _windows(xl, kernel, strides, dilations, out)          # (b, *out, *kernel, C)
+    xl = np.pad(to_channels_last(x), [(0, 0)] + [(pads[d], pads[d + nd]) for d in range(nd)] + [(0, 0)])
+    win = conv_windows(xl, kernel, strides, dilations, out)          # (b, *out, *kernel, C)
     picked = []
     for i, r in rows:
         coords = np.unravel_index(r, out)
