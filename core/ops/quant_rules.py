@@ -40,7 +40,7 @@ from core.quantization.requantize import quantize_multiplier_for
 if TYPE_CHECKING:  # pragma: no cover
     from core.ir.graph import Node
 
-__all__ = ["QuantRule", "ReuseRule", "LayoutRule", "RescaleRule", "DenseRule", "activation_range_int",
+__all__ = ["QuantRule", "ReuseRule", "LayoutRule", "RescaleRule", "TableRule", "DenseRule", "activation_range_int",
            "fused_bounds", "set_activation_range", "clip_bounds", "quantize_weights", "weights_on_grid",
            "bias_fitting_weight_scales", "checked_learned_weights", "BIAS_LIMIT", "rule_of",
            "reuses_input_quant", "is_layout_op"]
@@ -330,6 +330,40 @@ class RescaleRule(QuantRule):
         lo, hi = fused_bounds(node)
         nq = set_activation_range(nq or NodeQuant(), q_out, lo, hi)
         return None if nq.act_channel_bounds is not None else nq
+
+
+class TableRule(QuantRule):
+    """An elementwise op of one activation (Elu, ...) as a lookup table over every input code:
+    ``T[q - qmin] = quantize_out(f(dequantize_in(q)))`` with the op's own float kernel ``f`` and the
+    output's own calibrated range. So the integer kernel is, code for code, the op run as a float
+    island (dequantize, float kernel, quantize), at 8 and 16 bits (2**16 entries); the integer ONNX
+    form is one Gather. No TFLite conversion (a converted model keeps the op a float island)."""
+
+    def quantize(self, node, ctx):
+        ins = ctx.activations(node)
+        if len(ins) != 1 or len([i for i in node.inputs if i]) != 1 or len([o for o in node.outputs if o]) != 1:
+            return None
+        out = node.outputs[0]
+        ctx.tensors[out] = ctx.own_quant(out)
+        return NodeQuant(table=self.table(node, ctx.tensors[ins[0]], ctx.tensors[out]))
+
+    @staticmethod
+    def table(node: Node, q_in: TensorQuant, q_out: TensorQuant) -> np.ndarray:
+        from core.ops.registry import get_op
+
+        x = q_in.dequantize(np.arange(q_in.qmin, q_in.qmax + 1, dtype=np.int64))
+        y = get_op(node.op, node).run(node, [x])[0]
+        return q_out.quantize(y).astype(np.int8 if q_out.bits == 8 else np.int16)
+
+    def run_int(self, node, nq, ctx):
+        x = node.inputs[0]
+        ctx.set_int(node.outputs[0], nq.table[ctx.int(x).astype(np.intp) - ctx.tensors[x].qmin])
+
+    def lower_integer_onnx(self, node, nq, L):
+        x, w = node.inputs[0], L.w
+        index = w.op("Sub", [L.int64_of(x), L.ops.i64(L.tq[x].qmin)], node.name)
+        L.q[node.outputs[0]] = w.op("Gather", [w.const(f"{node.name}/table", nq.table), index], node.name, axis=0)
+        return True
 
 
 class DenseRule(QuantRule):

@@ -97,6 +97,8 @@ class NodeQuant:
                        activations: multiplier, shift, real_multiplier, tflite_rounding, act_min,
                        act_max) or "softmax_int" (Softmax with a 16-bit output: exp_table, axis)
       exp_table        softmax_int's table ``round(exp(-s_in * j) * 2**20)``, int32
+      table            a lookup-table kernel (``TableRule``): the output code of every input code
+                       ``qmin .. qmax`` (int8 / int16, the output's type)
     """
 
     w_q: np.ndarray | None = None
@@ -125,6 +127,7 @@ class NodeQuant:
     axis: int | None = None
     kernel: str | None = None
     exp_table: np.ndarray | None = None
+    table: np.ndarray | None = None
 
     def __eq__(self, other: object) -> bool:
         # arrays compare by dtype, shape and values (a dataclass's == would compare them elementwise)
