@@ -8,7 +8,7 @@ import numpy as np
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import normalize_axis
-from core.ops.quant_rules import QuantRule, ReuseRule, activation_range_int, clip_bounds
+from core.ops.quant_rules import QuantRule, ReuseRule, TableRule, activation_range_int, clip_bounds
 from core.ops.registry import OpDef, register
 from core.quantization.quant_data import NodeQuant, TensorQuant
 
@@ -153,6 +153,18 @@ register(OpDef("HardSigmoid", _same, _unary(_hard_sigmoid), kind="hard_sigmoid",
 register(
     OpDef("HardSwish", _same, _unary(_hard_swish), kind="hard_swish", doc="x * HardSigmoid(x) with alpha 1/6, beta 0.5")
 )
+
+
+# ---- Elu: the worked example of docs/architecture.md ("Adding an operator"): this block is all of it
+
+def _elu(node, x):
+    # ONNX: x for x >= 0, alpha * (exp(x) - 1) below; exp of the non-positive part only (no overflow)
+    alpha = np.asarray(node.attrs.get("alpha", 1.0), x.dtype)
+    return np.where(x >= 0, x, alpha * (np.exp(np.minimum(x, 0)) - np.asarray(1, x.dtype)))
+
+
+register(OpDef("Elu", _same, _unary(_elu), mla=True, kind="elu", quant=TableRule(),
+               doc="alpha; MLA: a lookup table over every input code (INT8 / INT16)"))
 
 
 def _clip_check(node: Node, infos):
