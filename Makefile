@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mixq-installed
 OPENCV_DOC := .cache/opencv-doc/.done
 
-.PHONY: venv data sshd lint test demo bench clean docs
+.PHONY: venv data sshd postgres lint test demo bench clean docs
 
 venv: $(STAMP)
 
@@ -29,10 +29,14 @@ $(OPENCV_DOC):
 sshd:
 	scripts/ensure_sshd.sh
 
+# the scale-out tests run a throwaway PostgreSQL cluster on 127.0.0.1 (Debian's postgresql, installed when missing)
+postgres:
+	scripts/ensure_postgres.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv data sshd lint
+test: venv data sshd postgres lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: venv data
