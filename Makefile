@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mixq-installed
 OPENCV_DOC := .cache/opencv-doc/.done
 
-.PHONY: venv data sshd postgres lint test demo bench clean docs
+.PHONY: venv data sshd browser postgres lint test demo ui bench clean docs
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ $(OPENCV_DOC):
 sshd:
 	scripts/ensure_sshd.sh
 
+# the UI tests (tests/ui) open the web UIs in Debian's headless Chromium (installed with apt when missing)
+browser:
+	scripts/ensure_browser.sh
+
 # the scale-out tests run a throwaway PostgreSQL cluster on 127.0.0.1 (Debian's postgresql, installed when missing)
 postgres:
 	scripts/ensure_postgres.sh
@@ -36,11 +40,15 @@ postgres:
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv data sshd postgres lint
+test: venv data sshd browser postgres lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: venv data
 	$(PY) scripts/demo.py
+
+# the Prefect UI, MLflow UI, Netron and optuna-dashboard on the demo's results (Ctrl-C stops them)
+ui: venv
+	$(PY) -m core ui mixq-demo
 
 bench: venv data
 	$(PY) bench/run_all.py

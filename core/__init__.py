@@ -19,7 +19,10 @@ from core.errors import (
     UnsupportedOperatorError,
     ZooError,
 )
-from core.importers.sources import ImporterParams, onnx_source, tensorflow_source, tflite_source
+from core.importers.onnx import OnnxParams, onnx_source
+from core.importers.sources import ImporterParams, source_for_path
+from core.importers.tensorflow import TensorFlowParams, tensorflow_source
+from core.importers.tflite import TFLiteParams, tflite_source
 from core.loaded_net import LoadedNet, NodeInfo, load_model
 from core.model import Model
 from core.quantization.calibration import CalibrationStatistics
@@ -64,6 +67,7 @@ __all__ = [
     "ModelLoadError",
     "MovingAverageMinMaxMethod",
     "NodeInfo",
+    "OnnxParams",
     "QuantizationConfigError",
     "QuantizationFlavor",
     "QuantizationParams",
@@ -72,6 +76,8 @@ __all__ = [
     "RequantizationMode",
     "ScalarType",
     "ShapeInferenceError",
+    "TFLiteParams",
+    "TensorFlowParams",
     "UnsupportedOperatorError",
     "ZooError",
     "default_quantization",
@@ -81,6 +87,7 @@ __all__ = [
     "load_model",
     "onnx_source",
     "quantization_scheme",
+    "source_for_path",
     "tensorflow_source",
     "tflite_source",
     "zoo",

@@ -48,15 +48,11 @@ def _zoo_build(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- models and data from the command line
 
 def _load_net(spec: str):
-    """A model file (.onnx, .tflite) or a zoo model name."""
-    from core import load_model, onnx_source, zoo
+    """A model file (any registered importer's: .onnx, .tflite, Keras, SavedModel ...) or a zoo model name."""
+    from core import load_model, onnx_source, source_for_path, zoo
 
     if os.path.exists(spec):
-        if spec.endswith(".tflite"):
-            from core import tflite_source  # noqa: F401  (issue "Fidelity": the TFLite importer)
-
-            return load_model(tflite_source(spec))
-        return load_model(onnx_source(spec))
+        return load_model(source_for_path(spec))
     if spec in zoo.list_models():
         return load_model(onnx_source(zoo.build(spec)))
     raise ModelLoadError(f"{spec!r} is neither a model file nor a zoo model ({', '.join(zoo.list_models())})")
@@ -412,7 +408,64 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--outputs", metavar="NPZ", help="write the outputs here")
     r.add_argument("--check", action="store_true", help="compare with local bit-accurate execution")
     r.set_defaults(handler=_run_devkit)
+
+    u = commands.add_parser("ui", help="start the Prefect UI, MLflow UI, Netron and optuna-dashboard on results",
+                            description="Start the web UIs on a results folder (what `make demo` leaves in "
+                                        "mixq-demo): Prefect UI (flow runs), MLflow UI (candidates, registry), "
+                                        "Netron (the newest .sima.json) and optuna-dashboard (the Optuna journal). "
+                                        "All on 127.0.0.1; Ctrl-C stops them.")
+    u.add_argument("folder", nargs="?", default="mixq-demo", help="results folder (default: mixq-demo)")
+    u.add_argument("--only", action="append", choices=["prefect", "mlflow", "netron", "optuna"],
+                   help="start only this UI (repeatable)")
+    for name, port in (("prefect", 4200), ("mlflow", 5000), ("netron", 8081), ("optuna", 8082)):
+        u.add_argument(f"--{name}-port", type=int, metavar="PORT", help=f"{name} port (default: {port})")
+    u.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
+    u.set_defaults(handler=_ui)
     return parser
+
+
+def _ui(args: argparse.Namespace) -> int:
+    """Start the UIs on a results folder and keep them up until Ctrl-C (or SIGTERM)."""
+    import signal
+
+    from core.ui_servers import DEFAULT_PORTS, UI_NAMES, find_results, start_uis
+
+    folder = os.path.abspath(args.folder)
+    found = find_results(folder)
+    if not any(found.values()):
+        print(f"mixq: error: {folder} holds no results (mlflow.db, prefect/prefect.db, *.sima.json, *.journal); "
+              "run `make demo` first", file=sys.stderr)
+        return 1
+    which = args.only or list(UI_NAMES)
+    ports = {} if args.free_ports else dict(DEFAULT_PORTS)
+    for name in which:
+        port = getattr(args, f"{name}_port")
+        if port:
+            ports[name] = port
+    servers = start_uis(folder, which, ports, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    titles = {"prefect": "Prefect UI", "mlflow": "MLflow UI", "netron": "Netron", "optuna": "optuna-dashboard"}
+    paths = {"prefect": "/runs", "mlflow": "/#/experiments", "netron": "/", "optuna": "/dashboard"}
+    for name, url in servers.urls.items():
+        print(f"{titles[name]}: {url}{paths[name]}", flush=True)
+    missing = [n for n in which if n not in servers.urls]
+    if missing:
+        print(f"(nothing to show for: {', '.join(missing)})", flush=True)
+    print("Ctrl-C stops them", flush=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while all(p.poll() is None for p in servers.processes.values()):
+            time.sleep(1)
+        print("mixq: a UI server exited; see its log in " + os.path.dirname(next(iter(servers.logs.values()))),
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        servers.stop()
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

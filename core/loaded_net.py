@@ -37,21 +37,9 @@ def load_model(params: ImporterParams, *, log_level: int | None = logging.NOTSET
     if log_level:
         log.setLevel(log_level)
     if not isinstance(params, ImporterParams):
-        raise ModelLoadError(f"load_model expects ImporterParams (from onnx_source(...)), got {type(params).__name__}")
-    if params.format == "onnx":
-        from core.importers.onnx import import_onnx
-
-        graph = import_onnx(params)
-    elif params.format == "tflite":
-        from core.importers.tflite import import_tflite
-
-        graph = import_tflite(params)
-    elif params.format == "tensorflow":
-        from core.importers.tensorflow import import_tensorflow
-
-        graph = import_tensorflow(params)
-    else:
-        raise ModelLoadError(f"unknown model format {params.format!r}")
+        raise ModelLoadError(f"load_model expects ImporterParams (from onnx_source(...), tflite_source(...), ...), "
+                             f"got {type(params).__name__}")
+    graph = params.import_graph()          # each importer's ImporterParams subclass knows its importer
     from core.ir.passes import optimize
 
     graph = optimize(graph)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
@@ -32,13 +33,18 @@ from tasks import steps, tracking
 from tasks.data import model_label
 from tasks.search import (
     DEFAULT_SEARCH_OPTIONS,
+    FeedbackResult,
+    Int16Reference,
+    OptionsResult,
+    ProgressBar,
     accuracy_feedback_task,
     options_grid_size,
     options_search_task,
     reference_task,
 )
+from tasks.tracking import ParentRun
 
-__all__ = ["search_flow"]
+__all__ = ["search_flow", "ChosenModel", "summary_text"]
 
 TABLE_COLUMNS = ["stage", "trial", "source", "calibration", "weights", "activations", "int16_nodes", "accuracy",
                  "agreement", "logit_sqnr_db", "feasible", "seconds", "resumed", "error", "mlflow_run_id"]
@@ -66,128 +72,168 @@ def search_flow(
     """Search quantization options and INT16 node sets for ``model``; register the chosen model."""
     label = model_label(model)
     name = name or f"{label}-search"
+    output_dir, storage = prepare_output(output_dir, storage, label)
+    model_path = steps.load_model_task(model)["path"]
+    statistics = steps.calibrate_cached(model_path, calibration)
+    calibration_seconds = float(steps.calibration_info(statistics).get("seconds") or 0.0)
+    flow_run_id, flow_run_name, flow_name = flow_run_info()
+    params = {"model": model, "calibration_data": calibration, "evaluation_data": evaluation, "target": target,
+              "options": DEFAULT_SEARCH_OPTIONS if options is None else options, "max_trials": max_trials,
+              "storage": storage, "base_config": config or {}, "fast_mode": fast_mode}
+
+    with tracking.parent_run(tracking.experiment_name(label, experiment), f"search {flow_run_name or name}",
+                             flow_name=flow_name, flow_run_id=flow_run_id, params=params) as run:
+        budget = options_grid_size(options) + (1 if target is None else 0) + int(max_trials)
+        progress = start_progress(label, budget)
+
+        found = options_search_task(model_path, statistics, evaluation, options, config, storage, run, progress,
+                                    fast_mode, None, calibration_seconds)
+        progress = found.progress
+        reference = None
+        if target is None:
+            reference = reference_task(model_path, statistics, evaluation, found.best_config, run, progress,
+                                       fast_mode, study=found.study_name)
+            progress = reference.progress
+            target = halfway_target(found, reference)
+
+        feedback = accuracy_feedback_task(model_path, statistics, evaluation, found.best_config, float(target),
+                                          output_dir, name, max_trials, timeout, storage, run, progress, fast_mode,
+                                          calibration_seconds, ranking_samples)
+        finish_progress(feedback.progress)
+
+        chosen = record_chosen(feedback, run, model_path, evaluation, output_dir, name, label, alias,
+                               analysis_samples, flow_run_id)
+        pareto_path = pareto_plot(feedback.candidates, feedback.pareto, os.path.join(output_dir, f"{name}-pareto.png"),
+                                  feedback.target, found.metric,
+                                  f"{label}: accuracy feedback candidates ({found.metric}, fast mode)")
+        tracking.log_artifacts(run.run_id, [pareto_path, chosen.analysis["plot"]])
+        summary = search_summary(model, model_path, storage, found, reference, feedback, chosen, run, pareto_path)
+        publish_artifacts(summary, label, fast_mode)
+        run.finish(metrics={"target": feedback.target, "chosen_accuracy": chosen.metrics["accuracy"],
+                            "chosen_int16_nodes": chosen.metrics["int16_nodes"]},
+                   tags={"mixq_chosen_run": chosen.run_id})
+    print(summary_text(summary))
+    return summary
+
+
+# ---------------------------------------------------------------- the steps of search_flow
+
+def prepare_output(output_dir: str, storage: str | None, label: str) -> tuple[str, str]:
+    """The absolute output directory (created) and Optuna storage (default: a journal file in it)."""
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     storage = storage or os.path.join(output_dir, f"{label}-search.journal")
-    if "://" not in storage:
+    if "://" not in storage:          # a journal file, not a database URL
         storage = os.path.abspath(storage)
-    run_id, run_name, flow_name = flow_run_info()
+    return output_dir, storage
 
-    loaded = steps.load_model_task(model)
-    model_path = loaded["path"]
-    stats_path = steps.calibrate_cached(model_path, calibration)
-    cal_seconds = float(steps.calibration_info(stats_path).get("seconds") or 0.0)
 
-    exp_id = tracking.ensure_experiment(tracking.experiment_name(label, experiment))
-    parent = tracking.start_parent_run(
-        exp_id, f"search {run_name or name}", flow_name=flow_name, flow_run_id=run_id,
-        params={"model": model, "calibration_data": calibration, "evaluation_data": evaluation, "target": target,
-                "options": DEFAULT_SEARCH_OPTIONS if options is None else options, "max_trials": max_trials,
-                "storage": storage, "base_config": config or {}, "fast_mode": fast_mode})
-    track = {"experiment_id": exp_id, "parent_run_id": parent}
+def start_progress(label: str, budget: int) -> ProgressBar:
     from prefect.artifacts import create_progress_artifact
 
-    total = options_grid_size(options) + (1 if target is None else 0) + int(max_trials)
-    progress_id = create_progress_artifact(0.0, key=artifact_key("mixq-search", label, "progress"),
-                                           description=f"candidates evaluated (budget {total})")
-    progress = {"artifact_id": str(progress_id), "total": total, "done": 0}
-    try:
-        opts = options_search_task(model_path, stats_path, evaluation, options, config, storage, track, progress,
-                                   fast_mode, None, cal_seconds)
-        progress = opts["progress"]
-        best = opts["best"]["config"]
-        reference = None
-        if target is None:
-            reference = reference_task(model_path, stats_path, evaluation, best, track, progress, fast_mode,
-                                       study=opts["study_name"])
-            progress["done"] = progress.get("done", 0) + 1
-            int8 = opts["best"]["accuracy"]
-            target = int8 + (max(reference["accuracy"], int8) - int8) / 2.0
-            print(f"target {target:.4f}: halfway between INT8 {int8:.4f} (best options) and INT16 "
-                  f"{reference['accuracy']:.4f}")
-        af = accuracy_feedback_task(model_path, stats_path, evaluation, best, float(target), output_dir, name,
-                                    max_trials, timeout, storage, track, progress, fast_mode, cal_seconds,
-                                    ranking_samples)
-        from prefect.artifacts import update_progress_artifact
+    artifact_id = create_progress_artifact(0.0, key=artifact_key("mixq-search", label, "progress"),
+                                           description=f"candidates evaluated (budget {budget})")
+    return ProgressBar(str(artifact_id), budget)
 
-        update_progress_artifact(progress_id, 100.0, description="search finished")
 
-        # the chosen model: exact evaluation, analysis, artifacts, registry
-        metrics = steps.evaluate_task(af["sima"], model_path, evaluation, False)
-        analysis = steps.analyze_task(af["sima"], model_path, evaluation, output_dir, analysis_samples)
-        pareto_path = pareto_plot(af["candidates"], af["pareto"], os.path.join(output_dir, f"{name}-pareto.png"),
-                                  af["target"], opts["metric"],
-                                  f"{label}: accuracy feedback candidates ({opts['metric']}, fast mode)")
-        chosen_run = af["chosen_run_id"]
-        logger = tracking.CandidateLogger(exp_id, parent)
-        exact = {"exact_accuracy": metrics["accuracy"], "exact_agreement": metrics["agreement"],
-                 "exact_logit_sqnr_db": metrics["logit_sqnr_db"], "int16_node_count": metrics["int16_nodes"]}
-        artifacts = [af["sima"], af["sima"] + ".json", analysis["plot"], analysis["table_path"]]
-        if chosen_run is None:          # e.g. chosen in an earlier run whose MLflow record is gone
-            chosen_run = logger.log(f"chosen:{run_id or parent}", run_name=f"{name}-chosen",
-                                    params={"int16_nodes": af["int16_nodes"], "source": "chosen"},
-                                    metrics=exact, tags={"mixq_config": json.dumps(af["config"], sort_keys=True)},
-                                    artifacts=artifacts)
-        else:
-            logger.add_artifacts(chosen_run, artifacts, exact)
-        tracking.log_artifacts(parent, [pareto_path, analysis["plot"]])
-        registered = steps.register_task(chosen_run, af["sima"], f"mixq-{label}", alias, af["config"])
+def finish_progress(progress: ProgressBar) -> None:
+    from prefect.artifacts import update_progress_artifact
 
-        rows = opts["candidates"] + ([dict(stage="int16 reference", trial="-", int16_nodes=reference["int16_nodes"],
-                                           accuracy=reference["accuracy"], agreement=reference["agreement"],
-                                           logit_sqnr_db=reference["logit_sqnr_db"],
-                                           seconds=round(reference["seconds"], 3),
-                                           mlflow_run_id=reference["mlflow_run_id"])] if reference else []) \
-            + af["candidates"]
-        table = candidate_table(rows, TABLE_COLUMNS)
-        create_table(table, artifact_key("mixq-search", label, "candidates"),
-                     f"every candidate of search_flow on {label} ({opts['metric']}, fast mode = {fast_mode})")
-        summary = {
-            "model": model,
-            "model_path": model_path,
-            "sima": af["sima"],
-            "config": af["config"],
-            "target": af["target"],
-            "metric": opts["metric"],
-            "int16_nodes": af["int16_nodes"],
-            "search_accuracy": af["accuracy"],
-            "metrics": metrics,
-            "options": {
-                "best": opts["best"],
-                "evaluations": opts["evaluations"],
-                "candidates": len(opts["candidates"]),
-            },
-            "int16_reference": reference,
-            "accuracy_feedback": {
-                "evaluations": af["evaluations"],
-                "candidates": len(af["candidates"]),
-                "resumed": af["resumed"],
-                "study": af["study_name"],
-            },
-            "pareto": af["pareto"],
-            "pareto_plot": pareto_path,
-            "analysis_plot": analysis["plot"],
-            "storage": storage,
-            "mlflow": {
-                "tracking_uri": tracking.tracking_uri(),
-                "experiment_id": exp_id,
-                "parent_run_id": parent,
-                "run_id": chosen_run,
-                "link": tracking.run_link(exp_id, chosen_run),
-            },
-            "registered": registered,
-            "candidates": rows,
-        }
-        create_markdown(_markdown(summary, label), artifact_key("mixq-search", label, "summary"),
-                        "search_flow summary: the chosen configuration")
-        tracking.end_run(parent, "FINISHED", metrics={"target": af["target"], "chosen_accuracy": metrics["accuracy"],
-                                                      "chosen_int16_nodes": metrics["int16_nodes"]},
-                         tags={"mixq_chosen_run": chosen_run})
-        print(summary_text(summary))
-    except BaseException:
-        tracking.end_run(parent, "FAILED")
-        raise
-    return summary
+    update_progress_artifact(progress.artifact_id, 100.0, description="search finished")
+
+
+def halfway_target(found: OptionsResult, reference: Int16Reference) -> float:
+    """Halfway between the best INT8 options and their INT16 version (never below INT8)."""
+    int8 = found.best_accuracy
+    target = int8 + (max(reference.accuracy, int8) - int8) / 2.0
+    print(f"target {target:.4f}: halfway between INT8 {int8:.4f} (best options) and INT16 {reference.accuracy:.4f}")
+    return target
+
+
+@dataclass(frozen=True)
+class ChosenModel:
+    """The chosen model evaluated exactly (``fast_mode=False``), analyzed, in MLflow and the registry."""
+
+    metrics: dict
+    analysis: dict
+    run_id: str
+    registered: dict
+
+
+def record_chosen(feedback: FeedbackResult, run: ParentRun, model_path: str, evaluation: dict, output_dir: str,
+                  name: str, label: str, alias: str, analysis_samples: int, flow_run_id: str) -> ChosenModel:
+    """Exact evaluation and per-layer analysis of the chosen model, attached to its candidate's
+    MLflow run (a new run when it has none, e.g. chosen by an earlier run whose record is gone),
+    then registered as ``mixq-<label>@alias``."""
+    metrics = steps.evaluate_task(feedback.sima, model_path, evaluation, False)
+    analysis = steps.analyze_task(feedback.sima, model_path, evaluation, output_dir, analysis_samples)
+    exact = {"exact_accuracy": metrics["accuracy"], "exact_agreement": metrics["agreement"],
+             "exact_logit_sqnr_db": metrics["logit_sqnr_db"], "int16_node_count": metrics["int16_nodes"]}
+    files = [feedback.sima, feedback.sima + ".json", analysis["plot"], analysis["table_path"]]
+    candidates = run.candidates()
+    run_id = feedback.chosen_run_id
+    if run_id is None:
+        run_id = candidates.log(f"chosen:{flow_run_id or run.run_id}", run_name=f"{name}-chosen",
+                                params={"int16_nodes": feedback.int16_nodes, "source": "chosen"}, metrics=exact,
+                                tags={"mixq_config": json.dumps(feedback.config, sort_keys=True)}, artifacts=files)
+    else:
+        candidates.add_artifacts(run_id, files, exact)
+    registered = steps.register_task(run_id, feedback.sima, f"mixq-{label}", alias, feedback.config)
+    return ChosenModel(metrics, analysis, run_id, registered)
+
+
+def search_summary(model: str, model_path: str, storage: str, found: OptionsResult,
+                   reference: Int16Reference | None, feedback: FeedbackResult, chosen: ChosenModel,
+                   run: ParentRun, pareto_path: str) -> dict:
+    """What ``search_flow`` returns (JSON-friendly): the chosen model and every candidate."""
+    rows = found.candidates + ([reference.row()] if reference else []) + feedback.candidates
+    return {
+        "model": model,
+        "model_path": model_path,
+        "sima": feedback.sima,
+        "config": feedback.config,
+        "target": feedback.target,
+        "metric": found.metric,
+        "int16_nodes": feedback.int16_nodes,
+        "search_accuracy": feedback.accuracy,
+        "metrics": chosen.metrics,
+        "options": {
+            "best": {"config": found.best_config, "accuracy": found.best_accuracy, "trial": found.best_trial},
+            "evaluations": found.evaluations,
+            "candidates": len(found.candidates),
+        },
+        "int16_reference": None if reference is None else {
+            k: getattr(reference, k) for k in ("accuracy", "agreement", "logit_sqnr_db", "int16_nodes", "seconds",
+                                               "mlflow_run_id", "config")},
+        "accuracy_feedback": {
+            "evaluations": feedback.evaluations,
+            "candidates": len(feedback.candidates),
+            "resumed": feedback.resumed,
+            "study": feedback.study_name,
+        },
+        "pareto": feedback.pareto,
+        "pareto_plot": pareto_path,
+        "analysis_plot": chosen.analysis["plot"],
+        "storage": storage,
+        "mlflow": {
+            "tracking_uri": tracking.tracking_uri(),
+            "experiment_id": run.experiment_id,
+            "parent_run_id": run.run_id,
+            "run_id": chosen.run_id,
+            "link": run.link(chosen.run_id),
+        },
+        "registered": chosen.registered,
+        "candidates": rows,
+    }
+
+
+def publish_artifacts(summary: dict, label: str, fast_mode: bool) -> None:
+    """The Prefect artifacts: every candidate as a table, the chosen configuration as markdown."""
+    create_table(candidate_table(summary["candidates"], TABLE_COLUMNS),
+                 artifact_key("mixq-search", label, "candidates"),
+                 f"every candidate of search_flow on {label} ({summary['metric']}, fast mode = {fast_mode})")
+    create_markdown(summary_markdown(summary, label), artifact_key("mixq-search", label, "summary"),
+                    "search_flow summary: the chosen configuration")
 
 
 def summary_text(s: dict) -> str:
@@ -212,7 +258,7 @@ def summary_text(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _markdown(s: dict, label: str) -> str:
+def summary_markdown(s: dict, label: str) -> str:
     m = s["metrics"]
     reg = s["registered"]
     md = [f"# mixq search_flow: {label}", "",

@@ -35,7 +35,7 @@ import numpy as np
 from core.formats.atomic import sha256_file
 
 __all__ = ["Samples", "load_samples", "data_digest", "spec_json", "build_config", "config_spec_of",
-           "resolve_model", "sha256_file", "model_label"]
+           "resolve_model", "sha256_file", "model_label", "scheme_from_spec"]
 
 ZOO_DATA = ("natural_images", "imagenet_samples", "digits")
 CONFIG_KEYS = {"preset", "calibration", "weights", "activations", "requantization", "int16_nodes",
@@ -50,7 +50,8 @@ def spec_json(spec: Any) -> str:
 # ---------------------------------------------------------------- models
 
 def resolve_model(model: str) -> str:
-    """A zoo model name (built and cached by ``core.zoo``) or a model file path -> the file path."""
+    """A zoo model name (built and cached by ``core.zoo``) or a model file path (any format a
+    registered importer reads: ONNX, TFLite, TensorFlow) -> the file path."""
     from core import zoo
     from core.errors import ModelLoadError
 
@@ -65,8 +66,8 @@ def resolve_model(model: str) -> str:
 
 def model_label(model: str) -> str:
     """A short name for a model (zoo name or file stem), used for experiment and file names."""
-    base = os.path.basename(str(model))
-    for ext in (".onnx", ".tflite", ".sima"):
+    base = os.path.basename(os.path.normpath(str(model)))
+    for ext in (".onnx", ".tflite", ".keras", ".h5", ".hdf5", ".pb", ".sima"):
         if base.endswith(ext):
             base = base[: -len(ext)]
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in base) or "model"
@@ -179,7 +180,7 @@ def data_digest(spec: dict) -> str:
 
 # ---------------------------------------------------------------- configs
 
-def _scheme(base, given: Any, what: str):
+def scheme_from_spec(base, given: Any, what: str):
     from core import quantization_scheme
     from core.errors import QuantizationConfigError
 
@@ -217,9 +218,9 @@ def build_config(spec: dict | None):
     cfg = int16_quantization if preset == "int16" else default_quantization
     if spec.get("calibration"):
         cfg = cfg.with_calibration(CalibrationMethod.from_str(spec["calibration"]))
-    cfg = cfg.with_weight_quantization(_scheme(cfg.weight_quantization_scheme, spec.get("weights"), "weights"))
+    cfg = cfg.with_weight_quantization(scheme_from_spec(cfg.weight_quantization_scheme, spec.get("weights"), "weights"))
     cfg = cfg.with_activation_quantization(
-        _scheme(cfg.activation_quantization_scheme, spec.get("activations"), "activations"))
+        scheme_from_spec(cfg.activation_quantization_scheme, spec.get("activations"), "activations"))
     if spec.get("requantization"):
         cfg = cfg.with_requantization_mode(RequantizationMode.from_str(spec["requantization"]))
     if spec.get("bias_correction"):

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 
@@ -15,32 +16,42 @@ import numpy as np
 
 from tasks.data import Samples, load_samples, sha256_file
 
-__all__ = ["Scorer", "get_net", "int16_node_count", "scorer_for", "SQNR_CAP_DB"]
+__all__ = ["Scorer", "file_stamp", "get_net", "int16_node_count", "scorer_for", "SQNR_CAP_DB"]
 
 SQNR_CAP_DB = 200.0
 BATCH = 32
 
 
-def _stamp(path: str):
+def file_stamp(path: str):
     st = os.stat(path)
     return (os.path.abspath(path), st.st_mtime_ns, st.st_size)
 
 
 def get_net(model_path: str):
     """The LoadedNet of a model file (memoized per process while the file is unchanged)."""
-    return _get_net(_stamp(model_path))
+    return _get_net(file_stamp(model_path))
 
 
 @functools.lru_cache(maxsize=4)
 def _get_net(stamp):
-    from core import load_model, onnx_source
+    from core import load_model, source_for_path
 
-    return load_model(onnx_source(stamp[0]))
+    return load_model(source_for_path(stamp[0]))      # the importer that reads this file (ONNX, TFLite, ...)
 
 
 @functools.lru_cache(maxsize=32)
 def model_sha256(stamp) -> str:
-    return sha256_file(stamp[0])
+    """sha256 of a model file, or of a model directory's files (a SavedModel) with their names."""
+    path = stamp[0]
+    if not os.path.isdir(path):
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for f in sorted(files):
+            full = os.path.join(folder, f)
+            digest.update(os.path.relpath(full, path).encode() + b"\0" + sha256_file(full).encode())
+    return digest.hexdigest()
 
 
 def _first_output(outputs, n: int) -> np.ndarray:
@@ -107,7 +118,7 @@ class Scorer:
 def scorer_for(model_path: str, data: dict) -> Scorer:
     """The Scorer of a model file and a data spec (memoized per process)."""
     samples = load_samples(data)
-    return _scorer(_stamp(model_path), samples.spec, samples.digest())
+    return _scorer(file_stamp(model_path), samples.spec, samples.digest())
 
 
 @functools.lru_cache(maxsize=4)

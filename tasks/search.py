@@ -21,16 +21,18 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect import task
 
 from tasks.data import build_config, config_spec_of, spec_json
-from tasks.evaluation import _stamp, get_net, int16_node_count, model_sha256, scorer_for
+from tasks.evaluation import file_stamp, get_net, int16_node_count, model_sha256, scorer_for
 from tasks.steps import load_statistics
+from tasks.tracking import ParentRun
 
 __all__ = ["DEFAULT_SEARCH_OPTIONS", "options_search_task", "reference_task", "accuracy_feedback_task",
-           "options_grid_size", "KILL_ENV"]
+           "options_grid_size", "KILL_ENV", "ProgressBar", "OptionsResult", "Int16Reference", "FeedbackResult"]
 
 KILL_ENV = "MIXQ_KILL_AFTER_CANDIDATES"
 DEFAULT_SEARCH_OPTIONS = {
@@ -63,25 +65,85 @@ def options_grid_size(options: dict | None) -> int:
     return math.prod(len(v) for v in opts.values()) if opts else 1
 
 
-class Progress:
-    """Advances a Prefect progress artifact: ``{"artifact_id", "total", "done"}``."""
+@dataclass(frozen=True)
+class ProgressBar:
+    """A Prefect progress artifact and how many of its ``total`` candidates are done. Tasks get
+    one and return it advanced (task arguments are copies, so nothing is shared by mutation)."""
 
-    def __init__(self, spec: dict | None):
-        self.spec = dict(spec or {})
+    artifact_id: str | None
+    total: int
+    done: int = 0
 
-    def step(self, what: str = "") -> None:
-        if not self.spec.get("artifact_id"):
-            return
+    def step(self, what: str = "") -> ProgressBar:
+        """One more candidate: the artifact updated, the advanced bar returned."""
+        bar = replace(self, done=self.done + 1)
+        if not bar.artifact_id:
+            return bar
         from prefect.artifacts import update_progress_artifact
 
-        self.spec["done"] = int(self.spec.get("done", 0)) + 1
-        total = max(1, int(self.spec.get("total", 1)))
+        total = max(1, bar.total)
         try:
-            update_progress_artifact(self.spec["artifact_id"], min(100.0, 100.0 * self.spec["done"] / total),
-                                     description=f"{self.spec['done']} candidate(s) evaluated (budget {total})"
+            update_progress_artifact(bar.artifact_id, min(100.0, 100.0 * bar.done / total),
+                                     description=f"{bar.done} candidate(s) evaluated (budget {total})"
                                                  + (f"; last: {what}" if what else ""))
         except Exception as e:  # noqa: BLE001  (progress must never fail a search)
             _logger().warning("cannot update the progress artifact: %s", e)
+        return bar
+
+
+@dataclass(frozen=True)
+class OptionsResult:
+    """What the options search found: the best configuration (a config spec) and every candidate
+    as a table row."""
+
+    study_name: str
+    best_config: dict
+    best_accuracy: float
+    best_trial: int
+    evaluations: int              # newly evaluated (not resumed) candidates
+    metric: str                   # "accuracy" (labels) or "agreement" (with FP32 top-1)
+    candidates: list[dict]
+    progress: ProgressBar
+
+
+@dataclass(frozen=True)
+class Int16Reference:
+    """The INT16 version of a configuration, scored: the upper end of the default target."""
+
+    accuracy: float
+    agreement: float
+    logit_sqnr_db: float
+    int16_nodes: int
+    seconds: float
+    mlflow_run_id: str | None
+    config: dict
+    progress: ProgressBar
+
+    def row(self) -> dict:
+        """Its row in the candidate table."""
+        return {"stage": "int16 reference", "trial": "-", "int16_nodes": self.int16_nodes, "accuracy": self.accuracy,
+                "agreement": self.agreement, "logit_sqnr_db": self.logit_sqnr_db, "seconds": round(self.seconds, 3),
+                "mlflow_run_id": self.mlflow_run_id}
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What accuracy feedback chose (saved as ``sima``) and every candidate it evaluated."""
+
+    study_name: str
+    config: dict                  # the chosen configuration (a config spec with its INT16 nodes)
+    int16_nodes: list[str]
+    accuracy: float               # as scored during the search (fast mode if asked)
+    target: float
+    sima: str
+    evaluations: int
+    resumed: int                  # candidates taken from storage instead of evaluated
+    candidates: list[dict]
+    pareto: list[dict]            # {"trial", "int16_nodes", "accuracy"} on the front
+    ranking: list[list]
+    chosen_trial: int | None
+    chosen_run_id: str | None     # the chosen candidate's MLflow run, when it has one
+    progress: ProgressBar
 
 
 def _after_candidate() -> None:
@@ -99,12 +161,8 @@ def _candidate_params(spec: dict, source: str, trial: Any) -> dict:
             "source": source, "trial_number": trial}
 
 
-def _logger_for(tracking: dict | None):
-    if not tracking or not tracking.get("parent_run_id"):
-        return None
-    from tasks.tracking import CandidateLogger
-
-    return CandidateLogger(tracking["experiment_id"], tracking["parent_run_id"])
+def _logger_for(run):
+    return None if run is None else run.candidates()
 
 
 def _log_candidate(logger, study: str, trial: Any, spec: dict, metrics: dict, source: str, run_name: str,
@@ -128,7 +186,7 @@ def _core_options(options: dict | None, base_spec: dict):
     from core import CalibrationMethod
     from core.errors import QuantizationConfigError
     from core.search.options import describe
-    from tasks.data import _scheme
+    from tasks.data import scheme_from_spec
 
     opts = DEFAULT_SEARCH_OPTIONS if options is None else options
     unknown = set(opts) - set(_OPTION_FIELDS)
@@ -145,9 +203,9 @@ def _core_options(options: dict | None, base_spec: dict):
             if key == "calibration":
                 obj = CalibrationMethod.from_str(v)
             elif key == "weights":
-                obj = _scheme(base.weight_quantization_scheme, v, "weights")
+                obj = scheme_from_spec(base.weight_quantization_scheme, v, "weights")
             elif key == "activations":
-                obj = _scheme(base.activation_quantization_scheme, v, "activations")
+                obj = scheme_from_spec(base.activation_quantization_scheme, v, "activations")
             else:
                 obj = bool(v)
             objs.append(obj)
@@ -183,10 +241,10 @@ def _metric_dict(scorer, extra: dict) -> dict:
 @task(name="options-search")
 def options_search_task(model_path: str, statistics_path: str, evaluation: dict, options: dict | None = None,
                         base_config: dict | None = None, storage: str | None = None,
-                        tracking: dict | None = None, progress: dict | None = None, fast_mode: bool = True,
-                        max_trials: int | None = None, calibration_seconds: float = 0.0) -> dict:
+                        run: ParentRun | None = None, progress: ProgressBar | None = None, fast_mode: bool = True,
+                        max_trials: int | None = None, calibration_seconds: float = 0.0) -> OptionsResult:
     """Every combination of ``options`` on one calibration; returns the candidates and the best
-    one's config spec."""
+    one's config spec. Candidates go to ``run`` as MLflow child runs."""
     from core.errors import QuantizationConfigError
 
     log = _logger()
@@ -195,13 +253,14 @@ def options_search_task(model_path: str, statistics_path: str, evaluation: dict,
     scorer = scorer_for(model_path, evaluation)
     base_spec = dict(base_config or {})
     core_opts, labels = _core_options(options, base_spec)
-    study = "mixq-options-" + _digest(model_sha256(_stamp(model_path)), os.path.basename(statistics_path),
+    study = "mixq-options-" + _digest(model_sha256(file_stamp(model_path)), os.path.basename(statistics_path),
                                       scorer.samples.digest(), base_spec, options, fast_mode, max_trials)
-    logger = _logger_for(tracking)
-    prog = Progress(progress)
+    logger = _logger_for(run)
+    bar = progress or ProgressBar(None, 0)
     rows: list[dict] = []
 
     def on_candidate(c) -> None:
+        nonlocal bar
         spec = _spec_from_labels(c.options, labels, base_spec)
         metrics = {} if c.error else _metric_dict(scorer, {})
         metrics.update({"int16_node_count": 0, "quantize_evaluate_seconds": c.seconds,
@@ -211,7 +270,7 @@ def options_search_task(model_path: str, statistics_path: str, evaluation: dict,
         rows.append(_option_row(c, spec, metrics, run_id))
         log.info("options candidate %d: %s %s -> %s", c.trial_number, spec["calibration"],
                  {"w": spec["weights"], "a": spec["activations"]}, c.error or f"{c.accuracy:.4f}")
-        prog.step(f"options #{c.trial_number}")
+        bar = bar.step(f"options #{c.trial_number}")
         _after_candidate()
 
     result = net.search_quantization_options(stats, scorer.dataset, scorer, core_opts,
@@ -229,9 +288,8 @@ def options_search_task(model_path: str, statistics_path: str, evaluation: dict,
     best = _spec_from_labels(result.best.options, labels, base_spec)
     if not math.isfinite(result.best.accuracy):
         raise QuantizationConfigError("the options search found no usable configuration")
-    return {"study_name": study, "candidates": rows, "best": {"config": best, "accuracy": result.best.accuracy,
-                                                              "trial": result.best.trial_number},
-            "evaluations": result.evaluations, "metric": scorer.metric, "progress": prog.spec}
+    return OptionsResult(study, best, float(result.best.accuracy), result.best.trial_number, result.evaluations,
+                         scorer.metric, rows, bar)
 
 
 def _option_row(c, spec: dict, metrics: dict, run_id: str | None) -> dict:
@@ -250,8 +308,8 @@ def _scheme_label(s: dict) -> str:
 
 @task(name="int16-reference")
 def reference_task(model_path: str, statistics_path: str, evaluation: dict, config: dict,
-                   tracking: dict | None = None, progress: dict | None = None, fast_mode: bool = True,
-                   study: str = "mixq-reference") -> dict:
+                   run: ParentRun | None = None, progress: ProgressBar | None = None, fast_mode: bool = True,
+                   study: str = "mixq-reference") -> Int16Reference:
     """The INT16 version of ``config`` (every node at 16 bits), scored: the upper end of the
     accuracy-feedback target."""
     net = get_net(model_path)
@@ -265,22 +323,21 @@ def reference_task(model_path: str, statistics_path: str, evaluation: dict, conf
     seconds = time.perf_counter() - t0
     n16 = int16_node_count(model)
     full = config_spec_of(build_config(spec))
-    run_id = _log_candidate(_logger_for(tracking), study, "int16", full,
+    run_id = _log_candidate(_logger_for(run), study, "int16", full,
                             {"accuracy": metrics["accuracy"], "agreement": metrics["agreement"],
                              "logit_sqnr_db": metrics["logit_sqnr_db"], "int16_node_count": n16,
                              "quantize_evaluate_seconds": seconds}, "int16 reference", "int16-reference")
-    Progress(progress).step("int16 reference")
-    return {"accuracy": metrics["accuracy"], "agreement": metrics["agreement"],
-            "logit_sqnr_db": metrics["logit_sqnr_db"], "int16_nodes": n16, "seconds": seconds,
-            "mlflow_run_id": run_id, "config": full}
+    bar = (progress or ProgressBar(None, 0)).step("int16 reference")
+    return Int16Reference(metrics["accuracy"], metrics["agreement"], metrics["logit_sqnr_db"], n16, seconds, run_id,
+                          full, bar)
 
 
 @task(name="accuracy-feedback")
 def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: dict, config: dict, target: float,
                            output_dir: str, model_name: str, max_trials: int = 12, timeout: float | None = None,
-                           storage: str | None = None, tracking: dict | None = None,
-                           progress: dict | None = None, fast_mode: bool = True,
-                           calibration_seconds: float = 0.0, ranking_samples: int = 16) -> dict:
+                           storage: str | None = None, run: ParentRun | None = None,
+                           progress: ProgressBar | None = None, fast_mode: bool = True,
+                           calibration_seconds: float = 0.0, ranking_samples: int = 16) -> FeedbackResult:
     """The fewest INT16 nodes on top of ``config`` that reach ``target``; saves the chosen model
     as ``<output_dir>/<model_name>.sima`` and returns every candidate and the Pareto front."""
     log = _logger()
@@ -288,17 +345,18 @@ def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: di
     stats = load_statistics(statistics_path)
     scorer = scorer_for(model_path, evaluation)
     base_spec = config_spec_of(build_config(config))
-    study = "mixq-accuracy-feedback-" + _digest(model_sha256(_stamp(model_path)), os.path.basename(statistics_path),
+    study = "mixq-accuracy-feedback-" + _digest(model_sha256(file_stamp(model_path)), os.path.basename(statistics_path),
                                                 scorer.samples.digest(), base_spec, round(float(target), 9),
                                                 fast_mode, int(ranking_samples))
-    logger = _logger_for(tracking)
-    prog = Progress(progress)
+    logger = _logger_for(run)
+    bar = progress or ProgressBar(None, 0)
     run_ids: dict[int, str | None] = {}
 
     def spec_for(nodes) -> dict:
         return dict(base_spec, int16_nodes=sorted(set(base_spec.get("int16_nodes", [])) | set(nodes)))
 
     def on_candidate(c) -> None:
+        nonlocal bar
         metrics = _metric_dict(scorer, {"int16_node_count": len(c.int16_nodes), "quantize_evaluate_seconds": c.seconds,
                                         "calibration_seconds": calibration_seconds, "target": target,
                                         "feasible": float(c.feasible)})
@@ -306,7 +364,7 @@ def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: di
                                                  c.source, f"af-{c.trial_number}-{len(c.int16_nodes)}x16")
         log.info("accuracy feedback #%d (%s): %d INT16 node(s) -> %.4f%s", c.trial_number, c.source,
                  len(c.int16_nodes), c.accuracy, " (meets target)" if c.feasible else "")
-        prog.step(f"accuracy feedback #{c.trial_number}")
+        bar = bar.step(f"accuracy feedback #{c.trial_number}")
         _after_candidate()
 
     model = net.quantize_with_accuracy_feedback(
@@ -335,11 +393,12 @@ def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: di
              "int16_nodes": len(c.int16_nodes), "int16_node_names": list(c.int16_nodes), "accuracy": c.accuracy,
              "feasible": c.feasible, "seconds": round(c.seconds, 3), "resumed": c.resumed,
              "mlflow_run_id": run_ids.get(c.trial_number)} for c in sorted(r.candidates, key=lambda c: c.trial_number)]
-    return {"study_name": study, "int16_nodes": list(r.int16_nodes), "accuracy": r.accuracy, "target": float(target),
-            "evaluations": r.evaluations, "candidates": rows,
-            "resumed": sum(1 for c in r.candidates if c.resumed),
-            "pareto": [{"trial": c.trial_number, "int16_nodes": len(c.int16_nodes), "accuracy": c.accuracy}
-                       for c in r.pareto_front],
-            "ranking": [[n, float(s)] for n, s in r.ranking[:50]], "sima": sima, "config": spec_for(r.int16_nodes),
-            "chosen_trial": None if chosen is None else chosen.trial_number,
-            "chosen_run_id": None if chosen is None else run_ids.get(chosen.trial_number), "progress": prog.spec}
+    return FeedbackResult(
+        study_name=study, config=spec_for(r.int16_nodes), int16_nodes=list(r.int16_nodes), accuracy=float(r.accuracy),
+        target=float(target), sima=sima, evaluations=r.evaluations, resumed=sum(1 for c in r.candidates if c.resumed),
+        candidates=rows,
+        pareto=[{"trial": c.trial_number, "int16_nodes": len(c.int16_nodes), "accuracy": c.accuracy}
+                for c in r.pareto_front],
+        ranking=[[n, float(s)] for n, s in r.ranking[:50]],
+        chosen_trial=None if chosen is None else chosen.trial_number,
+        chosen_run_id=None if chosen is None else run_ids.get(chosen.trial_number), progress=bar)

@@ -21,7 +21,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from tasks.data import build_config, config_spec_of, data_digest, load_samples, resolve_model, spec_json
-from tasks.evaluation import _stamp, get_net, int16_node_count, int16_node_names, model_sha256, scorer_for
+from tasks.evaluation import file_stamp, get_net, int16_node_count, int16_node_names, model_sha256, scorer_for
 
 __all__ = ["load_model_task", "calibrate_task", "calibrate_cached", "quantize_task", "evaluate_task",
            "analyze_task", "register_task", "compile_task", "accelerator_run_task", "results_dir",
@@ -57,7 +57,7 @@ def load_model_task(model: str) -> dict:
     summary = {
         "name": net.graph.name,
         "file": os.path.basename(path),
-        "sha256": model_sha256(_stamp(path)),
+        "sha256": model_sha256(file_stamp(path)),
         "inputs": {n: list(s) for n, s in net.input_shapes().items()},
         "outputs": list(net.output_names),
         "nodes": len(net.nodes()),
@@ -72,7 +72,7 @@ def load_model_task(model: str) -> dict:
 def calibration_key(model_path: str, data: dict, num_bins: int | None = None) -> str:
     from core.quantization.calibration import DEFAULT_FINE_BINS, FORMAT_VERSION
 
-    parts = {"model_sha256": model_sha256(_stamp(model_path)), "data": spec_json(data),
+    parts = {"model_sha256": model_sha256(file_stamp(model_path)), "data": spec_json(data),
              "data_sha256": data_digest(data), "num_bins": int(num_bins or DEFAULT_FINE_BINS),
              "format": FORMAT_VERSION}
     return "mixq-calibration-" + hashlib.sha256(spec_json(parts).encode()).hexdigest()[:32]
@@ -213,6 +213,7 @@ def analyze_task(sima_path: str, model_path: str, data: dict, output_dir: str, s
         rows = [[n, float(v)] for n, v in report.ranking()]
         table = report.table(worst_first=True)
         kind = f"per-layer {report.metric} (worst first)"
+        _layer_statistics_into_json(sima_path + ".json", report)
     else:
         from core.search import rank_nodes_by_output_gain
 
@@ -224,6 +225,17 @@ def analyze_task(sima_path: str, model_path: str, data: dict, output_dir: str, s
     with open(plot[:-4] + ".txt", "w") as f:
         f.write(table + "\n")
     return {"plot": plot, "table": table, "table_path": plot[:-4] + ".txt", "rows": rows[:50], "kind": kind}
+
+
+def _layer_statistics_into_json(json_path: str, report) -> None:
+    """Each node's error into the ``.sima.json`` (``Layer Statistics``, what Netron shows)."""
+    from core.formats import read_sima_json, update_layer_statistics
+
+    if not os.path.exists(json_path):
+        return
+    names = {layer["name"] for layer in read_sima_json(json_path)["config"]["layers"]}
+    update_layer_statistics(json_path, {r.node: (report.metric, float(r.error)) for r in report.rows
+                                        if r.node in names})
 
 
 # ---------------------------------------------------------------- register (MLflow registry)

@@ -21,12 +21,15 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("mixq.tracking")
 
 __all__ = ["tracking_uri", "get_client", "experiment_name", "ensure_experiment", "start_parent_run", "end_run",
+           "ParentRun", "parent_run",
            "CandidateLogger", "candidate_key", "config_key", "redact", "register_model", "run_link",
            "PARENT_TAG", "KEY_TAG", "CONFIG_TAG", "LONG_PARAM"]
 
@@ -157,6 +160,43 @@ def end_run(run_id: str, status: str = "FINISHED", metrics: Mapping[str, Any] | 
     for k, v in (tags or {}).items():
         client.set_tag(run_id, k, str(redact(v, k)))
     client.set_terminated(run_id, status)
+
+
+@dataclass
+class ParentRun:
+    """The MLflow parent run of one flow run: where its candidates go as child runs. ``finish``
+    sets what is logged when the run ends (see :func:`parent_run`)."""
+
+    experiment_id: str
+    run_id: str
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    final_tags: dict[str, str] = field(default_factory=dict)
+
+    def finish(self, metrics: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> None:
+        self.final_metrics.update(metrics or {})
+        self.final_tags.update(tags or {})
+
+    def candidates(self) -> CandidateLogger:
+        return CandidateLogger(self.experiment_id, self.run_id)
+
+    def link(self, run_id: str | None = None) -> str:
+        return run_link(self.experiment_id, run_id or self.run_id)
+
+
+@contextmanager
+def parent_run(experiment: str, run_name: str, *, flow_name: str = "", flow_run_id: str = "",
+               params: Mapping[str, Any] | None = None) -> Iterator[ParentRun]:
+    """A parent run for the ``with`` block: FINISHED (with what ``finish`` set) when the block
+    completes, FAILED when it raises (also on KeyboardInterrupt / cancellation)."""
+    exp_id = ensure_experiment(experiment)
+    run = ParentRun(exp_id, start_parent_run(exp_id, run_name, flow_name=flow_name, flow_run_id=flow_run_id,
+                                             params=params))
+    try:
+        yield run
+    except BaseException:
+        end_run(run.run_id, "FAILED")
+        raise
+    end_run(run.run_id, "FINISHED", metrics=run.final_metrics, tags=run.final_tags)
 
 
 def candidate_key(study: str, trial_number: int) -> str:

@@ -12,10 +12,10 @@ from core import (
 )
 
 
-def conv_relu_model(batch=1, opset=17, dynamic=False):
+def conv_relu_model(batch=1, opset=17, dynamic=False, dims=None):
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
     b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
-    dims = ["N", 3, 8, 8] if dynamic else [batch, 3, 8, 8]
+    dims = dims or (["N", 3, 8, 8] if dynamic else [batch, 3, 8, 8])
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     nodes = [
@@ -56,11 +56,11 @@ def test_truncated_file(tmp_path, onnx_model_file):
 def test_unsupported_operator_names_op_and_node(onnx_model_file):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    node = helper.make_node("Erf", ["x"], ["y"], name="my_erf_node")
+    node = helper.make_node("Hardmax", ["x"], ["y"], name="my_hardmax_node")
     model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(UnsupportedOperatorError, match="'Erf'.*'my_erf_node'") as info:
+    with pytest.raises(UnsupportedOperatorError, match="'Hardmax'.*'my_hardmax_node'") as info:
         load_model(onnx_source(onnx_model_file(model)))
-    assert info.value.op_type == "Erf" and info.value.node_name == "my_erf_node"
+    assert info.value.op_type == "Hardmax" and info.value.node_name == "my_hardmax_node"
 
 
 def test_custom_domain_operator_is_unsupported(onnx_model_file):
@@ -81,9 +81,22 @@ def test_shape_dict_naming_unknown_input(onnx_model_file):
         load_model(onnx_source(path, shape_dict={"image": (1, 3, 8, 8)}))
 
 
-def test_dynamic_dimension_needs_shape(onnx_model_file):
+def test_symbolic_batch_dimension_defaults_to_one(onnx_model_file):
+    # torch.onnx.export(..., dynamic_axes={"x": {0: "N"}}): dim 0 is the batch, imported at 1
     path = onnx_model_file(conv_relu_model(dynamic=True))
-    with pytest.raises(ModelLoadError, match="input 'x' has dynamic dimension 0 \\('N'\\).*shape_dict"):
+    net = load_model(onnx_source(path))
+    assert net.input_shapes() == {"x": (1, 3, 8, 8)}
+    x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    y, = net.execute({"x": x})
+    assert y.shape == (3, 4, 8, 8)
+    assert np.array_equal(y[1:2], net.execute({"x": x[1:2]})[0])
+    net = load_model(onnx_source(path, shape_dict={"x": (2, 3, 8, 8)}))
+    assert net.input_shapes() == {"x": (2, 3, 8, 8)}
+
+
+def test_other_dynamic_dimension_needs_shape(onnx_model_file):
+    path = onnx_model_file(conv_relu_model(dims=["N", 3, "H", 8]))
+    with pytest.raises(ModelLoadError, match="input 'x' has dynamic dimension 2 \\('H'\\).*shape_dict"):
         load_model(onnx_source(path))
     net = load_model(onnx_source(path, shape_dict={"x": (2, 3, 8, 8)}))
     assert net.input_shapes() == {"x": (2, 3, 8, 8)}

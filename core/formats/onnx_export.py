@@ -380,7 +380,9 @@ class _Lowering:
                 ins.append(self.float_of(i))
         if dense:
             self.dequantized_weights(n, c, ins)
-        attrs = {k: _attr(v, n) for k, v in n.attrs.items() if k != "activation"}
+        if n.op == "Concat" and n.attrs.get("broadcast_batch"):
+            _broadcast_batch_inputs(w, n, self.g, ins)
+        attrs = {k: _attr(v, n) for k, v in n.attrs.items() if k not in ("activation", "broadcast_batch")}
         outs = [self.w.fresh(f"{o}__f") if o else "" for o in n.outputs]
         w.nodes.append(w.helper.make_node(n.op, ins, outs, name=w.fresh(n.name), **attrs))
         if n.attrs.get("activation") and outs and outs[0]:
@@ -807,6 +809,18 @@ def _effective_weight_scale(c: dict, q_in, q_out, mode) -> np.ndarray:
             applied = m * np.exp2(s - 31)
     effective = np.broadcast_to(applied * float(q_out.scale) / float(q_in.scale), w_scale.shape)
     return np.where(effective > 0, effective, w_scale)
+
+
+def _broadcast_batch_inputs(w: _Writer, n, g, ins: list[str]) -> None:
+    """A batch_agnostic_concat Concat: its batch-1 constant inputs Expand to the batch of its first
+    activation input (``Shape(x)[0:1]``), so the exported model runs at any batch like execute()."""
+    ref = next(ins[k] for k, i in enumerate(n.inputs) if i and i not in g.constants)
+    batch = w.op("Shape", [ref], f"{n.name}/batch", start=0, end=1)
+    for k, i in enumerate(n.inputs):
+        if i in g.constants and g.constants[i].ndim and g.constants[i].shape[0] == 1:
+            rest = w.value(np.array(g.constants[i].shape[1:], np.int64), np.int64)
+            shape = w.op("Concat", [batch, rest], f"{n.name}/shape", axis=0)
+            ins[k] = w.op("Expand", [ins[k], shape], f"{n.name}/expand")
 
 
 def _attr(value: Any, node) -> Any:

@@ -5,10 +5,14 @@ onnx is imported lazily so that ``import core`` stays numpy-only.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from core.errors import ModelLoadError, UnsupportedOperatorError
-from core.importers.sources import ImporterParams
+from core.importers.sources import DtypeDict, ImporterParams, ShapeDict, normalize_dtypes, normalize_shapes
 from core.ir.graph import Graph, Node, TensorInfo
 
 # Opsets 9-10 load too (older forms are upgraded per op: Slice/Pad/Clip attributes, Upsample);
@@ -140,6 +144,10 @@ def _input_info(vi, params: ImporterParams, path: str) -> TensorInfo:
         for k, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(d.dim_value)
+            elif k == 0:
+                # a symbolic (or unknown) dim 0 is the batch, as everywhere in mixq: import at
+                # batch 1 (batch_agnostic_reshape lets the model run at any batch size)
+                shape.append(1)
             else:
                 sym = d.dim_param or "?"
                 raise ModelLoadError(
@@ -209,3 +217,34 @@ def _add_nodes(g: Graph, model, path: str) -> None:
         if more:
             detail += f"; also unsupported: {more}" + (" ..." if len(unsupported) > 6 else "")
         raise UnsupportedOperatorError(op, node, detail)
+
+
+# ---- the source: what load_model gets ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class OnnxParams(ImporterParams):
+    """``ImporterParams`` of an ONNX model (registers the ONNX importer)."""
+
+    format = "onnx"
+    suffixes = (".onnx",)
+
+    def import_graph(self) -> Graph:
+        return import_onnx(self)
+
+
+def onnx_source(
+    model_path: str | os.PathLike,
+    shape_dict: ShapeDict | None = None,
+    dtype_dict: DtypeDict | None = None,
+    *,
+    output_names: Sequence[str] | None = None,
+    input_values: Mapping[str, np.ndarray] | None = None,
+) -> OnnxParams:
+    """Parameters to import an ONNX model (opset 11 to 20; newer opsets where op semantics are known)."""
+    return OnnxParams(
+        model_path=os.fspath(model_path),
+        shape_dict=normalize_shapes(shape_dict),
+        dtype_dict=normalize_dtypes(dtype_dict),
+        output_names=tuple(output_names) if output_names else None,
+        input_values={k: np.asarray(v) for k, v in input_values.items()} if input_values else None,
+    )

@@ -1,41 +1,96 @@
-"""Where a model comes from: ``ImporterParams`` and the ``*_source`` constructors."""
+"""Where a model comes from: ``ImporterParams``, the base of every importer's parameters.
+
+Importers register themselves: each importer module (``core/importers/<format>.py``) subclasses
+``ImporterParams`` with its ``format``, the file names it reads and ``import_graph``; subclassing
+adds it to the table ``load_model`` and :func:`source_for_path` dispatch on. Its ``*_source``
+constructor lives next to it and is re-exported flat from ``core``.
+"""
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from core.errors import ModelLoadError
 from core.types import ScalarType
 
+if TYPE_CHECKING:  # pragma: no cover
+    from core.ir.graph import Graph
+
+__all__ = ["ImporterParams", "importer_formats", "source_for_path", "normalize_shapes", "normalize_dtypes"]
+
 ShapeDict = Mapping[str, Sequence[int]]
 DtypeDict = Mapping[str, Any]
+
+_IMPORTERS: dict[str, type[ImporterParams]] = {}       # format -> its ImporterParams subclass
 
 
 @dataclass(frozen=True)
 class ImporterParams:
-    """What ``load_model`` needs to import a model.
+    """What ``load_model`` needs to import a model (built by ``onnx_source``, ``tflite_source``,
+    ``tensorflow_source``; one subclass per format).
 
-    format        "onnx" (later: "tflite", "tensorflow")
-    model_path    the model file
-    shape_dict    input name -> shape; required for inputs with dynamic dimensions
+    model_path    the model file (or SavedModel directory)
+    shape_dict    input name -> shape; required for inputs with dynamic dimensions other than
+                  dim 0 (a symbolic dim 0 is the batch and defaults to 1)
     dtype_dict    input name -> ScalarType (or numpy dtype); overrides the model's declared type
     output_names  graph outputs to keep (default: the model's own outputs)
     input_values  input name -> array: freeze these graph inputs as constants (e.g. a shape input)
     """
 
-    format: str
     model_path: str
     shape_dict: dict[str, tuple[int, ...]] | None = None
     dtype_dict: dict[str, np.dtype] | None = None
     output_names: tuple[str, ...] | None = None
     input_values: dict[str, np.ndarray] | None = field(default=None, compare=False)
 
+    format: ClassVar[str] = ""                     # "onnx", "tflite", ...: set by each importer
+    suffixes: ClassVar[tuple[str, ...]] = ()       # file name endings it reads (lowercase)
 
-def _norm_shapes(shape_dict: ShapeDict | None) -> dict[str, tuple[int, ...]] | None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.format:
+            _IMPORTERS[cls.format] = cls
+
+    @classmethod
+    def reads(cls, path: str) -> bool:
+        """Whether this importer reads ``path`` (by its name; directories: see subclasses)."""
+        return os.path.isfile(path) and path.lower().endswith(cls.suffixes)
+
+    @classmethod
+    def from_path(cls, path: str) -> ImporterParams:
+        """Default parameters for a model file."""
+        return cls(model_path=os.fspath(path))
+
+    def import_graph(self) -> Graph:
+        """The model as mixq's IR (before graph passes)."""
+        raise ModelLoadError(f"no importer for {type(self).__name__} ({self.model_path}); "
+                             f"model formats: {', '.join(importer_formats())}")
+
+
+def importer_formats() -> list[str]:
+    """The registered model formats."""
+    return sorted(_IMPORTERS)
+
+
+def source_for_path(path: str | os.PathLike) -> ImporterParams:
+    """Default importer parameters for a model file, chosen by the registered importers' file
+    names (``.onnx``, ``.tflite``, ``.keras``/``.h5``/``.pb``, a SavedModel directory)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"model file not found: {path}")
+    for params_type in _IMPORTERS.values():
+        if params_type.reads(path):
+            return params_type.from_path(path)
+    endings = sorted({s for t in _IMPORTERS.values() for s in t.suffixes})
+    raise ModelLoadError(f"{path}: no importer reads this file (known endings: {', '.join(endings)}; "
+                         f"or a SavedModel directory)")
+
+
+def normalize_shapes(shape_dict: ShapeDict | None) -> dict[str, tuple[int, ...]] | None:
     if shape_dict is None:
         return None
     if not isinstance(shape_dict, Mapping):
@@ -52,7 +107,7 @@ def _norm_shapes(shape_dict: ShapeDict | None) -> dict[str, tuple[int, ...]] | N
     return out
 
 
-def _norm_dtypes(dtype_dict: DtypeDict | None) -> dict[str, np.dtype] | None:
+def normalize_dtypes(dtype_dict: DtypeDict | None) -> dict[str, np.dtype] | None:
     if dtype_dict is None:
         return None
     if not isinstance(dtype_dict, Mapping):
@@ -64,60 +119,3 @@ def _norm_dtypes(dtype_dict: DtypeDict | None) -> dict[str, np.dtype] | None:
         except TypeError:
             raise ModelLoadError(f"dtype_dict[{name!r}] = {t!r} is not a ScalarType or numpy dtype") from None
     return out
-
-
-def onnx_source(
-    model_path: str | os.PathLike,
-    shape_dict: ShapeDict | None = None,
-    dtype_dict: DtypeDict | None = None,
-    *,
-    output_names: Sequence[str] | None = None,
-    input_values: Mapping[str, np.ndarray] | None = None,
-) -> ImporterParams:
-    """Parameters to import an ONNX model (opset 11 to 20; newer opsets where op semantics are known)."""
-    return ImporterParams(
-        format="onnx",
-        model_path=os.fspath(model_path),
-        shape_dict=_norm_shapes(shape_dict),
-        dtype_dict=_norm_dtypes(dtype_dict),
-        output_names=tuple(output_names) if output_names else None,
-        input_values={k: np.asarray(v) for k, v in input_values.items()} if input_values else None,
-    )
-
-
-def tflite_source(
-    model_path: str | os.PathLike,
-    shape_dict: ShapeDict | None = None,
-    dtype_dict: DtypeDict | None = None,
-) -> ImporterParams:
-    """Parameters to import a TFLite flatbuffer (float or pre-quantized int8 / 16x8).
-
-    Inputs and outputs keep the model's layout (NHWC); ``shape_dict``/``dtype_dict`` keys are
-    the model's input tensor names (or its signature's input names).
-    """
-    return ImporterParams(
-        format="tflite",
-        model_path=os.fspath(model_path),
-        shape_dict=_norm_shapes(shape_dict),
-        dtype_dict=_norm_dtypes(dtype_dict),
-    )
-
-
-def tensorflow_source(
-    model_path: str | os.PathLike,
-    shape_dict: ShapeDict | None = None,
-    output_names: Sequence[str] | None = None,
-) -> ImporterParams:
-    """Parameters to import a TensorFlow model: a SavedModel directory, a Keras ``.keras``/``.h5``
-    file or a frozen GraphDef ``.pb`` (which needs ``shape_dict`` and ``output_names``).
-
-    The model is converted with TensorFlow's own TFLite converter (float) and imported as TFLite.
-    """
-    if isinstance(output_names, str):
-        output_names = [output_names]
-    return ImporterParams(
-        format="tensorflow",
-        model_path=os.fspath(model_path),
-        shape_dict=_norm_shapes(shape_dict),
-        output_names=tuple(output_names) if output_names else None,
-    )

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from core.errors import MixqError, ModelLoadError
-from core.importers.sources import ImporterParams
+from core.importers.sources import ImporterParams, ShapeDict, normalize_shapes
 from core.ir.graph import Graph
 
 _KERAS_EXTS = (".keras", ".h5", ".hdf5")
@@ -41,10 +43,10 @@ def import_tensorflow(params: ImporterParams) -> Graph:
         else:
             data, rename_outputs = _from_frozen(tf, path, params)
 
-    from core.importers.tflite import import_tflite_bytes
+    from core.importers.tflite import TFLiteParams, import_tflite_bytes
 
     # the converted flatbuffer's outputs are already the selected ones
-    tfl_params = ImporterParams(format="tflite", model_path=path, shape_dict=params.shape_dict)
+    tfl_params = TFLiteParams(model_path=path, shape_dict=params.shape_dict)
     g = import_tflite_bytes(data, tfl_params, label=path, source_path=os.path.abspath(path))
     g.name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0] or g.name
     g.metadata["source_format"] = "tensorflow"
@@ -329,3 +331,40 @@ def _rename_boundary(g: Graph, how) -> None:
         _rename(g, old, new)
     g.metadata["tensorflow_names"] = renamed
     g.remove_unused()
+
+
+# ---- the source: what load_model gets ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class TensorFlowParams(ImporterParams):
+    """``ImporterParams`` of a TensorFlow model (registers the TensorFlow importer)."""
+
+    format = "tensorflow"
+    suffixes = _KERAS_EXTS + _FROZEN_EXTS
+
+    @classmethod
+    def reads(cls, path: str) -> bool:
+        return super().reads(path) or any(os.path.isfile(os.path.join(path, f))
+                                          for f in ("saved_model.pb", "saved_model.pbtxt"))
+
+    def import_graph(self) -> Graph:
+        return import_tensorflow(self)
+
+
+def tensorflow_source(
+    model_path: str | os.PathLike,
+    shape_dict: ShapeDict | None = None,
+    output_names: Sequence[str] | None = None,
+) -> TensorFlowParams:
+    """Parameters to import a TensorFlow model: a SavedModel directory, a Keras ``.keras``/``.h5``
+    file or a frozen GraphDef ``.pb`` (which needs ``shape_dict`` and ``output_names``).
+
+    The model is converted with TensorFlow's own TFLite converter (float) and imported as TFLite.
+    """
+    if isinstance(output_names, str):
+        output_names = [output_names]
+    return TensorFlowParams(
+        model_path=os.fspath(model_path),
+        shape_dict=normalize_shapes(shape_dict),
+        output_names=tuple(output_names) if output_names else None,
+    )

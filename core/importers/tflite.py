@@ -33,11 +33,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
 from core.errors import MixqError, ModelLoadError, UnsupportedOperatorError
-from core.importers.sources import ImporterParams
+from core.importers.sources import DtypeDict, ImporterParams, ShapeDict, normalize_dtypes, normalize_shapes
 from core.ir.graph import Graph, Node, TensorInfo
 
 OPSET = 18  # the IR nodes are built in their newest ONNX form (axes/pads/min/max as inputs)
@@ -1071,3 +1072,33 @@ class _Builder:
         y = self.emit("Concat", xs, self.tmp(f"{out}/nhwc") if rank == 4 else out, {"axis": axis})
         if rank == 4:
             self.transpose(y, _NHWC_TO_NCHW, out)
+
+
+# ---- the source: what load_model gets ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class TFLiteParams(ImporterParams):
+    """``ImporterParams`` of a TFLite flatbuffer (registers the TFLite importer)."""
+
+    format = "tflite"
+    suffixes = (".tflite",)
+
+    def import_graph(self) -> Graph:
+        return import_tflite(self)
+
+
+def tflite_source(
+    model_path: str | os.PathLike,
+    shape_dict: ShapeDict | None = None,
+    dtype_dict: DtypeDict | None = None,
+) -> TFLiteParams:
+    """Parameters to import a TFLite flatbuffer (float or pre-quantized int8 / 16x8).
+
+    Inputs and outputs keep the model's layout (NHWC); ``shape_dict``/``dtype_dict`` keys are
+    the model's input tensor names (or its signature's input names).
+    """
+    return TFLiteParams(
+        model_path=os.fspath(model_path),
+        shape_dict=normalize_shapes(shape_dict),
+        dtype_dict=normalize_dtypes(dtype_dict),
+    )

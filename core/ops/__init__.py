@@ -1,9 +1,12 @@
 """Operator implementations. Importing this package registers every op module."""
 from core.ops import (  # noqa: F401
     activation,
+    arith,
     conv,
     elementwise,
     gemm,
+    indexing,
+    logic,
     normalization,
     pool,
     resize,

@@ -1,9 +1,9 @@
-"""Elementwise activations and Softmax; integer Relu/Clip (relu_int, clip_int, activation_range_int)."""
+"""Elementwise activations, Gelu and Softmax; integer Relu/Clip (relu_int, clip_int, activation_range_int)."""
 from __future__ import annotations
 
 import numpy as np
 
-from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
+from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import normalize_axis
 from core.ops.registry import OpDef, register
@@ -128,6 +128,28 @@ def _softmax_upgrade(node: Node, graph) -> None:
 register(
     OpDef("Softmax", _softmax_infer, _softmax_run, upgrade=_softmax_upgrade, doc="axis (opset < 13 semantics kept)")
 )
+
+
+def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
+    """GELU in float64: ``0.5 x (1 + erf(x / sqrt 2))``, or with ``approximate="tanh"``
+    ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x**3)))``."""
+    from core.ops.arith import erf
+
+    xd = np.asarray(x, np.float64)
+    if approximate == "tanh":
+        return 0.5 * xd * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (xd + 0.044715 * xd ** 3)))
+    return 0.5 * xd * (1.0 + erf(xd / np.sqrt(2.0)))
+
+
+def _gelu_check(node: Node, infos):
+    if node.attrs.get("approximate", "none") not in ("none", "tanh"):
+        raise UnsupportedOperatorError(node.op, node.source_name or node.name,
+                                       f"approximate={node.attrs.get('approximate')!r} (none or tanh)")
+
+
+register(OpDef("Gelu", _same, lambda n, x: [gelu(x[0], n.attrs.get("approximate", "none")).astype(x[0].dtype)],
+               mla=True, kind="gelu", check=_gelu_check,
+               doc="approximate none/tanh (opset 20); also fused from x * 0.5 * (1 + Erf(x / sqrt 2)) patterns"))
 
 
 # --------------------------------------------------------------------------- integer kernels

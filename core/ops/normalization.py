@@ -1,11 +1,11 @@
-"""BatchNormalization (inference) and ReduceMean."""
+"""BatchNormalization (inference), ReduceMean and LayerNormalization."""
 from __future__ import annotations
 
 import numpy as np
 
 from core.errors import ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
-from core.ops.common import const_input, normalize_axes
+from core.ops.common import broadcast_shape, const_input, normalize_axes, normalize_axis
 from core.ops.registry import OpDef, register
 
 
@@ -86,3 +86,61 @@ def _reduce_run(node: Node, inputs):
 
 register(OpDef("ReduceMean", _reduce_infer, _reduce_run, kind="mean", upgrade=_reduce_upgrade,
                static_inputs=(1,), doc="axes (attribute before opset 18, input after), keepdims, noop_with_empty_axes"))
+
+
+# ---- LayerNormalization ------------------------------------------------------------------------
+
+def _ln_axis(node: Node, rank: int) -> int:
+    return normalize_axis(node, node.attrs.get("axis", -1), rank)
+
+
+def _ln_infer(node: Node, infos):
+    x = infos[0]
+    if len(infos) < 2 or infos[1] is None:
+        raise ShapeInferenceError(f"{node.describe()}: LayerNormalization needs a Scale input")
+    axis = _ln_axis(node, len(x.shape))
+    normalized = tuple(x.shape[axis:])
+    for k, what in ((1, "Scale"), (2, "B")):
+        if k < len(infos) and infos[k] is not None:
+            if broadcast_shape(node, normalized, infos[k].shape) != normalized:
+                raise ShapeInferenceError(f"{node.describe()}: {what} shape {infos[k].shape} does not broadcast "
+                                          f"to the normalized shape {normalized}")
+    stats = tuple(x.shape[:axis]) + (1,) * (len(x.shape) - axis)
+    stash = np.dtype(np.float32) if node.attrs.get("stash_type", 1) == 1 else x.dtype
+    outs = [TensorInfo(x.shape, x.dtype), TensorInfo(stats, stash), TensorInfo(stats, stash)]
+    return outs[:max(len(node.outputs), 1)]
+
+
+def layer_norm(x: np.ndarray, axis: int, epsilon: float, scale=None, bias=None):
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` over axes ``axis..rank-1``, in float64;
+    returns (y float64, mean, 1 / sqrt(var + eps)) with keepdims."""
+    xd = np.asarray(x, np.float64)
+    axes = tuple(range(axis, xd.ndim))
+    mean = xd.mean(axis=axes, keepdims=True)
+    centered = xd - mean
+    inv_std = 1.0 / np.sqrt((centered * centered).mean(axis=axes, keepdims=True) + float(epsilon))
+    y = centered * inv_std
+    if scale is not None:
+        y = y * np.asarray(scale, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y, mean, inv_std
+
+
+def _ln_run(node: Node, inputs):
+    x = inputs[0]
+    scale = inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    y, mean, inv_std = layer_norm(x, _ln_axis(node, x.ndim), node.attrs.get("epsilon", 1e-5), scale, bias)
+    stash = np.float32 if node.attrs.get("stash_type", 1) == 1 else x.dtype
+    return [y.astype(x.dtype), mean.astype(stash), inv_std.astype(stash)][:max(len(node.outputs), 1)]
+
+
+def _ln_mla(node: Node, graph) -> bool:
+    # the accelerator takes the normalized output only (Mean / InvStdDev outputs unused)
+    return not any(o for o in node.outputs[1:])
+
+
+register(OpDef("LayerNormalization", _ln_infer, _ln_run, mla=_ln_mla, kind="layer_norm",
+               doc="axis, epsilon, optional B, Mean/InvStdDev outputs (float64 inside); also fused from its "
+                   "written-out ReduceMean/Sub/Pow/Sqrt/Div form; MLA when only Y is used"))

@@ -186,11 +186,21 @@ def _concat_infer(node, infos):
     return [TensorInfo(shape, ins[0].dtype)]
 
 
+def _concat_run(node, inputs):
+    vs = [v for v in inputs if v is not None]
+    if node.attrs.get("broadcast_batch") and vs:
+        # set by the batch_agnostic_concat pass: constants imported at batch 1 (a ViT's class
+        # token) follow the batch of the activations they are concatenated with
+        n = max(v.shape[0] for v in vs)
+        vs = [np.broadcast_to(v, (n,) + v.shape[1:]) if v.shape[0] == 1 else v for v in vs]
+    return [np.concatenate(vs, axis=node.attrs.get("axis", 0))]
+
+
 register(
     OpDef(
         "Concat",
         _concat_infer,
-        lambda n, x: [np.concatenate([v for v in x if v is not None], axis=n.attrs.get("axis", 0))],
+        _concat_run,
         mla=True,
         kind="concatenate",
         doc="axis",
@@ -513,6 +523,9 @@ def _cast_run(node, inputs):
 
 register(OpDef("Cast", lambda n, i: [TensorInfo(i[0].shape, _cast_dtype(n))], _cast_run, kind="cast",
                doc="to float16/32/64, integer and bool types (saturate ignored)"))
+
+register(OpDef("Size", lambda n, i: [TensorInfo((), np.int64)], lambda n, x: [np.asarray(x[0].size, np.int64)],
+               kind="size", doc="folded to a constant for static shapes"))
 
 register(OpDef("Identity", lambda n, i: [TensorInfo(i[0].shape, i[0].dtype)], lambda n, x: [x[0]], kind="identity",
                doc="removed by a pass"))

@@ -13,7 +13,9 @@ Rules (see docs/quantization.md, "Quantized programs"):
 * weights: symmetric, per output channel or per tensor, ``bits`` = the weight scheme's width
   (16 on nodes whose precision is set to ``INT_16``), in [-qmax, qmax] (qmax = 127 or 32767),
   ``scale = max|w| / qmax`` (an all-zero channel gets scale 1).
-  Bias: ``round(b / (s_in * s_w[c]))`` as int32 (clipped to int32) for 8-bit inputs, int64 for 16-bit inputs.
+  Bias: ``round(b / (s_in * s_w[c]))`` as int32 for 8-bit inputs (|bias_q| <= 2**30), int64 for
+  16-bit inputs (<= 2**42); a channel whose bias would exceed that gets a coarser weight scale
+  (``_bias_fitting_weight_scales``), never a clipped bias.
 * Conv / Gemm / MatMul (constant weights): ``requantize(acc, m, shift, mode, zp_out, lo, hi)`` with
   ``(m, shift) = quantize_multiplier_for(s_in * s_w[c] / s_out, mode)`` and ``[lo, hi]`` the output
   type's range narrowed by the fused Relu/Clip (``activation_range_int``).
@@ -323,23 +325,63 @@ def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: Quantizat
     w = np.asarray(graph.constants[n.inputs[1]])
     per_channel = params.weight_quantization_scheme.per_channel
     axis = weight_output_axis(n, w.ndim)
-    w_q, s_w = quantize_weights(w, axis if per_channel else None, _weight_bits(n, params))
+    bits_w = _weight_bits(n, params)
+    w_q, s_w = quantize_weights(w, axis if per_channel else None, bits_w)
     n_out = w.shape[axis] if w.ndim else 1
     s_w = np.broadcast_to(s_w, (n_out,)).astype(np.float64)
-    acc_scale = float(q_in.scale) * s_w
-    c: dict[str, Any] = {"w_q": w_q, "w_scale": s_w, "acc_scale": acc_scale}
+    b = None
     if len(n.inputs) > 2 and n.inputs[2]:
         b = np.asarray(graph.constants[n.inputs[2]], np.float64).reshape(-1)
         b = np.broadcast_to(b, (n_out,)) if b.size == 1 else b
-        bq = np.round(b / acc_scale)
-        if q_in.bits <= 8:
-            c["bias_q"] = np.clip(bq, -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
-        else:
-            c["bias_q"] = np.clip(bq, -(2 ** 47), 2 ** 47).astype(np.int64)
+        s_w, widened = _bias_fitting_weight_scales(b, float(q_in.scale), s_w, q_in.bits, per_channel)
+        if widened:   # requantize the weights on the wider scales (those channels' weights are tiny)
+            w_q = _requantize_weights(w, s_w, axis if per_channel else None, bits_w)
+    acc_scale = float(q_in.scale) * s_w
+    c: dict[str, Any] = {"w_q": w_q, "w_scale": s_w, "acc_scale": acc_scale}
+    if b is not None:
+        bq = np.round(b / acc_scale)   # |bq| <= the bias limit: no clipping
+        c["bias_q"] = bq.astype(np.int32 if q_in.bits <= 8 else np.int64)
     else:
         c["bias_q"] = None
     c["output_int32"] = params.output_int32_for(n.name)
     return c
+
+
+# |bias_q| limits: int32 biases of 8-bit inputs keep half the int32 range for the accumulator
+# (TFLite's int32 arithmetic); int64 biases of 16-bit inputs stay below 2**42, well inside the
+# 2**47 range of the int64-accumulator requantization (wider values still requantize exactly),
+# and so that the requantization multiplier (~ output code / bias_q >= 2**-27) stays above
+# TFLite's 2**-31 floor, below which QuantizeMultiplier flushes it to 0.
+_BIAS_LIMIT = {8: 1 << 30, 16: 1 << 42}
+
+
+def _bias_fitting_weight_scales(b: np.ndarray, s_in: float, s_w: np.ndarray, in_bits: int, per_channel: bool):
+    """Weight scales such that every ``round(b / (s_in * s_w[c]))`` fits the bias limit: a channel
+    whose bias is huge relative to its accumulator scale (tiny weights and/or a tiny input scale,
+    e.g. a classifier fed by vanishing activations, or a BatchNorm-folded channel with gamma ~ 0)
+    gets the coarser ``s_w[c] = |b[c]| / (s_in * limit)`` instead of a clipped bias -- clipping
+    silently replaced such outputs by wrong constants. Per-tensor weights widen all channels.
+    Returns (scales, whether any changed)."""
+    limit = float(_BIAS_LIMIT[8 if in_bits <= 8 else 16])
+    need = np.abs(b) / (s_in * limit)
+    if not np.any(need > s_w):
+        return s_w, False
+    widened = np.maximum(s_w, need * (1 + 2.0 ** -20))   # the margin absorbs rounding of b / acc_scale
+    if not per_channel:
+        widened = np.full_like(s_w, widened.max())
+    return widened, True
+
+
+def _requantize_weights(w: np.ndarray, s_w: np.ndarray, axis: int | None, bits: int) -> np.ndarray:
+    qmax = float((1 << (bits - 1)) - 1)
+    w = np.asarray(w, np.float64)
+    if axis is None:
+        q = np.round(w / s_w[0])
+    else:
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.round(w / s_w.reshape(shape))
+    return np.clip(q, -qmax, qmax).astype(np.int8 if bits == 8 else np.int16)
 
 
 def _weight_bits(n: Node, params: QuantizationParams) -> int:

@@ -246,17 +246,38 @@ def multiply_by_quantized_multiplier_int64(x: Any, multiplier: Any, shift: Any) 
 
     The multiplier is first rounded to 16 bits:
     ``r = (multiplier + 2**15) >> 16 if multiplier < 0x7FFF0000 else 0x7FFF``; then
-    ``t = 15 - shift; (x * r + 2**(t-1)) >> t``. ``x`` in [-2**47, 2**47),
-    ``multiplier`` in [0, 2**31 - 1], ``shift`` in [-31, 7] (TFLite's asserted ranges).
+    ``t = 15 - shift; (x * r + 2**(t-1)) >> t``. ``multiplier`` in [0, 2**31 - 1], ``shift`` in
+    [-31, 7] (TFLite's asserted ranges). ``x`` in [-2**47, 2**47) (TFLite's range) is computed in
+    int64; beyond it the same formula is evaluated exactly in Python integers instead of raising.
     """
-    x_ = _data(x, "x", -_INT64_ACC_LIMIT, _INT64_ACC_LIMIT - 1)
+    x_ = _int_array(x, "x", ExecutionError)
     m = _param(multiplier, "multiplier", 0, INT32_MAX)
     s = _shift_param(shift, -31, 7)
     reduced = np.where(m < 0x7FFF0000, (m + (1 << 15)) >> 16, 0x7FFF)   # <= 0x7FFF
     total = 15 - s                                  # in [8, 46]
     # |x * reduced| < 2**47 * 2**15 = 2**62; rounding term <= 2**45.
-    result = (x_ * reduced + np.left_shift(np.int64(1), total - 1)) >> total
+    result = _round_shift_exact(x_, reduced, total, -_INT64_ACC_LIMIT, _INT64_ACC_LIMIT - 1)
     return _out(result, x, multiplier, shift)
+
+
+_WIDE_SATURATION = 1 << 62
+
+
+def _round_shift_exact(x: np.ndarray, m: np.ndarray, t: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``(x * m + 2**(t-1)) >> t`` (``x * m`` where ``t == 0``), exact: int64 for ``x`` in
+    [lo, hi] (where the bounds above hold), Python integers for the rest (accumulators beyond
+    2**47: an INT16 layer whose bias dwarfs its accumulator scale). Results beyond +/-2**62
+    saturate there (every caller clamps to an int32-or-narrower range afterwards)."""
+    inside = (x >= lo) & (x <= hi)
+    rounding = np.where(t > 0, np.left_shift(np.int64(1), np.maximum(t - 1, 0)), 0)
+    if inside.all():
+        return (x * m + rounding) >> t
+    xs, ms, ts, rs = np.broadcast_arrays(x, m, t, rounding)
+    result = np.where(inside, (np.where(inside, xs, 0) * ms + rs) >> ts, 0)
+    out = inside == 0
+    wide = [(int(a) * int(b) + int(r)) >> int(e) for a, b, r, e in zip(xs[out], ms[out], rs[out], ts[out])]
+    result[out] = np.clip(np.array(wide, dtype=object), -_WIDE_SATURATION, _WIDE_SATURATION).astype(np.int64)
+    return result
 
 
 # --------------------------------------------------------------------------- sima
@@ -294,16 +315,16 @@ def quantize_multiplier_sima(real: Any) -> tuple[Any, Any]:
 def multiply_by_quantized_multiplier_sima(x: Any, multiplier: Any, shift: Any) -> Any:
     """sima scaling: ``(x * m + 2**(s-1)) >> s`` for ``s >= 1``, ``x * m`` for ``s == 0``.
 
-    ``x`` in [-2**47, 2**47] (any int32 accumulator, and int64 16-bit-path accumulators),
-    ``m`` in [0, 2**15 - 1], ``s`` in [0, 62]. No overflow: ``|x * m| <= 2**47 * (2**15 - 1)
-    < 2**62`` and the rounding term is at most ``2**61``, so every intermediate is below
-    ``2**63``.
+    ``x`` any int64: in [-2**47, 2**47] (any int32 accumulator, and int64 16-bit-path
+    accumulators) in int64 arithmetic, where ``|x * m| <= 2**47 * (2**15 - 1) < 2**62`` and the
+    rounding term is at most ``2**61``, so every intermediate is below ``2**63``; beyond that,
+    exactly in Python integers (results beyond +/-2**62 saturate). ``m`` in [0, 2**15 - 1],
+    ``s`` in [0, 62].
     """
-    x_ = _data(x, "x", -_INT64_ACC_LIMIT, _INT64_ACC_LIMIT)
+    x_ = _int_array(x, "x", ExecutionError)
     m = _param(multiplier, "multiplier", 0, (1 << SIMA_MULTIPLIER_BITS) - 1)
     s = _param(shift, "shift", 0, SIMA_MAX_SHIFT)
-    rounding = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
-    return _out((x_ * m + rounding) >> s, x, multiplier, shift)
+    return _out(_round_shift_exact(x_, m, s, -_INT64_ACC_LIMIT, _INT64_ACC_LIMIT), x, multiplier, shift)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -109,7 +109,10 @@ class AccuracyFeedbackResult:
         return next((c.accuracy for c in self.confirmations if frozenset(c.int16_nodes) == key), None)
 
 
-def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool):
+def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool,
+                directions: list[str] | None = None, metric_names: list[str] | None = None):
+    """Create or load the study; ``metric_names`` name its objectives (what optuna-dashboard shows
+    instead of "Objective 0")."""
     import optuna
 
     from core.search.parallel import open_storage
@@ -119,9 +122,16 @@ def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool)
     # explicit, not Optuna's defaults (they changed between versions): with several workers a
     # running trial counts as a bad one (constant liar), so they do not sample the same subset
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    directions = ["maximize", "minimize"] if multi_objective else ["minimize"]
-    return optuna.create_study(study_name=study_name, storage=st, load_if_exists=True,
-                               directions=directions, sampler=sampler)
+    if directions is None:
+        directions = ["maximize", "minimize"] if multi_objective else ["minimize"]
+    if metric_names is None:
+        metric_names = (["accuracy", "INT16 nodes"] if multi_objective
+                        else ["INT16 nodes if the target is met, else nodes + 1 + shortfall"])
+    study = optuna.create_study(study_name=study_name, storage=st, load_if_exists=True,
+                                directions=directions, sampler=sampler)
+    if study.metric_names != metric_names and len(metric_names) == len(study.directions):
+        study.set_metric_names(metric_names)
+    return study
 
 
 class _PrefixModel:

@@ -36,7 +36,9 @@ def _owned_tensors(prog) -> dict[str, list[str]]:
     """Node name -> the integer tensors whose quantization that node's precision decides."""
     owned: dict[str, list[str]] = {}
     for n in prog.graph.nodes:
-        if prog.kinds[n.name] == "int":
+        # float islands (LayerNormalization, Gelu ...) store their output as an integer tensor too,
+        # and INT_16 on them widens it: they are candidates like integer nodes
+        if prog.kinds[n.name] in ("int", "float"):
             outs = [o for o in n.outputs if o in prog.tensors and prog.tensors[o].bits <= 16]
             if outs:
                 owned[n.name] = outs
@@ -131,7 +133,7 @@ def rank_nodes_by_int8_noise(net, int8_model, samples: Mapping[str, np.ndarray])
     prog = int8_model.program
     owner: dict[str, str] = {}
     for n in prog.graph.nodes:
-        if prog.kinds[n.name] == "int":
+        if prog.kinds[n.name] in ("int", "float"):
             for o in n.outputs:
                 if o in prog.tensors and prog.tensors[o].bits == 8:
                     owner[o] = n.name

@@ -113,3 +113,65 @@ def test_devkit_password_never_a_parameter(prefect_server, workdir, mlflow_store
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient().get_experiment_by_name("mixq-mnist_cnn") is None      # nothing was logged
+
+
+def test_search_flow_default_target_is_halfway_to_int16(prefect_server, workdir, mlflow_store):
+    from flows.search import search_flow
+
+    s = search_flow(model="mnist_cnn", calibration=MNIST_CAL, evaluation=MNIST_EVAL_AGREEMENT,
+                    options={"calibration": ["min_max"], "weights": [{"per_channel": True}]},
+                    max_trials=5, output_dir="out")
+    ref, best = s["int16_reference"], s["options"]["best"]["accuracy"]
+    assert s["target"] == best + (max(ref["accuracy"], best) - best) / 2.0
+    assert ref["int16_nodes"] > 0 and ref["mlflow_run_id"]
+    stages = [r["stage"] for r in s["candidates"]]
+    n = s["options"]["candidates"]
+    assert stages[:n + 1] == ["options"] * n + ["int16 reference"] and "accuracy feedback" in stages[n + 1:]
+
+
+def test_quantize_flow_on_a_float_tflite_model(prefect_server, workdir, mlflow_store):
+    """A .tflite file goes through quantize_flow like a zoo model: the TFLite importer is chosen by
+    the file, inputs stay NHWC, and the saved model agrees with the float TFLite model."""
+    import pytest
+
+    tf = pytest.importorskip("tensorflow")
+    from mlflow.tracking import MlflowClient
+
+    from core import Model, load_model, tflite_source
+    from flows.quantize import quantize_flow
+    from tasks.data import load_samples
+    from tests.importers.conftest import to_tflite
+
+    tf.keras.utils.set_random_seed(0)
+    keras = tf.keras
+    x = keras.Input((28, 28, 1), batch_size=1, name="image")
+    h = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
+    y = keras.layers.Dense(10)(keras.layers.Flatten()(h))
+    path = workdir / "digits_cnn.tflite"
+    path.write_bytes(to_tflite(tf, keras.Model(x, y)))
+
+    digits = load_samples({"source": "zoo", "name": "digits", "split": "evaluation", "count": 96}).inputs
+    nhwc = np.ascontiguousarray(digits.transpose(0, 2, 3, 1))       # the TFLite model's own layout
+    np.savez(workdir / "digits_nhwc.npz", image=nhwc[:48], image_eval=nhwc[48:])
+    cal = {"source": "npz", "path": str(workdir / "digits_nhwc.npz"), "input": "image"}
+    ev = {"source": "npz", "path": str(workdir / "digits_nhwc.npz"), "input": "image_eval"}
+
+    s = quantize_flow(model=str(path), calibration=cal, evaluation=ev, config={"calibration": "mse"},
+                      output_dir="out", name="digits-q")
+    assert s["model_path"] == str(path) and os.path.isfile(s["sima"])
+    assert s["metrics"]["metric"] == "agreement" and s["metrics"]["samples"] == 48
+    assert s["metrics"]["agreement"] >= 0.9 and s["metrics"]["logit_sqnr_db"] > 20
+
+    model = Model.load("digits-q", str(workdir / "out"))
+    float_net = load_model(tflite_source(path))
+    assert model.input_names == float_net.input_names and len(model.input_names) == 1
+    name = model.input_names[0]
+    q, = model.execute({name: nhwc[48:]})
+    f, = float_net.execute({name: nhwc[48:]})
+    assert q.shape == f.shape == (48, 10) and np.mean(q.argmax(1) == f.argmax(1)) == s["metrics"]["agreement"]
+
+    client = MlflowClient()
+    assert client.get_experiment_by_name("mixq-digits_cnn") is not None
+    assert client.get_run(s["mlflow"]["parent_run_id"]).data.params["model"] == str(path)

@@ -279,10 +279,36 @@ def test_mbqm_int64_reduces_multiplier_to_16_bits():
     assert multiply_by_quantized_multiplier_int64(1 << 20, (1 << 30) + (1 << 15), 0) == ref_mbqm_int64(
         1 << 20, (1 << 30) + (1 << 15), 0
     )
-    with pytest.raises(ExecutionError, match="x"):
-        multiply_by_quantized_multiplier_int64(1 << 47, 1 << 30, 0)
+    # beyond TFLite's [-2**47, 2**47): the same formula, exact (no raising, no wrapping)
+    assert multiply_by_quantized_multiplier_int64(1 << 47, 1 << 30, 0) == ref_mbqm_int64(1 << 47, 1 << 30, 0)
     with pytest.raises(QuantizationConfigError, match="shift"):
         multiply_by_quantized_multiplier_int64(1, 1 << 30, 8)
+
+
+wide_accs = st.one_of(st.sampled_from([-(1 << 62), (1 << 62), -(1 << 47) - 1, 1 << 47, (1 << 47) + 1]),
+                      st.integers(-(1 << 62), 1 << 62))
+
+
+@SETTINGS
+@given(st.lists(st.tuples(wide_accs, multipliers, st.integers(-31, 7)), min_size=1, max_size=20))
+def test_mbqm_int64_exact_beyond_2_47(rows):
+    # regression (issue 12): INT16 layers whose bias dwarfs the accumulator scale raised
+    # "x must be in [-2**47, 2**47]"; now exact, vectorised, mixed with in-range elements
+    x, m, s = (np.array(col, dtype=np.int64) for col in zip(*rows))
+    want = [max(-(1 << 62), min(1 << 62, ref_mbqm_int64(int(a), int(b), int(c)))) for a, b, c in rows]
+    assert multiply_by_quantized_multiplier_int64(x, m, s).tolist() == want
+
+
+@SETTINGS
+@given(st.lists(st.tuples(wide_accs, st.integers(0, (1 << 15) - 1), st.integers(0, 62)), min_size=1, max_size=20))
+def test_sima_exact_beyond_2_47(rows):
+    x, m, s = (np.array(col, dtype=np.int64) for col in zip(*rows))
+    want = [max(-(1 << 62), min(1 << 62, (int(a) * int(b) + ((1 << (int(c) - 1)) if c else 0)) >> int(c)))
+            for a, b, c in rows]
+    assert multiply_by_quantized_multiplier_sima(x, m, s).tolist() == want
+    # requantize of such accumulators clamps to the output range instead of raising
+    out = requantize(x, m, s, RequantizationMode.sima, 0, -32768, 32767)
+    assert out.tolist() == [min(max(v, -32768), 32767) for v in want]
 
 
 @SETTINGS
@@ -388,8 +414,7 @@ def test_sima_rejects_out_of_range_arguments():
         multiply_by_quantized_multiplier_sima(1, 1 << 15, 3)
     with pytest.raises(QuantizationConfigError, match="shift"):
         multiply_by_quantized_multiplier_sima(1, 1 << 14, 63)
-    with pytest.raises(ExecutionError, match="x"):
-        multiply_by_quantized_multiplier_sima((1 << 47) + 1, 1 << 14, 3)
+    assert multiply_by_quantized_multiplier_sima((1 << 47) + 1, 1 << 14, 3) == (((1 << 47) + 1) * (1 << 14) + 4) >> 3
 
 
 # --------------------------------------------------------------------------- requantize

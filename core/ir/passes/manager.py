@@ -5,10 +5,13 @@ import logging
 from collections.abc import Callable, Sequence
 
 from core.ir.graph import Graph
+from core.ir.passes.batch_agnostic_concat import batch_agnostic_concat
 from core.ir.passes.batch_agnostic_reshape import batch_agnostic_reshape
 from core.ir.passes.fold_batchnorm import fold_batchnorm
 from core.ir.passes.fold_constants import fold_constants
 from core.ir.passes.fuse_bias_activation import fuse_bias_activation
+from core.ir.passes.fuse_gelu import fuse_gelu
+from core.ir.passes.fuse_layer_norm import fuse_layer_norm
 from core.ir.passes.reduce_mean_to_pool import reduce_mean_to_pool
 from core.ir.passes.remove_identity import remove_identity
 
@@ -17,14 +20,18 @@ log = logging.getLogger("mixq")
 Pass = Callable[[Graph], bool]
 
 # The order load_model uses. Constants fold first so shape sub-graphs are gone before
-# pattern matching; batch-norm folds before fusion so Relu/Clip fuse onto the folded conv.
+# pattern matching; written-out LayerNorm fuses before its ReduceMeans could become pools;
+# batch-norm folds before fusion so Relu/Clip fuse onto the folded conv.
 DEFAULT_PIPELINE: tuple[Pass, ...] = (
     remove_identity,
     fold_constants,
+    fuse_layer_norm,
+    fuse_gelu,
     reduce_mean_to_pool,
     fold_batchnorm,
     fuse_bias_activation,
     batch_agnostic_reshape,
+    batch_agnostic_concat,
 )
 
 

