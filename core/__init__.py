@@ -27,6 +27,7 @@ from core.loaded_net import LoadedNet, NodeInfo, load_model
 from core.model import Model
 from core.quantization.calibration import CalibrationStatistics
 from core.quantization.params import (
+    AdaRoundMethod,
     CalibrationMethod,
     HistogramEntropyMethod,
     HistogramMSEMethod,
@@ -43,11 +44,11 @@ from core.quantization.params import (
     quantization_scheme,
 )
 from core.types import ScalarType
-
-__version__ = "0.1.0"
+from core.version import __version__  # noqa: F401  (core.__version__)
 
 __all__ = [
     "AccuracyTargetError",
+    "AdaRoundMethod",
     "CalibrationError",
     "CalibrationMethod",
     "CalibrationStatistics",

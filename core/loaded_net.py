@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.errors import CalibrationError, InputError, ModelLoadError, QuantizationConfigError
+from core.errors import CalibrationError, MixqError, ModelLoadError, QuantizationConfigError
 from core.importers.sources import ImporterParams
+from core.inputs import InputSignature
 from core.ir.graph import Graph
+from core.progress import progress_bar
 from core.quantization.params import QuantizationParams, check_custom_config_nodes, default_quantization
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,6 +60,7 @@ class LoadedNet:
         self.graph = graph
         self.params = params
         self._stats_cache: dict[tuple[str, int], Any] = {}
+        self._rounding_cache: dict[str, Any] = {}       # AdaRound digest -> learned weights
         self._equalized = equalized          # this graph is already channel-equalized
         self._equalized_copy: LoadedNet | None = None
 
@@ -127,7 +130,7 @@ class LoadedNet:
     # ---- execution -------------------------------------------------------
     def check_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
         """Validate one set of inputs; returns them as arrays of the model's dtypes."""
-        return check_graph_inputs(self.graph, inputs)
+        return InputSignature.of(self.graph).check(inputs)
 
     def calibrate(self, calibration_data, *, num_bins: int | None = None, progress: bool = False):
         """One float pass over ``calibration_data`` (an iterable of ``{input name: array}``) that
@@ -146,7 +149,7 @@ class LoadedNet:
             if value.dtype.kind == "f":
                 stats.observer(name).observe(value)
 
-        bar = _progress_bar(total, "calibrating", "sample") if progress else None
+        bar = progress_bar(total, "calibrating", "sample") if progress else None
         for feeds in samples:
             for name, value in feeds.items():
                 observe(name, value)
@@ -223,7 +226,7 @@ class LoadedNet:
         elif statistics is None:
             if calibration_data is None:
                 raise CalibrationError("quantize needs calibration_data (or statistics=)")
-            if params.bias_correction and isinstance(calibration_data, Iterable) and \
+            if (params.bias_correction or params.adaround) and isinstance(calibration_data, Iterable) and \
                     iter(calibration_data) is calibration_data:
                 calibration_data = list(calibration_data)     # a one-shot iterator: read it twice
             samples = calibration_data
@@ -239,6 +242,12 @@ class LoadedNet:
                 f"but channel_equalization={params.channel_equalization}: pass calibration data instead "
                 "(equalization changes every range)")
         program = quantize_graph(self.graph, statistics, params)
+        if params.adaround is not None:
+            if samples is None:
+                raise CalibrationError("adaround needs calibration samples (calibration_data=...), "
+                                       "not only calibration statistics")
+            learned = self._learned_rounding(program, samples, params.adaround)
+            program = quantize_graph(self.graph, statistics, params, learned_weights=learned)
         if params.bias_correction:
             if samples is None:
                 raise CalibrationError("bias_correction needs calibration samples (calibration_data=...), "
@@ -250,6 +259,42 @@ class LoadedNet:
         name = model_name or self.graph.name
         log.info("quantized %s: %r", name, program)
         return Model(name, program, self.graph)
+
+    def _learned_rounding(self, program, samples, method):
+        """AdaRound's integer weights for ``program`` (core/quantization/adaround.py): from the
+        in-memory or on-disk cache (``$MIXQ_CACHE_DIR/adaround``) when the same data, method,
+        scales and weights were learned before, else learned and cached."""
+        import os
+
+        from core.quantization import adaround
+        from core.zoo import cache_dir
+
+        fingerprint = hashlib.sha256()
+        limited = []
+        count = 0
+        for feeds in _fingerprinted(self._calibration_samples(samples), fingerprint):
+            if count >= method.max_samples:
+                break
+            limited.append(feeds)
+            count += len(next(iter(feeds.values())))
+        digest = adaround.rounding_digest(program, fingerprint.hexdigest(), method)
+        if digest in self._rounding_cache:
+            log.info("reusing learned rounding (in memory, %s)", digest[:12])
+            return self._rounding_cache[digest]
+        path = os.path.join(cache_dir(), "adaround", f"{digest}.npz")
+        learned = adaround.load_rounding(path, digest)
+        if learned is not None:
+            log.info("reusing learned rounding from %s", path)
+        else:
+            learned = adaround.learn_rounding(program, self.graph, limited, method)
+            try:
+                adaround.save_rounding(path, digest, learned)
+            except MixqError as e:   # the cache is an optimisation: a read-only cache dir is not an error
+                log.warning("cannot cache learned rounding: %s", e)
+        self._rounding_cache[digest] = learned
+        while len(self._rounding_cache) > self._STATS_CACHE_SIZE:
+            self._rounding_cache.pop(next(iter(self._rounding_cache)))
+        return learned
 
     def convert_to_sima_quantization(self, *, requantization_mode: Any = None, model_name: str | None = None,
                                      log_level: int | None = logging.NOTSET) -> Model:
@@ -385,22 +430,6 @@ class LoadedNet:
         return [env[o] for o in self.graph.outputs]
 
 
-def _progress_bar(total, desc: str, unit: str):
-    """A tqdm progress bar on stderr (tqdm ships with optuna); a no-op object without it."""
-    try:
-        from tqdm import tqdm
-    except ImportError:   # progress is cosmetic
-        class _Silent:
-            def update(self, n):
-                pass
-
-            def close(self):
-                pass
-
-        return _Silent()
-    return tqdm(total=total, desc=desc, unit=unit, mininterval=0.5, leave=False)
-
-
 def _fingerprinted(samples, digest):
     """Yield validated samples unchanged while feeding their names, dtypes, shapes and bytes to
     ``digest``."""
@@ -410,38 +439,3 @@ def _fingerprinted(samples, digest):
         update_digest(digest, feeds, sorted(feeds))
         digest.update(b"/")
         yield feeds
-
-
-def check_graph_inputs(graph: Graph, inputs: Any) -> dict[str, np.ndarray]:
-    """Validate one set of inputs for ``graph`` (names, dtypes, shapes with any batch size);
-    returns them as arrays of the graph's dtypes. Shared by LoadedNet and Model."""
-    if not isinstance(inputs, Mapping):
-        raise InputError(f"inputs must be a dict of input name -> array, got {type(inputs).__name__}")
-    expected = graph.inputs
-    unknown = [k for k in inputs if k not in expected]
-    if unknown:
-        raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {expected}")
-    missing = [k for k in expected if k not in inputs]
-    if missing:
-        raise InputError(f"missing input(s) {missing}; the model's inputs are {expected}")
-    feeds = {}
-    for name in expected:
-        info = graph.tensors[name]
-        try:
-            value = np.asarray(inputs[name])
-        except Exception as e:
-            raise InputError(f"input {name!r} cannot be converted to an array: {e}") from None
-        feeds[name] = _conform(name, value, info.shape, info.dtype)
-    return feeds
-
-
-def _conform(name: str, value: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    kinds = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}
-    if kinds.get(value.dtype.kind) != kinds.get(dtype.kind):
-        raise InputError(f"input {name!r} expects {dtype.name}, got {value.dtype.name} array")
-    if value.ndim != len(shape):
-        raise InputError(f"input {name!r} expects shape {shape} (rank {len(shape)}), got shape {value.shape}")
-    # Dimension 0 is the batch: any size runs; every other dimension must match.
-    if value.shape[1:] != tuple(shape[1:]) or (value.ndim and value.shape[0] < 1):
-        raise InputError(f"input {name!r} expects shape {shape} (any batch size), got shape {value.shape}")
-    return value.astype(dtype, copy=False)

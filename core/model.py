@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import InputError, ModelFileError
+from core.inputs import InputSignature
 from core.ir.graph import Graph
-from core.loaded_net import check_graph_inputs
 from core.quantization.quantizer import QuantizedProgram
 
 log = logging.getLogger("mixq")
@@ -38,12 +38,7 @@ class Model:
         :mod:`core.runtime.integer_interpreter` for its tolerance)."""
         from core.runtime.integer_interpreter import run_program
 
-        feeds = check_graph_inputs(self.program.graph, inputs)
-        for name, value in feeds.items():
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
-                bad = int((~np.isfinite(value)).sum())
-                raise InputError(f"input {name!r} holds {bad} NaN/Inf value(s) of {value.size}: the quantized "
-                                 f"model needs finite inputs")
+        feeds = InputSignature.of(self.program.graph).check(inputs, finite=True)
         env = run_program(self.program, feeds, fast_mode=bool(fast_mode))
         return [env[o] for o in self.program.graph.outputs]
 
@@ -211,12 +206,9 @@ class Model:
         if not samples:
             raise InputError("input_data holds no samples")
         feeds = []
+        signature = InputSignature.of(self.program.graph)
         for i, sample in enumerate(samples):
-            feed = check_graph_inputs(self.program.graph, sample)
-            for name, value in feed.items():
-                if value.dtype.kind == "f" and not np.isfinite(value).all():
-                    raise InputError(f"sample {i}: input {name!r} holds NaN/Inf values: the quantized model needs "
-                                     f"finite inputs")
+            feed = signature.check(sample, sample=f"sample {i}", finite=True)
             if feeds and any(feed[k].shape != feeds[0][k].shape for k in feed):
                 raise InputError(f"sample {i} has shapes {[feed[k].shape for k in feed]}, sample 0 "
                                  f"{[feeds[0][k].shape for k in feed]}: all samples need the same shapes")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InputError, QuantizationConfigError
+from core.inputs import InputSignature, check_samples
 from core.ir.graph import Graph
 
 __all__ = ["METRICS", "LayerError", "LayerErrorReport", "analyze_quantization_error"]
@@ -175,23 +176,13 @@ def _node_program(program, node):
 
 
 def _batches(evaluation_data: Iterable, graph: Graph, batch_size: int):
-    from core.loaded_net import check_graph_inputs
-
     if evaluation_data is None or isinstance(evaluation_data, (str, bytes, Mapping)) or \
             not isinstance(evaluation_data, Iterable):
         raise InputError("evaluation_data must be an iterable of {input name: array} samples, got "
                          f"{type(evaluation_data).__name__}")
     pending: list[dict] = []
-    for i, sample in enumerate(evaluation_data):
-        if not isinstance(sample, Mapping):
-            raise InputError(
-                f"evaluation sample {i} must be a dict of input name -> array, got {type(sample).__name__}"
-            )
-        sample = {k: np.asarray(v) for k, v in sample.items()}
-        for k, v in sample.items():   # allow samples without the batch dimension
-            if k in graph.tensors and v.ndim == len(graph.tensors[k].shape) - 1:
-                sample[k] = v[None]
-        pending.append(check_graph_inputs(graph, sample))
+    for sample in check_samples(evaluation_data, InputSignature.of(graph), what="evaluation sample"):
+        pending.append(sample)
         if len(pending) == batch_size:
             yield _stack(pending)
             pending = []

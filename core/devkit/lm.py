@@ -147,8 +147,8 @@ def write_lm(path: str | os.PathLike, program, model_name: str, *, batch_size: i
     """Plan ``program`` for ``target`` at ``batch_size`` and write the ``.lm`` to ``path``
     (atomically). ``compress``: True (zlib), ``'lzma'`` or False. Returns the
     :class:`~core.devkit.planner.CompileReport`. Raises :class:`~core.errors.ModelFileError`."""
-    from core import __version__
     from core.formats.program_io import program_document
+    from core.version import __version__
 
     t0 = time.perf_counter()
     spath = os.fspath(path)

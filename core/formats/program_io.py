@@ -70,6 +70,7 @@ from core.formats.sima import read_sima, write_sima
 from core.formats.sima_json import write_sima_json
 from core.ir.graph import Graph, Node, TensorInfo
 from core.quantization.params import (
+    AdaRoundMethod,
     HistogramEntropyMethod,
     HistogramMSEMethod,
     HistogramPercentileMethod,
@@ -92,7 +93,7 @@ PROGRAM_FORMAT_VERSION = 1
 # The only classes and enums a saved program may name.
 CLASSES: dict[str, type] = {c.__name__: c for c in (
     QuantizationParams, QuantizationScheme, MinMaxMethod, MovingAverageMinMaxMethod, HistogramMSEMethod,
-    HistogramEntropyMethod, HistogramPercentileMethod, TensorQuant)}
+    HistogramEntropyMethod, HistogramPercentileMethod, TensorQuant, AdaRoundMethod)}
 ENUMS: dict[str, type[enum.Enum]] = {e.__name__: e for e in (
     RequantizationMode, QuantizationPrecision, QuantizationFlavor)}
 KINDS = ("int", "float", "apu")

@@ -14,6 +14,7 @@ import numpy as np
 from core.errors import ModelLoadError, UnsupportedOperatorError
 from core.importers.sources import DtypeDict, ImporterParams, ShapeDict, normalize_dtypes, normalize_shapes
 from core.ir.graph import Graph, Node, TensorInfo
+from core.ir.shape_inference import infer_shapes
 
 # Opsets 9-10 load too (older forms are upgraded per op: Slice/Pad/Clip attributes, Upsample);
 # 11-20 is the range mixq targets.
@@ -80,7 +81,7 @@ def import_onnx(params: ImporterParams) -> Graph:
         opdef = get_op(n.op, n)
         if opdef.upgrade is not None:
             opdef.upgrade(n, g)
-    g.infer_shapes()
+    infer_shapes(g)
     return g
 
 
@@ -186,9 +187,9 @@ def _attr_value(a) -> Any:
 
 
 def _add_nodes(g: Graph, model, path: str) -> None:
-    from core.ops.registry import _REGISTRY, _load_all
+    from core.ops.registry import supported_ops
 
-    _load_all()
+    supported = set(supported_ops())
     unsupported: list[tuple[str, str]] = []
     seen_names: set[str] = set()
     for idx, pn in enumerate(model.graph.node):
@@ -197,7 +198,7 @@ def _add_nodes(g: Graph, model, path: str) -> None:
         while name in seen_names:
             name = f"{name}_{idx}"
         seen_names.add(name)
-        if pn.domain not in _DEFAULT_DOMAINS or pn.op_type not in _REGISTRY:
+        if pn.domain not in _DEFAULT_DOMAINS or pn.op_type not in supported:
             op = pn.op_type if pn.domain in _DEFAULT_DOMAINS else f"{pn.domain}::{pn.op_type}"
             unsupported.append((op, source_name))
             continue

@@ -40,6 +40,7 @@ import numpy as np
 from core.errors import MixqError, ModelLoadError, UnsupportedOperatorError
 from core.importers.sources import DtypeDict, ImporterParams, ShapeDict, normalize_dtypes, normalize_shapes
 from core.ir.graph import Graph, Node, TensorInfo
+from core.ir.shape_inference import infer_shapes
 
 OPSET = 18  # the IR nodes are built in their newest ONNX form (axes/pads/min/max as inputs)
 
@@ -128,7 +129,7 @@ def import_tflite_bytes(data: bytes, params: ImporterParams, *, label: str, sour
     b.build()
     g.toposort()
     g.remove_unused()
-    g.infer_shapes()
+    infer_shapes(g)
     return g
 
 

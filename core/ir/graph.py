@@ -170,31 +170,6 @@ class Graph:
         g.metadata = copy.deepcopy(self.metadata)
         return g
 
-    def infer_shapes(self) -> None:
-        """Recompute TensorInfo of every node output from the op registry's shape rules."""
-        from core.errors import MixqError, ShapeInferenceError
-        from core.ops.registry import get_op
-
-        for n in self.nodes:
-            opdef = get_op(n.op, n)
-            ins = [self.tensors.get(i) if i else None for i in n.inputs]
-            for i, t in zip(n.inputs, ins):
-                if i and t is None:
-                    raise ShapeInferenceError(f"{n.describe()}: input tensor {i!r} is unknown")
-            try:
-                if opdef.check is not None:
-                    opdef.check(n, ins)
-                outs = opdef.infer(n, ins)
-                if _propagates_value(n, ins, outs):
-                    outs = [TensorInfo.of(v) for v in opdef.run(n, [None if t is None else t.value for t in ins])]
-            except MixqError:
-                raise
-            except Exception as e:  # a shape rule tripping over bad attributes/shapes
-                raise ShapeInferenceError(f"{n.describe()}: shape inference failed: {e}") from e
-            for name, info in zip(n.outputs, outs):
-                if name:
-                    self.tensors[name] = info
-
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self.nodes)} nodes, inputs={self.inputs}, outputs={self.outputs})"
 
@@ -202,15 +177,5 @@ class Graph:
         return (n.op for n in self.nodes)
 
 
-# Small values (a static Shape, then the Gather/Concat/... computing a Reshape target from it)
-# flow through shape inference, so exported shape sub-graphs infer before they are folded.
-_MAX_PROPAGATED_ELEMENTS = 4096
 RANDOM_OPS = (  # never evaluated at load time: that would freeze one draw
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli")
-
-
-def _propagates_value(node: Node, ins: list, outs: list) -> bool:
-    if node.op in RANDOM_OPS or any(t is not None and t.value is None for t in ins):
-        return False
-    sizes = [t.value.size for t in ins if t is not None] + [int(np.prod(o.shape)) for o in outs]
-    return all(o.value is None for o in outs) and max(sizes, default=0) <= _MAX_PROPAGATED_ELEMENTS

@@ -125,8 +125,18 @@ def _softmax_upgrade(node: Node, graph) -> None:
         node.attrs["_coerce_2d"] = 1
 
 
+def _softmax_on_mla(node: Node, graph) -> bool:
+    """Attention's Softmax (read by a MatMul of two activations) runs on the MLA with the integer
+    kernel; any other Softmax (a classifier's last op, a DFL) stays on the APU in float."""
+    out = node.outputs[0]
+    return any(m.op == "MatMul" and m.inputs[0] == out and not graph.is_constant(m.inputs[1])
+               for m in graph.nodes)
+
+
 register(
-    OpDef("Softmax", _softmax_infer, _softmax_run, upgrade=_softmax_upgrade, doc="axis (opset < 13 semantics kept)")
+    OpDef("Softmax", _softmax_infer, _softmax_run, mla=_softmax_on_mla, upgrade=_softmax_upgrade,
+          doc="axis (opset < 13 semantics kept); MLA (integer kernel, INT16 output) when it feeds a MatMul of two "
+              "activations (attention), else APU")
 )
 
 
@@ -366,3 +376,44 @@ def _clz32(v):
         n = np.where(small, n + k, n)
         v = np.where(small, v << k, v)
     return np.where(np.asarray(v) == 0, 32, n)
+
+
+# --------------------------------------------------------------------------- mixq's integer Softmax
+# Attention probabilities lose too much in INT8 (most are far below 1/256), so the output is always
+# 16-bit: scale 2**-15, zero point 0 (p = 1 saturates to 32767).
+
+SOFTMAX_OUT_BITS = 16
+SOFTMAX_OUT_SCALE = 1.0 / (1 << 15)
+_SOFTMAX_EXP_BITS = 20
+
+
+def softmax_int_constants(node: Node, q_in) -> dict | None:
+    """The quantization rule of an integer Softmax over the last axis (None where the op's opset<13
+    flattening applies): a table ``T[j] = round(exp(-s_in * j) * 2**20)`` for ``j = 0 ..`` until it
+    rounds to 0 (at most ``2**bits`` entries), int32, computed once in float64."""
+    axis = node.attrs.get("axis", -1)
+    if node.attrs.get("_coerce_2d") and axis not in (-1,):
+        return None
+    n = 1 << int(q_in.bits)
+    limit = (_SOFTMAX_EXP_BITS + 1) * np.log(2.0) / float(q_in.scale)   # beyond: below half a table unit
+    size = int(min(n, np.ceil(limit) + 2))
+    table = np.round(np.exp(-float(q_in.scale) * np.arange(size, dtype=np.float64)) * (1 << _SOFTMAX_EXP_BITS))
+    if size < n:
+        table[-1] = 0
+    return {"kernel": "softmax_int", "exp_table": table.astype(np.int32), "axis": int(axis)}
+
+
+def softmax_int(x_q, c: dict, node: Node | None = None) -> np.ndarray:
+    """mixq's integer Softmax: ``d = max(x) - x`` (exact, per row), ``e = T[min(d, len(T) - 1)]``,
+    ``sum = sum(e)`` (int64), ``out = min((e * 2**15 + sum // 2) // sum, 32767)``: probabilities with
+    scale 2**-15 and zero point 0. The row max has ``e = 2**20``, so ``sum > 0``. Returns int64."""
+    x = np.asarray(x_q)
+    if x.dtype.kind not in "iu":
+        raise ExecutionError(f"x_q must be an integer array, got dtype {x.dtype}")
+    x = x.astype(np.int64)
+    axis = normalize_axis(node, c["axis"], x.ndim) if node is not None else c["axis"] % x.ndim
+    table = np.asarray(c["exp_table"], np.int64)
+    d = np.minimum(x.max(axis=axis, keepdims=True) - x, table.size - 1)
+    e = table[d]
+    total = e.sum(axis=axis, keepdims=True)
+    return np.minimum((e * (1 << 15) + total // 2) // total, (1 << 15) - 1)

@@ -65,8 +65,14 @@ def _matmul_run(node: Node, inputs):
     return [np.matmul(inputs[0], inputs[1])]
 
 
-register(OpDef("MatMul", _matmul_infer, _matmul_run, mla=lambda n, g: g.is_constant(n.inputs[1]), kind="dense",
-               doc="numpy matmul semantics (batched, broadcast); MLA when the second input is constant"))
+def _matmul_on_mla(node: Node, graph) -> bool:
+    a, b = node.inputs[:2]
+    return graph.is_constant(b) or not graph.is_constant(a)   # constant weights, or two activations
+
+
+register(OpDef("MatMul", _matmul_infer, _matmul_run, mla=_matmul_on_mla, kind="dense",
+               doc="numpy matmul semantics (batched, broadcast); MLA with a constant second input or two "
+                   "activations (attention: integer kernel, both operands quantized)"))
 
 
 # ---- exact integer accumulation ---------------------------------------------------------------
@@ -133,3 +139,41 @@ def dense_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node, requant=None) -
     if vector_w:
         acc = acc[..., 0]
     return acc
+
+
+# ---- MatMul of two activations (attention's Q K^T and P V) ----------------------------------------
+
+def matmul_int_constants(node: Node, qa, qb, q_out, mode) -> dict:
+    """The quantization rule of a MatMul whose operands are both activations: each operand keeps its
+    own quantization (``qa``, ``qb``), the output its calibrated one (``q_out``);
+    ``(multiplier, shift) = quantize_multiplier_for(s_a * s_b / s_out, mode)``, TFLite's int64
+    variant when an operand is 16-bit."""
+    from core.quantization.requantize import quantize_multiplier_for
+
+    rounding = "int64" if max(qa.bits, qb.bits) > 8 else "double"
+    real = float(qa.scale) * float(qb.scale) / float(q_out.scale)
+    m, shift = quantize_multiplier_for(real, mode, tflite_rounding=rounding)
+    return {"kernel": "matmul_int", "multiplier": np.asarray(m, np.int64), "shift": np.asarray(shift, np.int64),
+            "real_multiplier": real, "tflite_rounding": rounding, "act_min": q_out.qmin, "act_max": q_out.qmax}
+
+
+def matmul_accumulate(a_q, a_zero_point, b_q, b_zero_point, node: Node) -> np.ndarray:
+    """``(a - zp_a) @ (b - zp_b)`` exactly, as int64 (numpy matmul semantics): in float64 BLAS while
+    ``K * max|a - zp_a| * max|b - zp_b| < 2**53`` (every partial sum an exact integer), else int64."""
+    a = _int_operand(a_q, "a_q", node).astype(np.int64) - _zero_point(a_zero_point, node)
+    b = _int_operand(b_q, "b_q", node).astype(np.int64) - _zero_point(b_zero_point, node)
+    k = a.shape[-1] if a.ndim else 1
+    bound = k * (int(np.abs(a).max(initial=0)) * int(np.abs(b).max(initial=0)))
+    if bound < (1 << 53):
+        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+    return np.matmul(a, b)
+
+
+def matmul_int(node: Node, a_q, qa, b_q, qb, q_out, c: dict, mode) -> np.ndarray:
+    """The integer kernel of :func:`matmul_int_constants`: exact accumulators, then
+    ``requantize(acc, multiplier, shift, mode, zp_out, qmin, qmax)``. Returns int64."""
+    from core.quantization.requantize import requantize
+
+    acc = matmul_accumulate(a_q, qa.zero_point, b_q, qb.zero_point, node)
+    return requantize(acc, c["multiplier"], c["shift"], mode, q_out.zero_point, c["act_min"], c["act_max"],
+                      tflite_rounding=c["tflite_rounding"])

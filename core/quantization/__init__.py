@@ -5,6 +5,7 @@
 """
 from core.errors import QuantizationConfigError
 from core.quantization.params import (
+    AdaRoundMethod,
     CalibrationMethod,
     HistogramEntropyMethod,
     HistogramMSEMethod,
@@ -35,6 +36,7 @@ from core.quantization.requantize import (
 )
 
 __all__ = [
+    "AdaRoundMethod",
     "CalibrationMethod",
     "HistogramEntropyMethod",
     "HistogramMSEMethod",

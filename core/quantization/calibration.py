@@ -85,8 +85,9 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import CalibrationError, InputError, QuantizationConfigError
+from core.errors import CalibrationError, QuantizationConfigError
 from core.formats.atomic import atomic_write
+from core.inputs import InputSignature, check_samples
 from core.quantization.params import (
     CalibrationMethod,
     HistogramEntropyMethod,
@@ -817,62 +818,13 @@ def iter_calibration_batches(
     dtypes = None
     if input_dtypes is not None:
         dtypes = {n: np.dtype(getattr(input_dtypes[n], "numpy_dtype", input_dtypes[n])) for n in names}
-    return _validated(data, names, shapes, dtypes)
+    return _validated(data, InputSignature(tuple(names), shapes, dtypes))
 
 
-def _validated(data, names, shapes, dtypes) -> Iterator[dict[str, np.ndarray]]:
+def _validated(data, signature: InputSignature) -> Iterator[dict[str, np.ndarray]]:
     count = 0
-    for i, sample in enumerate(data):
-        yield _validate_sample(i, sample, names, shapes, dtypes)
+    for sample in check_samples(data, signature, what="calibration sample", finite=True):
+        yield sample
         count += 1
     if count == 0:
         raise CalibrationError("calibration_data is empty: calibration needs at least one sample")
-
-
-_KINDS = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}
-
-
-def _validate_sample(i, sample, names, shapes, dtypes) -> dict[str, np.ndarray]:
-    if not isinstance(sample, Mapping):
-        raise InputError(
-            f"calibration sample {i} must be a dict of input name -> array, got {type(sample).__name__}"
-        )
-    unknown = [k for k in sample if k not in shapes]
-    if unknown:
-        raise InputError(f"calibration sample {i} has unknown input(s) {unknown}; the model's inputs are {names}")
-    out = {}
-    for name in names:
-        if name not in sample:
-            raise InputError(f"calibration sample {i} is missing model input {name!r}; the model's inputs are {names}")
-        try:
-            value = np.asarray(sample[name])
-        except Exception as e:
-            raise InputError(f"calibration sample {i}: input {name!r} cannot be converted to an array: {e}") from None
-        if value.dtype.kind not in _KINDS:
-            raise InputError(f"calibration sample {i}: input {name!r} has unsupported dtype {value.dtype}")
-        shape = shapes[name]
-        given = value.shape
-        if len(shape) >= 1 and value.ndim == len(shape) - 1:
-            value = value[np.newaxis]  # a sample without the batch dimension
-        fits = value.ndim == len(shape) and (value.ndim == 0 or value.shape[0] >= 1) and all(
-            d < 0 or d == v for d, v in zip(shape[1:], value.shape[1:])
-        )
-        if not fits:
-            raise InputError(
-                f"calibration sample {i}: input {name!r} has shape {given}, expected "
-                f"{shape} (any batch size) or {shape[1:]} (without the batch dimension)"
-            )
-        if dtypes is not None:
-            want = dtypes[name]
-            if _KINDS[value.dtype.kind] != _KINDS.get(want.kind):
-                raise InputError(
-                    f"calibration sample {i}: input {name!r} expects {want.name}, got a {value.dtype.name} array"
-                )
-            value = value.astype(want, copy=False)
-        if value.dtype.kind == "f":
-            finite = np.isfinite(value)
-            if not finite.all():
-                bad = value.size - int(np.count_nonzero(finite))
-                raise InputError(f"calibration sample {i}: input {name!r} contains {bad} NaN/Inf value(s)")
-        out[name] = value
-    return out

@@ -53,6 +53,7 @@ import numpy as np
 from core.errors import QuantizationConfigError
 
 __all__ = [
+    "AdaRoundMethod",
     "CalibrationMethod",
     "HistogramEntropyMethod",
     "HistogramMSEMethod",
@@ -120,7 +121,7 @@ class QuantizationPrecision(enum.Enum):
         raise QuantizationConfigError(f"bits must be 8 or 16, got {bits!r}")
 
 
-def _enum_from(enum_cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
+def enum_from(enum_cls: type[enum.Enum], value: Any, name: str) -> enum.Enum:
     """Accept an enum member or its name/value as a string (case-insensitive)."""
     if isinstance(value, enum_cls):
         return value
@@ -145,7 +146,7 @@ class RequantizationMode(enum.Enum):
 
     @classmethod
     def from_str(cls, name: str) -> RequantizationMode:
-        return _enum_from(cls, name, "requantization_mode")
+        return enum_from(cls, name, "requantization_mode")
 
 
 class QuantizationFlavor(enum.Enum):
@@ -160,7 +161,7 @@ class QuantizationFlavor(enum.Enum):
 
     @classmethod
     def from_str(cls, name: str) -> QuantizationFlavor:
-        return _enum_from(cls, name, "quantization_flavor")
+        return enum_from(cls, name, "quantization_flavor")
 
 
 # --------------------------------------------------------------------------- schemes
@@ -178,8 +179,8 @@ class QuantizationScheme:
         _set(self, "asymmetric", _check_bool(self.asymmetric, "asymmetric"))
         _set(self, "per_channel", _check_bool(self.per_channel, "per_channel"))
         bits = _check_int(self.bits, "bits")
-        if bits not in (8, 16):
-            raise QuantizationConfigError(f"bits must be 8 or 16, got {bits}")
+        if bits not in (4, 8, 16):
+            raise QuantizationConfigError(f"bits must be 8 or 16 (4: weights with AdaRound only), got {bits}")
         _set(self, "bits", bits)
 
     @property
@@ -194,8 +195,63 @@ class QuantizationScheme:
 
 
 def quantization_scheme(asymmetric: bool, per_channel: bool, bits: int = 8) -> QuantizationScheme:
-    """Build a :class:`QuantizationScheme` (the specification's constructor function)."""
+    """Build a :class:`QuantizationScheme` (the specification's constructor function). ``bits``:
+    8 or 16; 4 for weights with AdaRound (stored in int8 containers, values in [-7, 7])."""
     return QuantizationScheme(asymmetric=asymmetric, per_channel=per_channel, bits=bits)
+
+
+# --------------------------------------------------------------------------- learned rounding
+
+@dataclass(frozen=True)
+class AdaRoundMethod:
+    """Learned weight rounding (AdaRound, Nagel et al. 2020) for every integer Conv/Gemm/MatMul:
+    see :mod:`core.quantization.adaround`.
+
+    ``iterations``: Adam steps per node; ``batch``: output rows (positions x samples) per step;
+    ``rows``: output rows sampled per node (bounds memory: the node's input patches at those
+    rows); ``regularization``: lambda of the rounding regulariser; ``beta_start``/``beta_end``:
+    its annealed exponent; ``warmup``: fraction of the iterations without the regulariser;
+    ``learning_rate``: Adam's on V; ``max_samples``: calibration samples used; ``seed``.
+    """
+
+    iterations: int = 600
+    batch: int = 256
+    rows: int = 4096
+    regularization: float = 0.01
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warmup: float = 0.2
+    learning_rate: float = 0.01
+    max_samples: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch", "rows", "max_samples"):
+            v = _check_int(getattr(self, name), f"AdaRoundMethod.{name}")
+            if v < 1:
+                raise QuantizationConfigError(f"AdaRoundMethod.{name} must be >= 1, got {v}")
+            _set(self, name, v)
+        _set(self, "seed", _check_int(self.seed, "AdaRoundMethod.seed"))
+        for name, lo, lo_open, hi in (("regularization", 0.0, False, math.inf), ("beta_start", 0.0, True, math.inf),
+                                      ("beta_end", 0.0, True, math.inf), ("warmup", 0.0, False, 1.0),
+                                      ("learning_rate", 0.0, True, math.inf)):
+            v = _check_real(getattr(self, name), f"AdaRoundMethod.{name}")
+            if v < lo or (lo_open and v == lo) or v > hi or (name == "warmup" and v >= 1.0):
+                raise QuantizationConfigError(f"AdaRoundMethod.{name} out of range: {v!r}")
+            _set(self, name, v)
+        if self.beta_end > self.beta_start:
+            raise QuantizationConfigError(
+                f"AdaRoundMethod.beta_end ({self.beta_end}) must be <= beta_start ({self.beta_start})")
+
+
+def _check_adaround(value: Any) -> AdaRoundMethod | None:
+    if value is None or value is False or (isinstance(value, np.bool_) and not value):
+        return None
+    if value is True or isinstance(value, np.bool_):
+        return AdaRoundMethod()
+    if isinstance(value, AdaRoundMethod):
+        return value
+    raise QuantizationConfigError(f"adaround must be a bool or an AdaRoundMethod, got {value!r}")
 
 
 # --------------------------------------------------------------------------- calibration
@@ -429,6 +485,7 @@ class QuantizationParams:
     channel_equalization: bool = False
     bias_correction: bool = False
     custom_quantization_configs: Mapping[str, Mapping[str, Any]] | None = field(default=None)
+    adaround: AdaRoundMethod | None = None
 
     def __post_init__(self) -> None:
         w = self.weight_quantization_scheme
@@ -453,13 +510,21 @@ class QuantizationParams:
                 "activation_quantization_scheme: activations support per-tensor quantization only "
                 f"(per_channel=False), got {a!r}"
             )
+        if a.bits == 4:
+            raise QuantizationConfigError(
+                f"activation_quantization_scheme: activations are 8 or 16 bits (4 is for weights), got {a!r}")
+        _set(self, "adaround", _check_adaround(self.adaround))
+        if w.bits == 4 and self.adaround is None:
+            raise QuantizationConfigError(
+                "weight_quantization_scheme: 4-bit weights need learned rounding (with_adaround(True)); "
+                "round-to-nearest 4-bit weights are not offered")
         if not isinstance(self.calibration_method, CalibrationMethod):
             raise QuantizationConfigError(
                 "calibration_method must be a CalibrationMethod such as HistogramMSEMethod() "
                 f"(or CalibrationMethod.from_str(name)), got {self.calibration_method!r}"
             )
         _set(self, "requantization_mode",
-             _enum_from(RequantizationMode, self.requantization_mode, "requantization_mode"))
+             enum_from(RequantizationMode, self.requantization_mode, "requantization_mode"))
         _set(self, "channel_equalization", _check_bool(self.channel_equalization, "channel_equalization"))
         _set(self, "bias_correction", _check_bool(self.bias_correction, "bias_correction"))
         _set(self, "custom_quantization_configs",
@@ -487,6 +552,11 @@ class QuantizationParams:
 
     def with_channel_equalization(self, enable: bool = True) -> QuantizationParams:
         return dataclasses.replace(self, channel_equalization=enable)
+
+    def with_adaround(self, method: bool | AdaRoundMethod = True) -> QuantizationParams:
+        """Learned weight rounding: ``True`` (``AdaRoundMethod()``), an ``AdaRoundMethod``, or
+        ``False`` (round to nearest)."""
+        return dataclasses.replace(self, adaround=method)
 
     def with_custom_quantization_configs(
         self, custom_quantization_configs: Mapping[str, Mapping[str, Any]] | None

@@ -24,6 +24,9 @@ Rules (see docs/quantization.md, "Quantized programs"):
   Relu/Clip: the output reuses the input's TensorQuant.
 * Add/Sub/Mul (two activation inputs), GlobalAveragePool, Concat: the output's own calibrated
   range, with the TFLite-exact kernels of :mod:`core.ops`.
+* MatMul of two activations (attention): both operands keep their quantization, the output its
+  calibrated range (``core.ops.gemm.matmul_int``). Softmax on the MLA (attention's): 16-bit output
+  with scale 2**-15, zero point 0 (``core.ops.activation.softmax_int``), whatever the precision.
 * Any other MLA node (and Add/Sub/Mul with a constant operand) runs as a *float island*: its
   inputs are dequantized, the float kernel runs, the output is quantized with its calibrated
   range. ``QuantizedProgram.kinds`` says ``"float"`` for them (listed in ``float_islands``).
@@ -39,6 +42,7 @@ Rules (see docs/quantization.md, "Quantized programs"):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +50,9 @@ import numpy as np
 
 from core.errors import CalibrationError, QuantizationConfigError
 from core.ir.graph import Graph, Node
-from core.ops.activation import activation_range_int
+from core.ops.activation import SOFTMAX_OUT_BITS, SOFTMAX_OUT_SCALE, activation_range_int, softmax_int_constants
 from core.ops.common import weight_output_axis
+from core.ops.gemm import matmul_int_constants
 from core.quantization.params import (
     QuantizationParams,
     QuantizationPrecision,
@@ -153,22 +158,31 @@ def activation_quant(lo: float, hi: float, bits: int, asymmetric: bool) -> Tenso
 
 def quantize_weights(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric ``bits``-bit in [-qmax, qmax] (qmax = 2**(bits-1) - 1, so +/-w are both
-    representable): (w_q int8/int16, scales float64 per channel along ``axis``, or one scale when
-    ``axis`` is None)."""
+    representable; 4-bit weights live in int8 containers): (w_q int8/int16, scales float64 per
+    channel along ``axis``, or one scale when ``axis`` is None)."""
     qmax = float((1 << (bits - 1)) - 1)
     w = np.asarray(w, np.float64)
     if axis is None:
         amax = np.array([np.max(np.abs(w))]) if w.size else np.array([0.0])
-        scales = np.where(amax > 0, amax / qmax, 1.0)
-        q = np.round(w / scales[0])
     else:
         red = tuple(i for i in range(w.ndim) if i != axis)
         amax = np.max(np.abs(w), axis=red) if red else np.abs(w)
-        scales = np.where(amax > 0, amax / qmax, 1.0)
+    scales = np.where(amax > 0, amax / qmax, 1.0).astype(np.float64)
+    return weights_on_grid(w, scales, axis, bits), scales
+
+
+def weights_on_grid(w: np.ndarray, scales: np.ndarray, axis: int | None, bits: int) -> np.ndarray:
+    """``clip(round(w / scale))`` in [-qmax, qmax]: one scale when ``axis`` is None, else one per
+    channel along ``axis``; int8 containers for up to 8 bits, int16 above."""
+    qmax = float((1 << (bits - 1)) - 1)
+    w = np.asarray(w, np.float64)
+    if axis is None:
+        q = np.round(w / scales[0])
+    else:
         shape = [1] * w.ndim
         shape[axis] = -1
         q = np.round(w / scales.reshape(shape))
-    return np.clip(q, -qmax, qmax).astype(np.int8 if bits == 8 else np.int16), scales.astype(np.float64)
+    return np.clip(q, -qmax, qmax).astype(np.int8 if bits <= 8 else np.int16)
 
 
 def _fused_bounds(node: Node) -> tuple[Any, Any]:
@@ -204,8 +218,11 @@ def _activation_range(q: TensorQuant, lo, hi, c: dict) -> None:
 
 # --------------------------------------------------------------------------- main entry
 
-def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> QuantizedProgram:
-    """Quantize ``graph`` with ``stats`` (CalibrationStatistics) under ``params``."""
+def quantize_graph(graph: Graph, stats, params: QuantizationParams,
+                   learned_weights: Mapping[str, np.ndarray] | None = None) -> QuantizedProgram:
+    """Quantize ``graph`` with ``stats`` (CalibrationStatistics) under ``params``.
+    ``learned_weights``: node name -> integer weights (e.g. AdaRound's, on the scales
+    ``quantize_weights`` computes) used instead of round-to-nearest on those dense nodes."""
     if not isinstance(params, QuantizationParams):
         raise QuantizationConfigError(f"quantization_config must be QuantizationParams, got {type(params).__name__}")
     check_custom_config_nodes(params, [n.name for n in graph.nodes])
@@ -266,7 +283,7 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> Quantized
         c: dict[str, Any] = {}
         kind = "int"
         if n.op in DENSE_OPS and len(n.inputs) >= 2 and n.inputs[1] in consts and n.inputs[0] not in consts:
-            c = _dense_constants(n, graph, tq[n.inputs[0]], params, mode)
+            c = _dense_constants(n, graph, tq[n.inputs[0]], params, mode, (learned_weights or {}).get(n.name))
             if c.get("output_int32"):
                 if out not in graph.outputs or any(is_mla(m) for m in consumers.get(out, [])):
                     raise QuantizationConfigError(
@@ -276,6 +293,14 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams) -> Quantized
             else:
                 tq[out] = own_quant(out)
                 _finish_dense(c, n, tq[n.inputs[0]], tq[out], mode)
+        elif n.op == "MatMul" and len(ins) == 2 and not any(i in consts for i in n.inputs[:2]):
+            # attention's Q K^T / P V: both operands quantized (core.ops.gemm.matmul_int)
+            tq[out] = own_quant(out)
+            c = matmul_int_constants(n, tq[ins[0]], tq[ins[1]], tq[out], mode)
+        elif n.op == "Softmax" and len(ins) == 1 and (sm := softmax_int_constants(n, tq[ins[0]])) is not None:
+            # fixed 16-bit probabilities (core.ops.activation.softmax_int)
+            tq[out] = TensorQuant(SOFTMAX_OUT_SCALE, 0, SOFTMAX_OUT_BITS)
+            c = sm
         elif n.op in REUSE_OPS and len(ins) == 1 and _reuse_supported(n):
             tq[out] = tq[ins[0]]
             if n.op in ("Relu", "Clip"):
@@ -321,12 +346,15 @@ def _clip_bounds(n: Node, consts) -> tuple[float, float]:
     return lo, hi
 
 
-def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: QuantizationParams, mode) -> dict[str, Any]:
+def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: QuantizationParams, mode,
+                     learned=None) -> dict[str, Any]:
     w = np.asarray(graph.constants[n.inputs[1]])
     per_channel = params.weight_quantization_scheme.per_channel
     axis = weight_output_axis(n, w.ndim)
     bits_w = _weight_bits(n, params)
     w_q, s_w = quantize_weights(w, axis if per_channel else None, bits_w)
+    if learned is not None:
+        w_q = _checked_learned(n, learned, w_q, bits_w)
     n_out = w.shape[axis] if w.ndim else 1
     s_w = np.broadcast_to(s_w, (n_out,)).astype(np.float64)
     b = None
@@ -334,8 +362,9 @@ def _dense_constants(n: Node, graph: Graph, q_in: TensorQuant, params: Quantizat
         b = np.asarray(graph.constants[n.inputs[2]], np.float64).reshape(-1)
         b = np.broadcast_to(b, (n_out,)) if b.size == 1 else b
         s_w, widened = _bias_fitting_weight_scales(b, float(q_in.scale), s_w, q_in.bits, per_channel)
-        if widened:   # requantize the weights on the wider scales (those channels' weights are tiny)
-            w_q = _requantize_weights(w, s_w, axis if per_channel else None, bits_w)
+        if widened:   # requantize the weights on the wider scales (those channels' weights are tiny;
+            # learned rounding was learned on the narrower scales, so it gives way to round-to-nearest)
+            w_q = weights_on_grid(w, s_w, axis if per_channel else None, bits_w)
     acc_scale = float(q_in.scale) * s_w
     c: dict[str, Any] = {"w_q": w_q, "w_scale": s_w, "acc_scale": acc_scale}
     if b is not None:
@@ -372,16 +401,16 @@ def _bias_fitting_weight_scales(b: np.ndarray, s_in: float, s_w: np.ndarray, in_
     return widened, True
 
 
-def _requantize_weights(w: np.ndarray, s_w: np.ndarray, axis: int | None, bits: int) -> np.ndarray:
-    qmax = float((1 << (bits - 1)) - 1)
-    w = np.asarray(w, np.float64)
-    if axis is None:
-        q = np.round(w / s_w[0])
-    else:
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        q = np.round(w / s_w.reshape(shape))
-    return np.clip(q, -qmax, qmax).astype(np.int8 if bits == 8 else np.int16)
+def _checked_learned(n: Node, learned, w_q: np.ndarray, bits: int) -> np.ndarray:
+    """Learned integer weights: same shape and container as round-to-nearest, within [-qmax, qmax]."""
+    learned = np.asarray(learned)
+    qmax = (1 << (bits - 1)) - 1
+    if learned.shape != w_q.shape or learned.dtype.kind not in "iu" or \
+            (learned.size and (learned.min() < -qmax or learned.max() > qmax)):
+        raise QuantizationConfigError(
+            f"learned_weights[{n.name!r}]: need integers of shape {w_q.shape} in [-{qmax}, {qmax}], got "
+            f"{learned.dtype} {learned.shape}")
+    return learned.astype(w_q.dtype)
 
 
 def _weight_bits(n: Node, params: QuantizationParams) -> int:

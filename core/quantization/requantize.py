@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ExecutionError, QuantizationConfigError
-from core.quantization.params import RequantizationMode, _enum_from
+from core.quantization.params import RequantizationMode, enum_from
 
 __all__ = [
     "BlockRequantizer",
@@ -330,7 +330,7 @@ def multiply_by_quantized_multiplier_sima(x: Any, multiplier: Any, shift: Any) -
 # --------------------------------------------------------------------------- entry point
 
 def _mode(mode: Any) -> RequantizationMode:
-    return _enum_from(RequantizationMode, mode, "mode")
+    return enum_from(RequantizationMode, mode, "mode")
 
 
 def _rounding(tflite_rounding: Any) -> str:

@@ -32,10 +32,11 @@ import numpy as np
 
 from core.errors import ExecutionError, MixqError
 from core.ir.graph import Node
+from core.ops.activation import softmax_int
 from core.ops.common import apply_activation, without_activation
 from core.ops.conv import conv_accumulate
 from core.ops.elementwise import add_int, mul_int, sub_int
-from core.ops.gemm import dense_accumulate
+from core.ops.gemm import dense_accumulate, matmul_int
 from core.ops.pool import avg_pool_int, global_avg_pool_int, max_pool_int
 from core.ops.registry import get_op
 from core.ops.resize import resize_nearest_int
@@ -120,6 +121,14 @@ def _run_int(n: Node, program: QuantizedProgram, get_int, qenv, fenv, fast_mode:
     acts = [i for i in n.inputs if i and i not in consts]
     op = n.op
 
+    if c.get("kernel") == "matmul_int":     # two activations (attention)
+        a, b = acts
+        qenv[out] = _storage(matmul_int(n, get_int(a), tq[a], get_int(b), tq[b], tq[out], c,
+                                        program.requantization_mode), tq[out])
+        return
+    if c.get("kernel") == "softmax_int":
+        qenv[out] = _storage(softmax_int(get_int(acts[0]), c, n), tq[out])
+        return
     if op in ("Conv", "Gemm", "MatMul"):
         x_name = n.inputs[0]
         x, q_in = get_int(x_name), tq[x_name]

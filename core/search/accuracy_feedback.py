@@ -109,7 +109,7 @@ class AccuracyFeedbackResult:
         return next((c.accuracy for c in self.confirmations if frozenset(c.int16_nodes) == key), None)
 
 
-def _open_study(storage: Any, study_name: str, seed: int, multi_objective: bool,
+def open_study(storage: Any, study_name: str, seed: int, multi_objective: bool,
                 directions: list[str] | None = None, metric_names: list[str] | None = None):
     """Create or load the study; ``metric_names`` name its objectives (what optuna-dashboard shows
     instead of "Objective 0")."""
@@ -266,7 +266,7 @@ def search_int16_nodes(
     if study_name is None:
         h = hashlib.sha256(repr((net.graph.name, study_key, repr(quantization_config), target, order)).encode())
         study_name = f"mixq-accuracy-feedback-{net.graph.name}-{h.hexdigest()[:16]}"
-    study = _open_study(storage, study_name, seed, multi_objective)
+    study = open_study(storage, study_name, seed, multi_objective)
     if executor is not None and multi_objective:
         raise QuantizationConfigError("a multi-objective accuracy-feedback search runs in one process (no executor)")
     width = max(1, int(getattr(executor, "width", 2))) if executor is not None else 1

@@ -98,7 +98,7 @@ def search_quantization_options(
     ``max_trials`` points (default: the whole grid), TPE otherwise."""
     import optuna
 
-    from core.search.accuracy_feedback import _open_study
+    from core.search.accuracy_feedback import open_study
 
     grid = {k: list(v) for k, v in DEFAULT_OPTIONS.items()}
     for k, v in (options or {}).items():
@@ -118,7 +118,7 @@ def search_quantization_options(
     if study_name is None:
         h = hashlib.sha256(repr((net.graph.name, study_key, repr(base_config), labels, exhaustive)).encode())
         study_name = f"mixq-options-{net.graph.name}-{h.hexdigest()[:16]}"
-    study = _open_study(storage, study_name, seed, False, ["maximize"], ["accuracy"])   # the objective is the score
+    study = open_study(storage, study_name, seed, False, ["maximize"], ["accuracy"])   # the objective is the score
     if exhaustive:
         study.sampler = optuna.samplers.GridSampler(labels, seed=seed)
     callbacks = list(callbacks)

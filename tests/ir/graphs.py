@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.ir.graph import Graph, Node, TensorInfo
+from core.ir.shape_inference import infer_shapes
 from core.runtime.float_interpreter import run_graph
 
 
@@ -24,7 +25,7 @@ def make_graph(inputs: dict, nodes: list[Node], outputs: list[str], constants: d
     g.nodes = list(nodes)
     g.outputs = list(outputs)
     g.toposort()
-    g.infer_shapes()
+    infer_shapes(g)
     return g
 
 

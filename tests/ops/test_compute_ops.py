@@ -542,7 +542,7 @@ def test_conv_kind_uses_the_weight_rank_when_kernel_shape_is_absent():
     assert get_op("Conv").kind_of(node) == "conv1d"
 
 
-def test_gemm_and_matmul_run_on_the_mla_only_with_constant_weights():
+def test_gemm_runs_on_the_mla_only_with_constant_weights_matmul_also_with_two_activations():
     gemm = Node("Gemm", ["a", "w", "c"], ["y"], {"activation": {"kind": "relu"}})
     assert get_op("Gemm").kind_of(gemm) == "dense_add_relu"
     assert get_op("Gemm").on_mla(gemm, graph_with(gemm, ["w", "c"]))
@@ -551,7 +551,7 @@ def test_gemm_and_matmul_run_on_the_mla_only_with_constant_weights():
     matmul = Node("MatMul", ["a", "w"], ["y"])
     assert get_op("MatMul").kind_of(matmul) == "dense"
     assert get_op("MatMul").on_mla(matmul, graph_with(matmul, ["w"]))
-    assert not get_op("MatMul").on_mla(matmul, graph_with(matmul))
+    assert get_op("MatMul").on_mla(matmul, graph_with(matmul))   # attention: both operands quantized
 
 
 def test_pool_resize_and_conv_transpose_placement():

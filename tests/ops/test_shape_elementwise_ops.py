@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from core import ExecutionError, ShapeInferenceError, UnsupportedOperatorError, load_model, onnx_source
 from core.ir.graph import Graph, Node, TensorInfo
+from core.ir.shape_inference import infer_shapes
 from core.ops.registry import get_op
 from core.runtime.float_interpreter import run_graph
 
@@ -45,7 +46,7 @@ def run_node(op, inputs, attrs=None, const=(), opset=18, n_outputs=1):
     upgrade = get_op(op).upgrade
     if upgrade is not None:
         upgrade(node, g)
-    g.infer_shapes()
+    infer_shapes(g)
     got = run_graph(g, feeds)
     results = [got[o] for o in outs]
     for o, r in zip(outs, results):

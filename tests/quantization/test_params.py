@@ -273,10 +273,26 @@ def test_percentile_accepts_exactly_its_range(p, bins):
 
 # --------------------------------------------------------------------------- scheme validation
 
-@pytest.mark.parametrize("bits", [4, 7, 12, 32, 8.0, True, "8"])
+@pytest.mark.parametrize("bits", [2, 7, 12, 32, 8.0, True, "8"])
 def test_scheme_bits_must_be_8_or_16(bits):
     with pytest.raises(QuantizationConfigError, match="bits"):
         quantization_scheme(asymmetric=False, per_channel=False, bits=bits)
+
+
+def test_four_bit_only_for_learned_weights():
+    from core.quantization import AdaRoundMethod, default_quantization
+
+    w4 = quantization_scheme(asymmetric=False, per_channel=True, bits=4)
+    with pytest.raises(QuantizationConfigError, match="weight_quantization_scheme"):
+        default_quantization.with_weight_quantization(w4)          # round-to-nearest 4-bit: refused
+    with pytest.raises(QuantizationConfigError, match="activation_quantization_scheme"):
+        default_quantization.with_adaround(True).with_activation_quantization(
+            quantization_scheme(asymmetric=True, per_channel=False, bits=4))
+    cfg = default_quantization.with_adaround(True).with_weight_quantization(w4)
+    assert cfg.adaround == AdaRoundMethod() and cfg.weight_quantization_scheme.bits == 4
+    assert default_quantization.with_adaround(False).adaround is None
+    with pytest.raises(QuantizationConfigError, match="AdaRoundMethod.iterations"):
+        AdaRoundMethod(iterations=0)
 
 
 @pytest.mark.parametrize("kwargs, culprit", [

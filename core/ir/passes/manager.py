@@ -14,6 +14,7 @@ from core.ir.passes.fuse_gelu import fuse_gelu
 from core.ir.passes.fuse_layer_norm import fuse_layer_norm
 from core.ir.passes.reduce_mean_to_pool import reduce_mean_to_pool
 from core.ir.passes.remove_identity import remove_identity
+from core.ir.shape_inference import infer_shapes
 
 log = logging.getLogger("mixq")
 
@@ -47,7 +48,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass] = DEFAULT_PIPELINE, max_iter
                 changed = True
                 graph.toposort()
                 graph.remove_unused()
-                graph.infer_shapes()
+                infer_shapes(graph)
         if not changed:
             return changed_any
         changed_any = True
