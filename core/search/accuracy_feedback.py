@@ -55,6 +55,7 @@ import numpy as np
 
 from core.errors import AccuracyTargetError, QuantizationConfigError
 from core.quantization.params import QuantizationParams, QuantizationPrecision
+from core.search.parallel import DUPLICATE, fixed_params
 
 log = logging.getLogger("mixq")
 
@@ -270,6 +271,9 @@ def search_int16_nodes(
     if executor is not None and multi_objective:
         raise QuantizationConfigError("a multi-objective accuracy-feedback search runs in one process (no executor)")
     width = max(1, int(getattr(executor, "width", 2))) if executor is not None else 1
+    if executor is not None:          # what the workers' objective needs (int16_trial_objective)
+        study.set_user_attr("mixq_order", order)
+        study.set_user_attr("mixq_target", target)
     callbacks = list(callbacks)
     started = time.perf_counter()
 
@@ -490,7 +494,10 @@ def search_int16_nodes(
                     left = None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
                     study.optimize(objective, n_trials=remaining, timeout=left, gc_after_trial=False)
     except _Budget:
-        log.info("accuracy feedback: budget spent (%d trials, max_trials=%d)", len(study.trials), max_trials)
+        log.info("accuracy feedback: budget spent (%d trials, max_trials=%d)", counted(), max_trials)
+    finally:
+        if executor is not None and hasattr(executor, "close"):
+            executor.close(study)
 
     best = best_feasible()
     if best is None:
@@ -523,7 +530,7 @@ def int16_trial_objective(net, statistics, evaluator: Callable[[Any], float], qu
                           callbacks: Iterable[Callable[[Candidate], None]] = (), model_name: str | None = None):
     """The objective a worker runs for a parallel :func:`search_int16_nodes`: an enqueued (or
     retried) trial carries its node set in its parameters; a TPE trial (``tpe_space``) samples one
-    among the top ranked nodes. Callbacks get each evaluated :class:`Candidate`."""
+    among the top ranked nodes. Callbacks get each evaluated ``(Candidate, trial)``."""
     target = float(target_accuracy)
     order = list(order)
     callbacks = list(callbacks)
@@ -535,19 +542,35 @@ def int16_trial_objective(net, statistics, evaluator: Callable[[Any], float], qu
         return quantization_config.with_custom_quantization_configs(custom or None)
 
     def objective(trial) -> float:
-        names = order if tpe_space is None else list(tpe_space)
+        import optuna
+
+        fixed = fixed_params(trial)
+        if fixed:          # enqueued, or a retried trial: its node set is in its parameters
+            names = [n for n in order if f"{_PARAM}{n}" in fixed]
+        else:
+            names = list(order if tpe_space is None else tpe_space)
         nodes = tuple(n for n in names if trial.suggest_categorical(f"{_PARAM}{n}", [False, True]))
         source = str(trial.user_attrs.get("source") or "tpe")
+        key = frozenset(nodes)
+        def value(acc):
+            return (float(len(nodes)) if acc >= target else len(order) + 1.0 + (target - acc))
+        for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if "accuracy" in t.user_attrs and frozenset(t.user_attrs.get("int16_nodes", ())) == key:
+                acc = float(t.user_attrs["accuracy"])       # evaluated already (a TPE repeat): not again
+                for k, v in {"accuracy": acc, "source": source, "int16_nodes": list(nodes), "seconds": 0.0,
+                             DUPLICATE: t.number}.items():
+                    trial.set_user_attr(k, v)
+                return value(acc)
         t0 = time.perf_counter()
         model = net.quantize(statistics=statistics, quantization_config=config_for(nodes), model_name=model_name)
         acc = float(evaluator(model))
         seconds = time.perf_counter() - t0
+        cand = Candidate(nodes, acc, acc >= target, source, trial.number, seconds)
+        for cb in callbacks:          # (MLflow) before the trial is told: a retry finds the run by its config
+            cb(cand, trial)
         for k, v in {"accuracy": acc, "source": source, "int16_nodes": list(nodes), "seconds": seconds}.items():
             trial.set_user_attr(k, v)
-        cand = Candidate(nodes, acc, acc >= target, source, trial.number, seconds)
-        for cb in callbacks:
-            cb(cand)
-        return float(len(nodes)) if acc >= target else len(order) + 1.0 + (target - acc)
+        return value(acc)
 
     return objective
 
