@@ -31,6 +31,7 @@ from flows.artifacts import artifact_key, candidate_table, create_markdown, crea
 from flows.quantize import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, flow_run_info
 from tasks import steps, tracking
 from tasks.data import model_label
+from tasks.fanout import workers_spec
 from tasks.search import (
     DEFAULT_SEARCH_OPTIONS,
     FeedbackResult,
@@ -68,8 +69,13 @@ def search_flow(
     alias: str = "champion",
     analysis_samples: int = 8,
     ranking_samples: int = 16,
+    workers: int = 0,
+    worker_deployment: str | None = None,
 ) -> dict:
-    """Search quantization options and INT16 node sets for ``model``; register the chosen model."""
+    """Search quantization options and INT16 node sets for ``model``; register the chosen model.
+    ``workers``: evaluate the candidates on that many ``trial-batch`` flow runs (deployment
+    ``worker_deployment``, default ``mixq-trial-batch/trial-batch``) sharing ``storage``, a
+    PostgreSQL URL (docs/scale-out.md); 0: in this process."""
     label = model_label(model)
     name = name or f"{label}-search"
     output_dir, storage = prepare_output(output_dir, storage, label)
@@ -79,7 +85,8 @@ def search_flow(
     flow_run_id, flow_run_name, flow_name = flow_run_info()
     params = {"model": model, "calibration_data": calibration, "evaluation_data": evaluation, "target": target,
               "options": DEFAULT_SEARCH_OPTIONS if options is None else options, "max_trials": max_trials,
-              "storage": storage, "base_config": config or {}, "fast_mode": fast_mode}
+              "storage": storage, "base_config": config or {}, "fast_mode": fast_mode, "workers": workers}
+    fanout = workers_spec(workers, worker_deployment)
 
     with tracking.parent_run(tracking.experiment_name(label, experiment), f"search {flow_run_name or name}",
                              flow_name=flow_name, flow_run_id=flow_run_id, params=params) as run:
@@ -87,7 +94,7 @@ def search_flow(
         progress = start_progress(label, budget)
 
         found = options_search_task(model_path, statistics, evaluation, options, config, storage, run, progress,
-                                    fast_mode, None, calibration_seconds)
+                                    fast_mode, None, calibration_seconds, fanout)
         progress = found.progress
         reference = None
         if target is None:
@@ -98,7 +105,7 @@ def search_flow(
 
         feedback = accuracy_feedback_task(model_path, statistics, evaluation, found.best_config, float(target),
                                           output_dir, name, max_trials, timeout, storage, run, progress, fast_mode,
-                                          calibration_seconds, ranking_samples)
+                                          calibration_seconds, ranking_samples, fanout)
         finish_progress(feedback.progress)
 
         chosen = record_chosen(feedback, run, model_path, evaluation, output_dir, name, label, alias,
