@@ -55,13 +55,16 @@ class PrefectLauncher:
     def alive(self, study_name: str) -> int:
         return sum(1 for s in self._states(study_name).values() if s is None or not s.is_final())
 
-    def finish(self, study_name: str, timeout: float = 45.0) -> None:
+    def finish(self, study_name: str, timeout: float = 20.0) -> None:
         from prefect.client.orchestration import get_client
         from prefect.states import Cancelled, Crashed
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.alive(study_name):
-            time.sleep(1.0)
+        while time.monotonic() < deadline:          # the running batches leave once the study is closed
+            states = self._states(study_name).values()
+            if not any(s is not None and s.is_running() for s in states):
+                break
+            time.sleep(0.5)
         with get_client(sync_client=True) as client:
             for run_id, state in self._states(study_name).items():
                 if state is None or state.is_final():

@@ -73,6 +73,20 @@ def _wait_http(url: str, proc: subprocess.Popen, log: str, timeout: float) -> No
     raise TimeoutError(f"no answer from {url} after {timeout:.0f} s: {_tail(log)}")
 
 
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        a, b = line.split()
+        children.setdefault(int(b), []).append(int(a))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
 def _tail(path: str, n: int = 3000) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -218,14 +232,18 @@ class Stack:
                            cwd=getattr(self, "project", self.root))
         self.workers[name] = proc
 
-    def kill_worker(self, name: str) -> None:
-        """SIGKILL the worker and everything it started (its flow-run processes)."""
+    def kill_worker(self, name: str) -> list[int]:
+        """SIGKILL the worker and every process it started (its flow-run processes run in
+        sessions of their own); returns the pids killed."""
         proc = self.workers[name]
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        pids = [proc.pid] + _descendants(proc.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait(timeout=30)
+        return pids
 
     def stop(self) -> None:
         for proc in reversed(list(self.processes.values())):
