@@ -291,5 +291,7 @@ def summary_markdown(s: dict, label: str) -> str:
     return "\n".join(md)
 
 
-if __name__ == "__main__":
-    search_flow()
+if __name__ == "__main__":            # python -m flows.search ['{"model": ..., "workers": 2}'] (mixq search --workers)
+    import sys
+
+    search_flow(**(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}))

@@ -437,6 +437,7 @@ def trial_batch_task(stage: str, study_name: str, storage: str, model_path: str,
     the worker) before its trial is finished, so a retried trial finds it instead of logging it twice."""
     import optuna
 
+    from core.errors import InputError
     from core.search import Evaluator
     from core.search.accuracy_feedback import int16_trial_objective
     from core.search.options import options_trial_objective
@@ -444,6 +445,11 @@ def trial_batch_task(stage: str, study_name: str, storage: str, model_path: str,
     from tasks.tracking import CandidateLogger
 
     log = _logger()
+    for what, path in (("model", model_path), ("calibration statistics", statistics_path)):
+        if not os.path.exists(path):
+            raise InputError(f"trial batch on {worker_name()}: the search's {what} {path!r} is not on this machine; "
+                             f"share MIXQ_RESULTS_DIR and MIXQ_CACHE_DIR at the same path on every worker "
+                             f"(docs/scale-out.md)")
     net = get_net(model_path)
     stats = load_statistics(statistics_path)
     scorer = scorer_for(model_path, evaluation)
