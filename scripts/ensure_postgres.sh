@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure a PostgreSQL server (initdb, pg_ctl, postgres) and the pg_trgm extension (Prefect's
 # server needs it; Debian's postgresql-contrib, part of postgresql >= 15) are installed: the
-# scale-out tests (tests/orchestration/test_scaleout.py) start a throwaway cluster on 127.0.0.1 as
-# an unprivileged user (PostgreSQL refuses to run as root). Does nothing when present; otherwise
-# runs `apt-get update` once and installs Debian's postgresql (needs root, as in CI; no stdin).
+# scale-out tests (tests/scaleout, via tasks/servers.py) start a throwaway cluster on 127.0.0.1 as
+# the unprivileged user mixq-pg (PostgreSQL refuses to run as root; created when missing).
+# Does nothing when present; otherwise runs `apt-get update` once and installs Debian's postgresql (needs root, as in CI; no stdin).
 # Prints the directory of the server binaries.
 set -euo pipefail
 find_bin() {

@@ -270,6 +270,8 @@ def options_search_task(model_path: str, statistics_path: str, evaluation: dict,
                         "calibration_seconds": calibration_seconds})
         run_id = _log_candidate(logger, study, c.trial_number, spec, metrics, "options",
                                 f"options-{c.trial_number}")
+        if workers and run_id:            # a worker evaluated (and logged) it: its metrics, not this scorer's
+            metrics = dict(logger.client.get_run(run_id).data.metrics)
         rows.append(_option_row(c, spec, metrics, run_id))
         log.info("options candidate %d: %s %s -> %s", c.trial_number, spec["calibration"],
                  {"w": spec["weights"], "a": spec["activations"]}, c.error or f"{c.accuracy:.4f}")
