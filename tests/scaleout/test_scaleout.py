@@ -87,6 +87,7 @@ def test_search_on_two_workers(stack, tmp_path):
     assert len(evaluated(found["options"])) == 6                                  # the whole grid, once
     assert not [t for t in found["options"].get_trials() if t.state == TrialState.FAIL]
     workers = check_runs_match_trials(stack, result, found)
+    print(f"candidates per stage and worker: {workers}; chosen {result['int16_nodes']}")
     assert set().union(*workers.values()) == {"w1", "w2"}, workers                 # both workers evaluated
     assert result["metrics"]["accuracy"] >= result["target"]                       # confirmed exactly
     batches = flow_runs(stack, "mixq-trial-batch")
@@ -117,6 +118,7 @@ def test_killed_worker_trial_is_retried(stack, tmp_path):
     result = search_result(proc, tmp_path)
     killer.join(5)
     assert killed, "w2 never ran a trial"
+    print(f"killed w2 (pids {killed['pids']}) while it ran trial {killed['trial']} of {killed['study']}")
     assert stack.workers["w2"].poll() is not None
     found = studies(url)
     study = next(s for s in found.values() if s.study_name == killed["study"])
@@ -125,6 +127,8 @@ def test_killed_worker_trial_is_retried(stack, tmp_path):
     assert dead.state == TrialState.FAIL                                           # failed by its stale heartbeat
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    print(f"trial {dead.number}: {dead.state.name}; retried as trial {retries[0].number} on "
+          f"{retries[0].user_attrs['worker']}: {retries[0].state.name}")
     assert retries[0].params == dead.params and retries[0].user_attrs["worker"].startswith("w1:")
     assert [t.number for t in trials.values() if t.state == TrialState.FAIL] == [dead.number]
     if study is found["options"]:
