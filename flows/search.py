@@ -31,6 +31,7 @@ from flows.artifacts import artifact_key, candidate_table, create_markdown, crea
 from flows.quantize import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, flow_run_info
 from tasks import steps, tracking
 from tasks.data import model_label
+from tasks.fanout import session as fanout_session
 from tasks.fanout import workers_spec
 from tasks.search import (
     DEFAULT_SEARCH_OPTIONS,
@@ -86,10 +87,11 @@ def search_flow(
     params = {"model": model, "calibration_data": calibration, "evaluation_data": evaluation, "target": target,
               "options": DEFAULT_SEARCH_OPTIONS if options is None else options, "max_trials": max_trials,
               "storage": storage, "base_config": config or {}, "fast_mode": fast_mode, "workers": workers}
-    fanout = workers_spec(workers, worker_deployment)
+    fanout = workers_spec(workers, worker_deployment, session=f"mixq-session-{flow_run_id}" if flow_run_id else None)
 
     with tracking.parent_run(tracking.experiment_name(label, experiment), f"search {flow_run_name or name}",
-                             flow_name=flow_name, flow_run_id=flow_run_id, params=params) as run:
+                             flow_name=flow_name, flow_run_id=flow_run_id, params=params) as run, \
+            fanout_session(fanout, storage):
         budget = options_grid_size(options) + (1 if target is None else 0) + int(max_trials)
         progress = start_progress(label, budget)
 

@@ -33,7 +33,7 @@ from tasks.tracking import ParentRun
 
 __all__ = ["DEFAULT_SEARCH_OPTIONS", "options_search_task", "reference_task", "accuracy_feedback_task",
            "options_grid_size", "KILL_ENV", "ProgressBar", "OptionsResult", "Int16Reference", "FeedbackResult",
-           "trial_batch_task"]
+           "trial_batch_task", "serve_stage"]
 
 KILL_ENV = "MIXQ_KILL_AFTER_CANDIDATES"
 DEFAULT_SEARCH_OPTIONS = {
@@ -427,16 +427,54 @@ def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: di
 
 
 @task(name="trial-batch")
-def trial_batch_task(stage: str, study_name: str, storage: str, model_path: str, statistics_path: str,
-                     evaluation: dict, base_config: dict, options: dict | None = None, fast_mode: bool = True,
-                     model_name: str | None = None, experiment_id: str | None = None,
-                     parent_run_id: str | None = None, idle_timeout: float = 900.0) -> dict:
-    """A worker's share of a search on several workers: serve the shared Optuna study
-    (:func:`core.search.parallel.serve_study`) -- evaluate the candidates the parent enqueued (and
-    TPE trials when it asks) until it closes the study. ``stage``: ``"options"`` (a grid point per
-    trial) or ``"feedback"`` (an INT16 node set per trial; order and target from the study's user
-    attributes). Each candidate is logged as an MLflow child run of ``parent_run_id`` (tagged with
-    the worker) before its trial is finished, so a retried trial finds it instead of logging it twice."""
+def trial_batch_task(session: str, storage: str, model_path: str, statistics_path: str, evaluation: dict,
+                     fast_mode: bool = True, experiment_id: str | None = None, parent_run_id: str | None = None,
+                     idle_timeout: float = 900.0) -> dict:
+    """A worker's share of a search on several workers, for the whole search: the search's
+    session (a small Optuna study in the shared storage, :mod:`tasks.fanout`) names the stage
+    whose study to serve; each stage is served (:func:`serve_stage`) until the search closes its
+    study, then the next one, until the search closes the session. The model, data and FP32
+    reference stay loaded between stages."""
+    import time
+
+    import optuna
+
+    from core.search.parallel import CLOSED, open_storage, worker_name
+    from tasks.fanout import CURRENT
+
+    log = _logger()
+    sess = optuna.load_study(study_name=session, storage=open_storage(storage))
+    served, done = [], set()
+    idle_since = time.monotonic()
+    while True:
+        attrs = sess.user_attrs
+        if attrs.get(CLOSED):
+            break
+        cur = attrs.get(CURRENT)
+        if cur and cur["study_name"] not in done:
+            done.add(cur["study_name"])
+            served.append(serve_stage(cur["stage"], cur["study_name"], storage, model_path, statistics_path,
+                                      evaluation, cur.get("base_config") or {}, cur.get("options"), fast_mode,
+                                      cur.get("model_name"), experiment_id, parent_run_id, idle_timeout))
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > idle_timeout:
+            log.warning("session %s: idle for %.0f s, leaving", session, idle_timeout)
+            break
+        else:
+            time.sleep(0.2)
+    return {"worker": worker_name(), "session": session, "stages": served}
+
+
+def serve_stage(stage: str, study_name: str, storage: str, model_path: str, statistics_path: str,
+                evaluation: dict, base_config: dict, options: dict | None = None, fast_mode: bool = True,
+                model_name: str | None = None, experiment_id: str | None = None,
+                parent_run_id: str | None = None, idle_timeout: float = 900.0) -> dict:
+    """Serve one stage's shared Optuna study (:func:`core.search.parallel.serve_study`) --
+    evaluate the candidates the parent enqueued (and TPE trials when it asks) until it closes the
+    study. ``stage``: ``"options"`` (a grid point per trial) or ``"feedback"`` (an INT16 node set
+    per trial; order and target from the study's user attributes). Each candidate is logged as an
+    MLflow child run of ``parent_run_id`` (tagged with the worker) before its trial is finished, so
+    a retried trial finds it instead of logging it twice."""
     import optuna
 
     from core.errors import InputError

@@ -147,7 +147,7 @@ class TrialPool:
     the other workers). :meth:`close` sends the workers home."""
 
     def __init__(self, width: int, launch: Callable[[str, int], Any], alive: Callable[[str], int] | None = None, *,
-                 poll: float = 0.5, relaunch_after: float = 180.0, progress: Callable[[str], None] | None = None):
+                 poll: float = 0.2, relaunch_after: float = 180.0, progress: Callable[[str], None] | None = None):
         self.width = max(1, int(width))
         self.launch = launch
         self.alive = alive
@@ -198,7 +198,7 @@ class TrialPool:
 
 
 def serve_study(study, objective: Callable[[Any], Any], *, tpe_objective: Callable[[list], Callable] | None = None,
-                sampler: Any = None, poll: float = 0.5, idle_timeout: float = 900.0,
+                sampler: Any = None, poll: float = 0.2, idle_timeout: float = 900.0,
                 on_trial: Callable[[Any], None] | None = None) -> int:
     """The worker side: evaluate the study's WAITING (enqueued or retried) trials one at a time,
     and while the parent asks for it (the ``mixq_tpe`` study attribute) sampled ones
