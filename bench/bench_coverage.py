@@ -71,9 +71,9 @@ SUITE = {
     "swin_t": ("transformer", "torch", "input", (3, 224, 224), "imagenet"),
     "convnext_tiny": ("transformer-era CNN", "torch", "input", (3, 224, 224), "imagenet"),
     "yolov8_style": ("detection head", "torch", "input", (3, 256, 256), "imagenet"),
-    "ocr_det_ppocrv4": ("text detection (real)", "rapidocr", "x", (3, 224, 224), "imagenet"),
-    "ocr_cls_mobile_v2": ("text direction cls (real)", "rapidocr", "x", (3, 48, 192), "ocr"),
-    "ocr_rec_ppocrv4": ("text recognition (real)", "rapidocr", "x", (3, 48, 320), "ocr"),
+    "ocr_det_ppocrv4": ("text detection (real)", "rapidocr", "x", (3, 224, 224), "imagenet+text"),
+    "ocr_cls_mobile_v2": ("text direction cls (real)", "rapidocr", "x", (3, 48, 192), "ocr+text"),
+    "ocr_rec_ppocrv4": ("text recognition (real)", "rapidocr", "x", (3, 48, 320), "ocr+text"),
 }
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)
@@ -89,9 +89,40 @@ def _resize(crops: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return zoom(crops, f, order=1).astype(np.float32)
 
 
-def samples_for(prep: str, shape, crops: np.ndarray) -> np.ndarray:
+WORDS = ("quantization", "MIXQ", "int8 int16", "Kernel 42", "onnxruntime", "text line", "ResNet",
+         "calibration", "2026-12-03", "detector", "Hello world", "per-channel", "SQNR dB")
+
+
+def _with_text(x: np.ndarray, lines: int, seed: int) -> np.ndarray:
+    """Words drawn onto ImageNet-normalised crops (N, 3, H, W), dark or light as the background
+    asks: the PP-OCR models see text (on text-free photos the detector's probability map is all
+    ~0, which measures nothing)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(x)
+    h, w = x.shape[2:]
+    size = max(10, int(h * (0.6 if lines == 1 else 0.09)))
+    font = ImageFont.load_default(size=size)
+    for i, crop in enumerate(x):
+        rgb = np.clip((crop * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        img = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(img)
+        for _ in range(lines):
+            word = WORDS[int(rng.integers(len(WORDS)))]
+            y = int(h * 0.15) if lines == 1 else int(rng.integers(0, max(1, h - size)))
+            xpos = int(rng.integers(0, max(1, w // 4)))
+            shade = 0 if rgb[y:y + size, xpos:xpos + size * 4].mean() > 110 else 255
+            draw.text((xpos, y), word, fill=(shade, shade, shade), font=font)
+        out[i] = ((np.asarray(img, np.float32).transpose(2, 0, 1) / 255) - IMAGENET_MEAN) / IMAGENET_STD
+    return out
+
+
+def samples_for(prep: str, shape, crops: np.ndarray, seed: int = 0) -> np.ndarray:
     x = _resize(crops, shape[1:])
-    if prep == "ocr":   # PP-OCR rec/cls: (x / 255 - 0.5) / 0.5 from the ImageNet-normalised crops
+    if prep.endswith("+text"):
+        x = _with_text(x, 1 if prep.startswith("ocr") else 6, seed)
+    if prep.startswith("ocr"):   # PP-OCR rec/cls: (x / 255 - 0.5) / 0.5 from the ImageNet-normalised crops
         x = ((x * IMAGENET_STD + IMAGENET_MEAN) - 0.5) / 0.5
     return np.ascontiguousarray(x, np.float32)
 
@@ -202,8 +233,8 @@ def main(argv=None) -> int:
                 (export_note or "not exported")
             rows.append(row)
             continue
-        cal = samples_for(prep, shape, cal_crops[:args.calib])
-        ev = samples_for(prep, shape, ev_crops)
+        cal = samples_for(prep, shape, cal_crops[:args.calib], seed=0)
+        ev = samples_for(prep, shape, ev_crops, seed=1)
         # the PP-OCR files have symbolic H / W: their shape comes from shape_dict (the batch dim is free)
         shape_dict = {inp: (1, *shape)} if source == "rapidocr" else None
         row = measure(name, kind, str(path), [{inp: c[None]} for c in cal], [{inp: e[None]} for e in ev],

@@ -105,23 +105,33 @@ class _Reader:
 
 def ort_static_int8(model_path: str, calib: list[dict], workdir: str):
     """onnxruntime's static INT8 QDQ (per-channel MinMax, QUInt8 activations, QInt8 weights) after
-    ``quant_pre_process`` (skipped, with a note, if pre-processing itself fails). Returns
+    ``quant_pre_process`` (skipped, with a note, if pre-processing itself fails; without its graph
+    optimization when the quantized model of the optimized graph does not load). Returns
     (session, note)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     note = ""
-    pre = os.path.join(workdir, "pre.onnx")
-    try:   # symbolic shape inference needs sympy, which is not installed: onnx's shape inference
-        quant_pre_process(model_path, pre, skip_symbolic_shape=True)
-    except Exception as e:
-        pre = model_path
-        note = f"ort pre-process failed ({type(e).__name__}: {str(e)[:80]})"
-    out = os.path.join(workdir, "ort_int8.onnx")
-    quantize_static(pre, out, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    return ort_session(out), note
+    for skip_optimization in (False, True):
+        pre = os.path.join(workdir, "pre.onnx")
+        try:   # symbolic shape inference needs sympy, which is not installed: onnx's shape inference
+            quant_pre_process(model_path, pre, skip_symbolic_shape=True, skip_optimization=skip_optimization)
+        except Exception as e:
+            pre = model_path
+            note = f"ort pre-process failed ({type(e).__name__}: {str(e)[:80]})"
+        out = os.path.join(workdir, "ort_int8.onnx")
+        quantize_static(pre, out, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        try:
+            return ort_session(out), note
+        except Exception as e:
+            if skip_optimization:
+                raise
+            # onnxruntime's Conv+BN fusion in pre-processing can leave an invalid QDQ graph (PP-OCR):
+            # quantize the unfused model instead
+            note = f"ort pre-process optimization skipped (its quantized model failed: {type(e).__name__})"
+    raise AssertionError("unreachable")
 
 
 def _stack(samples: list[dict]) -> dict[str, np.ndarray]:
