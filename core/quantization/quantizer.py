@@ -9,7 +9,11 @@ Rules (see docs/quantization.md, "Quantized programs"):
 * activations: per tensor, the configuration's activation scheme and calibration method
   (``stats.compute_range``). Asymmetric: ``scale = (hi - lo) / (qmax - qmin)``,
   ``zp = clamp(round(qmin - lo / scale))``. Symmetric: ``scale = max(|lo|, |hi|) / qmax``,
-  ``zp = 0`` (so +/-a are both representable). An all-zero tensor gets scale 1.
+  ``zp = 0`` (so +/-a are both representable). An all-zero tensor gets scale 1. A 16-bit tensor's
+  calibrated range is widened by ``SIXTEEN_BIT_RANGE_MARGIN`` (2x) first: activations on data
+  beyond the calibration set exceed its ranges (measured on the coverage suite, 8 calibration
+  crops: up to 1.3x on ResNet-18's logits, and clipping capped its INT16 output SQNR at 22 dB;
+  77.7 dB with the margin), and at 16 bits the margin costs 6 dB of a ~90 dB rounding floor.
 * weights: symmetric, per output channel or per tensor, ``bits`` = the weight scheme's width
   (16 on nodes whose precision is set to ``INT_16``), in [-qmax, qmax] (qmax = 127 or 32767),
   ``scale = max|w| / qmax`` (an all-zero channel gets scale 1).
@@ -139,6 +143,9 @@ class QuantizedProgram:
 
 # --------------------------------------------------------------------------- helpers
 
+# 16-bit activation ranges are the calibrated ones times this (see the module docstring)
+SIXTEEN_BIT_RANGE_MARGIN = 2.0
+
 def is_mla(node: Node) -> bool:
     return not node.segment.startswith("APU")
 
@@ -260,6 +267,8 @@ def quantize_graph(graph: Graph, stats, params: QuantizationParams,
         asym = act_scheme.asymmetric if b == act_scheme.bits else False
         scheme = quantization_scheme(asymmetric=asym, per_channel=False, bits=b)
         lo, hi = stats.compute_range(t, params.calibration_method, scheme)
+        if b >= 16:   # held-out data exceeds the calibrated range; 16 bits can afford the margin
+            lo, hi = lo * SIXTEEN_BIT_RANGE_MARGIN, hi * SIXTEEN_BIT_RANGE_MARGIN
         return activation_quant(lo, hi, b, asym)
 
     tq: dict[str, TensorQuant] = {}
