@@ -183,27 +183,9 @@ def test_no_import_cycles_even_through_lazy_imports():
 
 # ---------------------------------------------------------------- no private names across modules
 
-# Private names still imported across modules in files another branch (ops-registry) restructures;
-# each entry must still exist (so it is struck from here when that branch makes the name public).
-PENDING_PRIVATE_IMPORTS = {
-    ("core/formats/onnx_export.py", "core.ops.pool", "_geometry"),
-    ("core/ops/gemm.py", "core.ops.conv", "_exact_plan"),
-    ("core/ops/gemm.py", "core.ops.conv", "_int_operand"),
-    ("core/ops/gemm.py", "core.ops.conv", "_shifted"),
-    ("core/ops/gemm.py", "core.ops.conv", "_zero_point"),
-    ("core/quantization/tflite_convert.py", "core.quantization.quantizer", "_activation_range"),
-    ("core/quantization/tflite_convert.py", "core.quantization.quantizer", "_clip_bounds"),
-    ("core/quantization/tflite_convert.py", "core.quantization.quantizer", "_fused_bounds"),
-    # AdaRound (issue 15, first cut) reuses the conv, interpreter and quantizer internals
-    ("core/quantization/adaround.py", "core.ops.conv", "_windows"),
-    ("core/quantization/adaround.py", "core.ops.conv", "_channels_last"),
-    ("core/quantization/adaround.py", "core.ops.conv", "_conv_out_shape"),
-    ("core/quantization/adaround.py", "core.runtime.integer_interpreter", "_run_int"),
-    ("core/quantization/adaround.py", "core.quantization.quantizer", "_fused_bounds"),
-    ("core/quantization/adaround.py", "core.quantization.quantizer", "_weight_bits"),
-    ("core/quantization/adaround.py", "core.runtime.integer_interpreter", "_storage"),
-    ("core/ir/passes/batch_agnostic_concat.py", "core.ir.passes.batch_agnostic_reshape", "_input_batch"),
-}
+# Private names still imported across modules, each with its reason (none left since issue 11);
+# each entry must still exist (so it is struck from here when the name is made public).
+PENDING_PRIVATE_IMPORTS: set[tuple[str, str, str]] = set()
 
 
 def private_imports() -> set[tuple[str, str, str]]:

@@ -56,6 +56,7 @@ from core.devkit.planner import CompileReport, MemoryPlan, Target, plan_memory
 from core.errors import ModelFileError
 from core.formats.atomic import atomic_write
 from core.formats.sima import read_checked_header
+from core.ops.quant_rules import rule_of
 
 __all__ = ["LM_MAGIC", "LM_FORMAT_NAME", "LM_FORMAT_VERSION", "CODECS", "write_lm", "read_lm", "read_lm_header"]
 
@@ -126,8 +127,8 @@ def _lm_program(program):
     for t, uses in consumers.items():
         if t in g.outputs or t in g.inputs:
             continue
-        if all(program.kinds.get(n.name) == "int" and n.op in ("Conv", "Gemm", "MatMul") and k in (1, 2)
-               and isinstance((program.constants.get(n.name) or {}).get("w_q"), np.ndarray) for n, k in uses):
+        if all(program.kinds.get(n.name) == "int" and getattr(rule_of(n), "weighted", False) and k in (1, 2)
+               and isinstance(program.constants[n.name].w_q, np.ndarray) for n, k in uses):
             stripped.append(t)
     if not stripped:
         return program, []

@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from core.ops.quant_rules import rule_of
+from core.quantization.quant_data import NodeQuant
+
 __all__ = ["Target", "LayerPlan", "MemoryPlan", "CompileReport", "plan_memory", "KiB", "MiB", "GiB"]
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -248,16 +251,16 @@ def _itemsize(program, name: str) -> int:
 
 def _weight_bytes(program, node) -> int:
     kind = program.kinds.get(node.name, "apu")
-    c = program.constants.get(node.name) or {}
+    c = program.constants.get(node.name) or NodeQuant()
     if kind == "int":
         total = 0
-        w = c.get("w_q")
+        w = c.w_q
         if isinstance(w, np.ndarray):
             total += w.nbytes
-        b = c.get("bias_q")
+        b = c.bias_q
         if isinstance(b, np.ndarray):
             total += b.size * 4
-        m = c.get("multiplier")
+        m = c.multiplier
         if isinstance(m, np.ndarray):
             total += m.size * 5
         return int(total)
@@ -269,20 +272,21 @@ def _precision(program, node, acts: list[str], outs: list[str]) -> str:
     if program.kinds.get(node.name, "apu") != "int":
         return "float32"
     bits = [program.tensors[t].bits for t in acts + outs if t in program.tensors]
-    w = (program.constants.get(node.name) or {}).get("w_q")
+    w = (program.constants.get(node.name) or NodeQuant()).w_q
     if isinstance(w, np.ndarray):
         bits.append(w.dtype.itemsize * 8)
     return "int16" if any(b == 16 for b in bits) else "int8"
 
 
 def _macs(program, node, out_shape: tuple[int, ...], batch_size: int) -> int:
-    if program.kinds.get(node.name) != "int" or node.op not in ("Conv", "Gemm", "MatMul"):
+    rule = rule_of(node)
+    if program.kinds.get(node.name) != "int" or not getattr(rule, "weighted", False):
         return 0
-    w = (program.constants.get(node.name) or {}).get("w_q")
+    w = (program.constants.get(node.name) or NodeQuant()).w_q
     out_elems = _elements(out_shape, batch_size)
     if not isinstance(w, np.ndarray) or not out_shape:
         return 0
-    channels = out_shape[1] if node.op == "Conv" and len(out_shape) > 1 else out_shape[-1]
+    channels = out_shape[rule.channel_axis] if len(out_shape) > 1 else out_shape[-1]
     return int(out_elems * (w.size // max(int(channels), 1)))
 
 

@@ -37,13 +37,14 @@ import numpy as np
 
 from core.errors import ModelFileError, QuantizationConfigError, UnsupportedOperatorError
 from core.ops.common import weight_output_axis
+from core.ops.quant_rules import rule_of
 from core.quantization.params import RequantizationMode
+from core.quantization.quant_data import NodeQuant
 
 __all__ = ["EXPORT_FORMS", "EXPORT_OPSET", "export_onnx"]
 
 EXPORT_OPSET = 21   # QuantizeLinear/DequantizeLinear with int16 and per-axis parameters
 EXPORT_FORMS = ("qdq", "integer")
-_LAYOUT_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
 
 def export_onnx(model, path: str | os.PathLike, form: str = "qdq") -> str:
@@ -329,12 +330,13 @@ class _Lowering:
     def int64_of(self, t: str) -> str:
         return self.ops.cast(self.int_of(t), "INT64", f"{t}/int64")
 
-    def store(self, t: str, v: str, c: dict, dtype=np.int64) -> None:
+    def store(self, t: str, v: str, c: NodeQuant, dtype=np.int64) -> None:
         """``v`` (integers with the zero point added, as int64 or, when ``dtype`` is float64,
-        integer-valued doubles) clamped to the node's range and stored as ``t``'s type."""
+        integer-valued doubles) clamped to the node's range (``c.act_min``, ``c.act_max``,
+        ``c.act_channel_bounds``) and stored as ``t``'s type."""
         base = f"{t}/store"
-        v = self.ops.clamp(v, c["act_min"], c["act_max"], base, dtype)
-        bounds = c.get("act_channel_bounds")
+        v = self.ops.clamp(v, c.act_min, c.act_max, base, dtype)
+        bounds = c.act_channel_bounds
         if bounds is not None:
             shape = self.channel_shape(t)
             v = self.ops.clamp(v, bounds[0].reshape(shape), bounds[1].reshape(shape), base, dtype)
@@ -344,6 +346,72 @@ class _Lowering:
         rank = len(self.g.tensors[t].shape)
         return (1, -1) + (1,) * (rank - 2) if rank >= 2 else (-1,)
 
+    def onnx_attrs(self, n) -> dict:
+        """The node's attributes as ONNX attributes (the fused activation is mixq's own)."""
+        return {k: _attr(v, n) for k, v in n.attrs.items() if k not in ("activation", "broadcast_batch")}
+
+    def byte_parts(self, x: str, bits: int, zero_point: int, base: str) -> list[tuple[str, int, int]]:
+        """(tensor, its zero point, its weight) parts of an integer input: 16-bit ones as the signed
+        high byte and the unsigned low byte, so ConvInteger/MatMulInteger (8-bit only) stay exact."""
+        if bits == 8:
+            return [(x, zero_point, 1)]
+        ops, w = self.ops, self.w
+        off = w.op("Add", [ops.cast(x, "INT32", base), w.value(1 << 15, np.int32)], base)      # in [0, 2**16)
+        hi = w.op("Div", [off, w.value(256, np.int32)], base)
+        lo = ops.cast(w.op("Sub", [off, w.op("Mul", [hi, w.value(256, np.int32)], base)], base), "UINT8", base)
+        hi = ops.cast(w.op("Sub", [hi, w.value(128, np.int32)], base), "INT8", base)
+        zp_hi = zero_point // 256
+        return [(hi, zp_hi, 256), (lo, zero_point - 256 * zp_hi, 1)]
+
+    def integer_product(self, op: str, x: str, bits: int, zero_point: int, weights: np.ndarray, attrs: dict,
+                        base: str) -> str:
+        """int64 sum over k of w[k] * (x[k] - zero_point): ``op`` (ConvInteger or MatMulInteger) per byte pair."""
+        w, ops = self.w, self.ops
+        if weights.dtype == np.int8:
+            w_parts = [(weights, 1)]
+        else:
+            w_hi = (weights.astype(np.int32) >> 8).astype(np.int8)
+            w_parts = [(w_hi, 256), ((weights.astype(np.int32) - 256 * w_hi.astype(np.int32)).astype(np.uint8), 1)]
+        terms = []
+        for xp, zp, fx in self.byte_parts(x, bits, zero_point, f"{base}/bytes"):
+            zp_name = w.value(zp, np.int8 if fx > 1 or bits == 8 else np.uint8)
+            for k, (wp, fw) in enumerate(w_parts):
+                wn = w.const(f"{base}/w_q" + ("" if len(w_parts) == 1 else f"_{'hi' if k == 0 else 'lo'}"), wp)
+                part = ops.cast(w.op(op, [xp, wn, zp_name], base, **attrs), "INT64", base)
+                if fx * fw != 1:
+                    part = w.op("Mul", [part, ops.i64(fx * fw)], base)
+                terms.append(part)
+        acc = terms[0]
+        for t in terms[1:]:
+            acc = w.op("Add", [acc, t], base)
+        return acc
+
+    def lower_layout(self, n, c: NodeQuant, widen_int16: bool = False, constant_value: int | None = None) -> bool:
+        """An op that moves integers unchanged, run on the integer tensor itself. ``widen_int16``:
+        16-bit tensors go through int32 copies (onnxruntime lacks int16 forms of the op);
+        ``constant_value``: the integer written into input slot 2 (Pad's constant_value)."""
+        if c.tflite_kernel:
+            return False
+        w, out = self.w, n.outputs[0]
+        ins = []
+        for i in n.inputs:
+            if not i:
+                ins.append("")
+            elif i in self.g.constants:
+                ins.append(w.const(i, self.g.constants[i]))
+            else:
+                ins.append(self.int_of(i))
+        widen = widen_int16 and self.tq[out].bits == 16
+        if widen:
+            ins[0] = self.ops.cast(ins[0], "INT32", n.name)
+        if constant_value is not None:
+            while len(ins) < 3:
+                ins.append("")
+            ins[2] = w.value(constant_value, np.int32 if widen else {8: np.int8, 16: np.int16}[self.tq[out].bits])
+        y = w.op(n.op, ins, n.name, **self.onnx_attrs(n))
+        self.q[out] = self.ops.cast(y, "INT16", n.name) if widen else y
+        return True
+
     # ---- the walk
 
     def run(self) -> None:
@@ -351,11 +419,10 @@ class _Lowering:
             self.f[t] = t
         for n in self.g.nodes:
             kind = self.p.kinds[n.name]
-            c = self.p.constants.get(n.name) or {}
+            c = self.p.constants.get(n.name) or NodeQuant()
             if kind == "int":
-                # matmul_int / softmax_int (attention) have no integer lowering yet: float between exact steps
-                lower = _INTEGER_LOWERINGS.get(n.op) if self.exact and "kernel" not in c else None
-                if lower is None or not lower(self, n, c):
+                rule = rule_of(n) if self.exact else None
+                if rule is None or not rule.lower_integer_onnx(n, c, self):
                     if self.exact:
                         self.float_lowered.append(n.name)
                     self.float_node(n, c, quantize_outputs=True)
@@ -370,7 +437,7 @@ class _Lowering:
         """The float op on float inputs (dequantized integers; float islands read their inputs
         through the integer grid, as the interpreter does); integer outputs are quantized."""
         w = self.w
-        dense = quantize_outputs and "w_q" in c and n.op in ("Conv", "Gemm", "MatMul")
+        dense = quantize_outputs and c.w_q is not None
         ins = []
         for k, i in enumerate(n.inputs):
             if not i or (dense and k > 0):
@@ -381,9 +448,9 @@ class _Lowering:
                 ins.append(self.float_of(i))
         if dense:
             self.dequantized_weights(n, c, ins)
-        if n.op == "Concat" and n.attrs.get("broadcast_batch"):
+        if n.attrs.get("broadcast_batch"):   # batch_agnostic_concat's Concat
             _broadcast_batch_inputs(w, n, self.g, ins)
-        attrs = {k: _attr(v, n) for k, v in n.attrs.items() if k not in ("activation", "broadcast_batch")}
+        attrs = self.onnx_attrs(n)
         outs = [self.w.fresh(f"{o}__f") if o else "" for o in n.outputs]
         w.nodes.append(w.helper.make_node(n.op, ins, outs, name=w.fresh(n.name), **attrs))
         if n.attrs.get("activation") and outs and outs[0]:
@@ -401,17 +468,17 @@ class _Lowering:
     def dequantized_weights(self, n, c: dict, ins: list[str]) -> None:
         """Weights (and bias) as DequantizeLinear of the stored integers, with effective scales."""
         w = self.w
-        axis = weight_output_axis(n, np.ndim(c["w_q"]))
+        axis = weight_output_axis(n, np.ndim(c.w_q))
         w_scale = _effective_weight_scale(c, self.tq[n.inputs[0]], self.tq.get(n.outputs[0]),
                                           self.p.requantization_mode)
         ws = w.const(f"{n.name}/w_scale", w_scale.astype(np.float32))
-        wz = w.const(f"{n.name}/w_zp", np.zeros(w_scale.shape, c["w_q"].dtype))
-        ins[1] = w.op("DequantizeLinear", [w.const(f"{n.name}/w_q", c["w_q"]), ws, wz], f"{n.name}/dequantize_w",
+        wz = w.const(f"{n.name}/w_zp", np.zeros(w_scale.shape, c.w_q.dtype))
+        ins[1] = w.op("DequantizeLinear", [w.const(f"{n.name}/w_q", c.w_q), ws, wz], f"{n.name}/dequantize_w",
                       out=f"{n.name}/w", axis=int(axis))
-        if c.get("bias_q") is not None:
-            if n.op == "MatMul":
-                raise UnsupportedOperatorError(n.op, n.name, "ONNX export of a MatMul with a fused bias")
-            bq = np.asarray(c["bias_q"]).reshape(-1)
+        if c.bias_q is not None:
+            if not rule_of(n).onnx_bias_input:
+                raise UnsupportedOperatorError(n.op, n.name, f"ONNX export of a {n.op} with a fused bias")
+            bq = np.asarray(c.bias_q).reshape(-1)
             b_scale = float(self.tq[n.inputs[0]].scale) * w_scale
             if bq.dtype == np.int32:
                 ins_b = [w.const(f"{n.name}/bias_q", bq), w.const(f"{n.name}/bias_scale", b_scale.astype(np.float32)),
@@ -443,368 +510,21 @@ class _Lowering:
         raise UnsupportedOperatorError(n.op, n.name, f"ONNX export of fused activation {act['kind']!r}")
 
 
-# --------------------------------------------------------------------------- integer lowerings
-#
-# Each returns False when the node's parameters fall outside what it writes exactly; the node is
-# then run as float (and named in the model's doc_string).
-
-def _lower_dense(L: _Lowering, n, c: dict) -> bool:
-    x = n.inputs[0]
-    q_in = L.tq[x]
-    w_q = np.asarray(c["w_q"])
-    if n.op == "Gemm" and (n.attrs.get("transA", 0) or n.attrs.get("alpha", 1.0) != 1.0
-                           or n.attrs.get("beta", 1.0) != 1.0):
-        return False
-    if n.op == "MatMul" and w_q.ndim != 2 or c.get("tflite_kernel"):
-        return False
-    if q_in.bits not in (8, 16) or w_q.dtype not in (np.int8, np.int16):
-        return False
-    out = n.outputs[0]
-    base, ops, w = n.name, L.ops, L.w
-    if n.op == "Conv":
-        weights = w_q
-        attrs = {k: _attr(v, n) for k, v in n.attrs.items()
-                 if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
-        shape = (1, -1) + (1,) * (w_q.ndim - 2)
-    else:
-        weights = w_q.T if n.op == "Gemm" and n.attrs.get("transB", 0) else w_q
-        attrs, shape = {}, (-1,)
-    weights = np.ascontiguousarray(weights)
-    bias = None if c.get("bias_q") is None else np.asarray(c["bias_q"], np.int64).reshape(shape)
-    # |acc| <= max over output channels of sum |w| * max |x - zp| (+ |bias|)
-    rows = np.abs(w_q.astype(np.int64)).reshape(w_q.shape[0], -1).sum(1) if n.op == "Conv" else \
-        np.abs(weights.astype(np.int64)).sum(0)
-    x_span = max(q_in.zero_point - q_in.qmin, q_in.qmax - q_in.zero_point)
-    bound = float(rows.max(initial=0)) * x_span + (float(np.abs(bias).max()) if bias is not None else 0.0)
-    if q_in.bits == 8 and weights.dtype == np.int8 and bound < 2 ** 24:
-        # every partial sum is an integer below 2**24: float32 Conv/MatMul is exact, and fast.
-        # x - zp as floats in one op: DequantizeLinear with scale 1
-        xf = w.op("DequantizeLinear", [L.int_of(x), w.value(1.0, np.float32), w.value(q_in.zero_point, np.int8)], base)
-        w_int = w.const(f"{n.name}/w_int", weights.astype(np.float32))
-        if n.op == "Conv":
-            ins = [xf, w_int] + (
-                [] if bias is None else [w.const(f"{n.name}/bias_int", bias.reshape(-1).astype(np.float32))]
-            )
-            acc = ops.cast(w.op("Conv", ins, base, **attrs), "DOUBLE", base)
-        else:
-            acc = ops.cast(w.op("MatMul", [xf, w_int], base), "DOUBLE", base)
-            if bias is not None:
-                acc = w.op("Add", [acc, w.value(bias, np.float64)], base)
-        acc_type = "DOUBLE"
-    else:
-        acc = _integer_product(L, "ConvInteger" if n.op == "Conv" else "MatMulInteger", L.int_of(x), q_in.bits,
-                               q_in.zero_point, weights, attrs, n.name)
-        if bias is not None:
-            acc = w.op("Add", [acc, ops.i64(bias)], base)
-        acc_type = "INT64"
-    if c.get("output_int32"):
-        y = w.op("Mul", [ops.cast(acc, "DOUBLE", base) if acc_type == "INT64" else acc,
-                         w.value(np.asarray(c["acc_scale"], np.float64).reshape(shape), np.float64)], base)
-        y = ops.cast(y, "FLOAT", base)
-        L.f[out] = L.float_activation(n, y) if n.attrs.get("activation") else y
-        return True
-    q_out = L.tq[out]
-
-    def per_channel(v):
-        v = np.asarray(v)
-        return v.reshape(shape) if v.size > 1 else v.reshape(())
-
-    if c.get("tflite_requant") == "float":   # round(double(acc) * real), half away from zero
-        acc = ops.cast(acc, "DOUBLE", base) if acc_type == "INT64" else acc
-        v = w.op("Mul", [acc, w.value(per_channel(np.asarray(c["real_multiplier"], np.float64)), np.float64)], base)
-        L.store(out, w.op("Add", [ops.round_half_away(v, base), w.value(q_out.zero_point, np.float64)], base), c,
-                np.float64)
-        return True
-    m, sh = per_channel(np.asarray(c["multiplier"], np.int64)), per_channel(np.asarray(c["shift"], np.int64))
-    sima = L.p.requantization_mode is RequantizationMode.sima
-    rounding = "sima" if sima else c.get("tflite_rounding", "double")
-    scaled = ops.requantize_f64(acc if acc_type == "DOUBLE" else ops.cast(acc, "DOUBLE", base), m, sh, rounding,
-                                bound, q_out.zero_point, base)
-    if scaled is not None:   # float64 is exact for these bounds
-        L.store(out, scaled, c, np.float64)
-        return True
-    acc = ops.cast(acc, "INT64", base) if acc_type == "DOUBLE" else acc
-    if sima:
-        scaled = ops.round_half_up_shift(w.op("Mul", [acc, ops.i64(m)], base), sh, base)
-    else:
-        scaled = ops.mbqm(acc, m, sh, base, rounding)
-    L.store(out, w.op("Add", [scaled, ops.i64(q_out.zero_point)], base), c)
-    return True
-
-
-def _bytes(L: _Lowering, x: str, bits: int, zero_point: int, base: str) -> list[tuple[str, int, int]]:
-    """(tensor, its zero point, its weight) parts of an integer input: 16-bit ones as the signed
-    high byte and the unsigned low byte, so ConvInteger/MatMulInteger (8-bit only) stay exact."""
-    if bits == 8:
-        return [(x, zero_point, 1)]
-    ops, w = L.ops, L.w
-    off = w.op("Add", [ops.cast(x, "INT32", base), w.value(1 << 15, np.int32)], base)      # in [0, 2**16)
-    hi = w.op("Div", [off, w.value(256, np.int32)], base)
-    lo = ops.cast(w.op("Sub", [off, w.op("Mul", [hi, w.value(256, np.int32)], base)], base), "UINT8", base)
-    hi = ops.cast(w.op("Sub", [hi, w.value(128, np.int32)], base), "INT8", base)
-    zp_hi = zero_point // 256
-    return [(hi, zp_hi, 256), (lo, zero_point - 256 * zp_hi, 1)]
-
-
-def _integer_product(L: _Lowering, op: str, x: str, bits: int, zero_point: int, weights: np.ndarray, attrs: dict,
-                     base: str) -> str:
-    """int64 sum over k of w[k] * (x[k] - zero_point): ``op`` (ConvInteger or MatMulInteger) per byte pair."""
-    w, ops = L.w, L.ops
-    if weights.dtype == np.int8:
-        w_parts = [(weights, 1)]
-    else:
-        w_hi = (weights.astype(np.int32) >> 8).astype(np.int8)
-        w_parts = [(w_hi, 256), ((weights.astype(np.int32) - 256 * w_hi.astype(np.int32)).astype(np.uint8), 1)]
-    terms = []
-    for xp, zp, fx in _bytes(L, x, bits, zero_point, f"{base}/bytes"):
-        zp_name = w.value(zp, np.int8 if fx > 1 or bits == 8 else np.uint8)
-        for k, (wp, fw) in enumerate(w_parts):
-            wn = w.const(f"{base}/w_q" + ("" if len(w_parts) == 1 else f"_{'hi' if k == 0 else 'lo'}"), wp)
-            part = ops.cast(w.op(op, [xp, wn, zp_name], base, **attrs), "INT64", base)
-            if fx * fw != 1:
-                part = w.op("Mul", [part, ops.i64(fx * fw)], base)
-            terms.append(part)
-    acc = terms[0]
-    for t in terms[1:]:
-        acc = w.op("Add", [acc, t], base)
-    return acc
-
-
-def _lower_add_sub_mul(L: _Lowering, n, c: dict) -> bool:
-    from core.ops.elementwise import add_multipliers, mul_multiplier
-
-    if c.get("tflite_kernel"):
-        return False
-    out = n.outputs[0]
-    q_out, w, ops, base = L.tq[out], L.w, L.ops, n.name
-    acts = [i for i in n.inputs if i and i not in L.g.constants]
-    if c.get("const_q") is not None:
-        a = (L.int64_of(acts[0]), L.tq[acts[0]].scale, L.tq[acts[0]].zero_point)
-        k = (ops.i64(c["const_q"]), c["const_scale"], c["const_zp"])
-        (xa, sa, za), (xb, sb, zb) = (k, a) if c["const_pos"] == 0 else (a, k)
-        bits = q_out.bits
-    elif len(acts) == 2:
-        qa, qb = L.tq[acts[0]], L.tq[acts[1]]
-        xa, sa, za, xb, sb, zb = (L.int64_of(acts[0]), qa.scale, qa.zero_point,
-                                  L.int64_of(acts[1]), qb.scale, qb.zero_point)
-        bits = 16 if max(qa.bits, qb.bits, q_out.bits) == 16 else 8
-    else:
-        return False
-    if _add_sub_mul_f64(L, n, c, xa, sa, za, xb, sb, zb, bits, q_out):
-        return True
-    ca = w.op("Sub", [xa, ops.i64(int(za))], base)
-    cb = w.op("Sub", [xb, ops.i64(int(zb))], base)
-    if n.op == "Mul":
-        m, shift = mul_multiplier(sa, sb, q_out.scale)
-        raw = ops.mbqm(w.op("Mul", [ca, cb], base), m, shift, base)
-    else:
-        left, (ma, sha), (mb, shb), (mo, sho) = add_multipliers(sa, sb, q_out.scale, bits)
-        ra = ops.mbqm(w.op("Mul", [ca, ops.i64(1 << left)], base), ma, sha, base)
-        if n.op == "Sub" and bits == 16:   # sub.cc: the Add kernel with the second multiplier negated
-            total = w.op("Add", [ra, ops.mbqm(w.op("Mul", [cb, ops.i64(1 << left)], base), -mb, shb, base)], base)
-        else:
-            rb = ops.mbqm(w.op("Mul", [cb, ops.i64(1 << left)], base), mb, shb, base)
-            total = w.op("Add" if n.op == "Add" else "Sub", [ra, rb], base)
-        raw = ops.mbqm(total, mo, sho, base)
-    L.store(out, w.op("Add", [raw, ops.i64(q_out.zero_point)], base), c)
-    return True
-
-
-def _add_sub_mul_f64(L: _Lowering, n, c: dict, xa, sa, za, xb, sb, zb, bits: int, q_out) -> bool:
-    """_lower_add_sub_mul in float64 ops where the bounds prove them exact (every 8-bit case):
-    (a - zp_a) * 2**20 * m_a has at most 8 + 31 significant bits, whatever the power of two."""
-    from core.ops.elementwise import add_multipliers, mul_multiplier
-
-    w, ops, base = L.w, L.ops, n.name
-    span = float(2 ** bits)
-    # int64 inputs (already cast) become doubles; the centred values are exact
-    ca = w.op("Sub", [ops.cast(xa, "DOUBLE", base), w.value(za, np.float64)], base)
-    cb = w.op("Sub", [ops.cast(xb, "DOUBLE", base), w.value(zb, np.float64)], base)
-    if n.op == "Mul":
-        m, shift = mul_multiplier(sa, sb, q_out.scale)
-        out = ops.requantize_f64(w.op("Mul", [ca, cb], base), m, shift, "double", span * span, q_out.zero_point, base)
-    else:
-        left, (ma, sha), (mb, shb), (mo, sho) = add_multipliers(sa, sb, q_out.scale, bits)
-        if n.op == "Sub" and bits == 16:
-            mb = -mb
-        ra = ops.requantize_f64(ca, ma, sha, "double", span, 0, base, pre_shift=left)
-        rb = ops.requantize_f64(cb, mb, shb, "double", span, 0, base, pre_shift=left)
-        if ra is None or rb is None:
-            return False
-        both = "Add" if n.op == "Add" or bits == 16 else "Sub"
-        bound = span * 2.0 ** left * (abs(ma) * 2.0 ** (sha - 31) + abs(mb) * 2.0 ** (shb - 31)) + 2
-        out = ops.requantize_f64(w.op(both, [ra, rb], base), mo, sho, "double", bound, q_out.zero_point, base)
-    if out is None:
-        return False
-    L.store(n.outputs[0], out, c, np.float64)
-    return True
-
-
-def _lower_global_avg_pool(L: _Lowering, n, c: dict) -> bool:
-    from core.ops.pool import mean_multiplier
-
-    x, out = n.inputs[0], n.outputs[0]
-    q_in, q_out, w, ops, base = L.tq[x], L.tq[out], L.w, L.ops, n.name
-    shape = L.g.tensors[x].shape
-    if any(not isinstance(d, (int, np.integer)) for d in shape[2:]):
-        return False
-    count = int(np.prod(shape[2:]))
-    centred = w.op("Sub", [L.int64_of(x), ops.i64(q_in.zero_point)], base)
-    acc = w.op("ReduceSum", [centred, ops.i64(list(range(2, len(shape))))], base, keepdims=1)
-    if c.get("tflite_kernel") == "mean_quantized":   # TFLite's MEAN: 1/count folded into the multiplier
-        from core.quantization.tflite_convert import mean_multiplier_tflite
-
-        scaled = ops.mbqm(acc, *mean_multiplier_tflite(q_in.scale, q_out.scale, count), base)
-        c = {"act_min": c["qmin"], "act_max": c["qmax"]}
-    elif c.get("tflite_kernel"):
-        return False
-    else:
-        m, shift = mean_multiplier(q_in.scale, q_out.scale)
-        scaled = ops.round_div(ops.mbqm(acc, m, shift, base), count, base)
-    L.store(out, w.op("Add", [scaled, ops.i64(q_out.zero_point)], base), c)
-    return True
-
-
-def _lower_concat(L: _Lowering, n, c: dict) -> bool:
-    out = n.outputs[0]
-    q_out, w, ops, base = L.tq[out], L.w, L.ops, n.name
-    so = np.float32(q_out.scale)
-    inv = np.float32(1.0) / so
-    parts = []
-    requant = c.get("requant_inputs") or [None] * len(n.inputs)
-    for i, r in zip(n.inputs, requant):
-        qi = L.tq[i]
-        if r is not None:   # converted TFLite: Requantize (see tflite_convert.requantize_int_tflite)
-            centred = w.op("Sub", [L.int64_of(i), ops.i64(qi.zero_point)], base)
-            y = w.op("Add", [ops.mbqm(centred, r[0], r[1], base), ops.i64(q_out.zero_point)], base)
-            parts.append(ops.clamp(y, q_out.qmin, q_out.qmax, base))
-            continue
-        if qi.zero_point == q_out.zero_point and np.float32(qi.scale) == so:
-            parts.append(L.int64_of(i))    # copied unchanged (and not clamped), as concat_int does
-            continue
-        scale = np.float32(np.float32(qi.scale) * inv)
-        bias = np.float32(np.float32(-qi.zero_point) * scale)
-        v = w.op("Add", [w.op("Mul", [ops.cast(L.int_of(i), "FLOAT", base), w.value(scale, np.float32)], base),
-                         w.value(bias, np.float32)], base)
-        a = w.op("Abs", [ops.cast(v, "DOUBLE", base)], base)          # std::round in float32, exactly
-        fl = w.op("Floor", [a], base)
-        r = w.op("Add", [fl, ops.cast(w.op("GreaterOrEqual", [w.op("Sub", [a, fl], base), w.value(0.5, np.float64)],
-                                            base), "DOUBLE", base)], base)
-        r = w.op("Mul", [r, w.op("Sign", [ops.cast(v, "DOUBLE", base)], base)], base)
-        r = ops.clamp(ops.cast(r, "INT64", base), -(1 << 31), (1 << 31) - 1, base)
-        r = ops.clamp(w.op("Add", [r, ops.i64(q_out.zero_point)], base), c["act_min"], c["act_max"], base)
-        parts.append(r)
-    y = w.op("Concat", parts, base, axis=int(n.attrs.get("axis", 0)))
-    L.q[out] = ops.cast(y, L.storage_type(out), base)
-    return True
-
-
-def _lower_avg_pool(L: _Lowering, n, c: dict) -> bool:
-    """Window sums as a depthwise ConvInteger with a kernel of ones (pads contribute 0; the end
-    pads stretched over any ceil-mode overhang), then pool.py's rounded division by the count."""
-    from core.ops.pool import _geometry as pool_geometry
-    from core.ops.pool import avg_pool_counts
-
-    x, out = n.inputs[0], n.outputs[0]
-    q_in, w, ops, base = L.tq[x], L.w, L.ops, n.name
-    shape = tuple(L.g.tensors[x].shape)
-    if any(not isinstance(d, (int, np.integer)) for d in shape[1:]):
-        return False
-    kernel, strides, dilations, pads, size = pool_geometry(n, shape)
-    rank = len(kernel)
-    ends = [(size[d] - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - shape[2 + d] - pads[d]
-            for d in range(rank)]
-    attrs = {"group": int(shape[1]), "strides": strides, "dilations": dilations, "kernel_shape": kernel,
-             "pads": list(pads[:rank]) + [max(e, pads[rank + d]) for d, e in enumerate(ends)]}
-    ones = np.ones((shape[1], 1) + tuple(kernel), np.int8)
-    acc = _integer_product(L, "ConvInteger", L.int_of(x), q_in.bits, 0, ones, attrs, base)
-    count, total = avg_pool_counts(n, shape)
-    if n.attrs.get("count_include_pad", 0) and any(pads):
-        acc = w.op("Add", [acc, ops.i64((total - count) * int(q_in.zero_point))], base)
-        count = total
-    L.store(out, ops.round_div(acc, count, base), {"act_min": c["qmin"], "act_max": c["qmax"]})
-    return True
-
-
-def _lower_clamp(L: _Lowering, n, c: dict) -> bool:
-    L.store(n.outputs[0], L.int64_of(n.inputs[0]), c)
-    return True
-
-
-def _lower_max_pool(L: _Lowering, n, c: dict) -> bool:
-    # the maximum of integers is exact in float32 (|q| < 2**24)
-    w, ops, out = L.w, L.ops, n.outputs[0]
-    attrs = {k: _attr(v, n) for k, v in n.attrs.items() if k != "activation"}
-    y = w.op("MaxPool", [ops.cast(L.int_of(n.inputs[0]), "FLOAT", n.name)], n.name, **attrs)
-    L.q[out] = ops.cast(y, L.storage_type(out), n.name)
-    return True
-
-
-def _lower_layout(L: _Lowering, n, c: dict) -> bool:
-    """Ops that move integers unchanged run on the integer tensor itself."""
-    w, out = L.w, n.outputs[0]
-    if c.get("tflite_kernel") == "requantize":   # TFLite's int -> int QUANTIZE
-        x = n.inputs[0]
-        centred = w.op("Sub", [L.int64_of(x), L.ops.i64(L.tq[x].zero_point)], n.name)
-        y = L.ops.mbqm(centred, c["multiplier"], c["shift"], n.name)
-        L.store(
-            out, w.op("Add", [y, L.ops.i64(L.tq[out].zero_point)], n.name), {"act_min": c["qmin"], "act_max": c["qmax"]}
-        )
-        return True
-    if (
-        c.get("tflite_kernel")
-        or n.op == "Resize"
-        and n.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize"
-    ):
-        return False
-    ins = []
-    for i in n.inputs:
-        if not i:
-            ins.append("")
-        elif i in L.g.constants:
-            ins.append(w.const(i, L.g.constants[i]))
-        else:
-            ins.append(L.int_of(i))
-    # onnxruntime has no int16 Pad or Resize: those run on int32 copies
-    widen = L.tq[out].bits == 16 and n.op in ("Pad", "Resize")
-    if widen:
-        ins[0] = L.ops.cast(ins[0], "INT32", n.name)
-    if n.op == "Pad":
-        while len(ins) < 3:
-            ins.append("")
-        ins[2] = w.value(c["pad_value_q"], np.int32 if widen else {8: np.int8, 16: np.int16}[L.tq[out].bits])
-    attrs = {k: _attr(v, n) for k, v in n.attrs.items() if k != "activation"}
-    y = w.op(n.op, ins, n.name, **attrs)
-    L.q[out] = L.ops.cast(y, "INT16", n.name) if widen else y
-    return True
-
-
-_INTEGER_LOWERINGS = {
-    "Conv": _lower_dense, "Gemm": _lower_dense, "MatMul": _lower_dense,
-    "Add": _lower_add_sub_mul, "Sub": _lower_add_sub_mul, "Mul": _lower_add_sub_mul,
-    "GlobalAveragePool": _lower_global_avg_pool,
-    "Concat": _lower_concat,
-    "Relu": _lower_clamp, "Clip": _lower_clamp,
-    "MaxPool": _lower_max_pool, "AveragePool": _lower_avg_pool,
-    **{op: _lower_layout for op in _LAYOUT_OPS + ("Pad", "Resize")},
-}
-
-
-def _effective_weight_scale(c: dict, q_in, q_out, mode) -> np.ndarray:
+def _effective_weight_scale(c: NodeQuant, q_in, q_out, mode) -> np.ndarray:
     """Weight scales that make ``s_in * s_w / s_out`` the multiplier mixq's kernel applies
     (not the ideal real one), so that a runtime's float requantization lands on the same codes."""
-    w_scale = np.asarray(c["w_scale"], np.float64)
-    if q_out is None or c.get("output_int32") or "multiplier" not in c or c.get("tflite_kernel"):
+    w_scale = np.asarray(c.w_scale, np.float64)
+    if q_out is None or c.output_int32 or c.multiplier is None or c.tflite_kernel:
         return w_scale
-    if c.get("tflite_requant") == "float":
-        applied = np.asarray(c["real_multiplier"], np.float64)
+    if c.tflite_requant == "float":
+        applied = np.asarray(c.real_multiplier, np.float64)
     else:
-        m = np.asarray(c["multiplier"], np.float64)
-        s = np.asarray(c["shift"], np.float64)
+        m = np.asarray(c.multiplier, np.float64)
+        s = np.asarray(c.shift, np.float64)
         if mode is RequantizationMode.sima:
             applied = m * np.exp2(-s)
-        elif c.get("tflite_rounding") == "int64":
-            mi = np.asarray(c["multiplier"], np.int64)
+        elif c.tflite_rounding == "int64":
+            mi = np.asarray(c.multiplier, np.int64)
             applied = np.where(mi < 0x7FFF0000, (mi + (1 << 15)) >> 16, 0x7FFF) * np.exp2(s - 15)
         else:
             applied = m * np.exp2(s - 31)

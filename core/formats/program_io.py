@@ -10,7 +10,8 @@ A saved model is two files:
 * ``<model>.sima.json`` (:mod:`core.formats.sima_json`): the Netron-viewable view, one layer per
   graph input and per node. It is written for people; loading never reads it.
 
-The program document (``PROGRAM_FORMAT_VERSION`` 1)::
+The program document (``PROGRAM_FORMAT_VERSION`` 2; version 1 held each node's constants as a
+plain object of the same field names, upgraded on load)::
 
     {"program_format": {"name": "mixq.program", "version": 1},
      "model_name": "<name>",
@@ -20,7 +21,7 @@ The program document (``PROGRAM_FORMAT_VERSION`` 1)::
                "nodes": [{"name", "op", "inputs", "outputs", "attrs": <value>, "source_name",
                           "segment"}, ...]},
      "tensors": {"<tensor>": <value: a TensorQuant object>},
-     "constants": {"<node>": <value: a dict>},
+     "constants": {"<node>": <value: a NodeQuant object>},
      "kinds": {"<node>": "int" | "float" | "apu"},
      "requantization_mode": <value: a RequantizationMode enum>,
      "params": <value: a QuantizationParams object>,
@@ -48,8 +49,8 @@ unknown ops, node inputs no earlier node produces, ...) raising
 :func:`core.formats.sima.read_sima`, which accepts only bool/numeric dtypes (no pickle).
 
 Versioning: a document with a newer ``program_format.version`` than ``PROGRAM_FORMAT_VERSION`` is
-refused; an older one is brought up to date by ``_UPGRADERS`` (none yet). Dataclass fields with a
-default may be absent (a file written before the field existed gets the default); unknown fields
+refused; an older one is brought up to date by ``_UPGRADERS`` (1 -> 2: node constants as NodeQuant).
+Dataclass fields with a default may be absent (a file written before the field existed gets the default); unknown fields
 are refused.
 """
 from __future__ import annotations
@@ -82,24 +83,37 @@ from core.quantization.params import (
     QuantizationScheme,
     RequantizationMode,
 )
-from core.quantization.quantizer import QuantizedProgram, TensorQuant
+from core.quantization.quantizer import NodeQuant, QuantizedProgram, TensorQuant
 
 __all__ = ["PROGRAM_FORMAT_NAME", "PROGRAM_FORMAT_VERSION", "CLASSES", "ENUMS", "save_program",
            "load_program", "program_document", "netron_layers"]
 
 PROGRAM_FORMAT_NAME = "mixq.program"
-PROGRAM_FORMAT_VERSION = 1
+PROGRAM_FORMAT_VERSION = 2
 
 # The only classes and enums a saved program may name.
 CLASSES: dict[str, type] = {c.__name__: c for c in (
     QuantizationParams, QuantizationScheme, MinMaxMethod, MovingAverageMinMaxMethod, HistogramMSEMethod,
-    HistogramEntropyMethod, HistogramPercentileMethod, TensorQuant, AdaRoundMethod)}
+    HistogramEntropyMethod, HistogramPercentileMethod, TensorQuant, NodeQuant, AdaRoundMethod)}
 ENUMS: dict[str, type[enum.Enum]] = {e.__name__: e for e in (
     RequantizationMode, QuantizationPrecision, QuantizationFlavor)}
 KINDS = ("int", "float", "apu")
 
+
+def _upgrade_1_to_2(doc: dict) -> dict:
+    """Version 1 stored a node's constants as a plain object of NodeQuant's field names; version 2
+    stores a NodeQuant object. Unknown keys are refused by the object decoder, naming them."""
+    constants = doc.get("constants")
+    if isinstance(constants, dict):
+        doc = dict(doc, constants={
+            k: {"__object__": {"class": "NodeQuant", "fields": v}} if isinstance(v, dict) and not any(
+                str(key).startswith("__") for key in v) else v
+            for k, v in constants.items()})
+    return doc
+
+
 # version n -> function turning a version-n document into a version-(n+1) one
-_UPGRADERS: dict[int, Callable[[dict], dict]] = {}
+_UPGRADERS: dict[int, Callable[[dict], dict]] = {1: _upgrade_1_to_2}
 
 # numpy dtypes the container (and TensorInfo.dtype / __dtype__) may hold
 _NUMERIC_DTYPES = frozenset(
@@ -233,7 +247,7 @@ def program_document(path: str, model_name: str, program: QuantizedProgram) -> t
         "model_name": model_name,
         "graph": graph_doc,
         "tensors": {k: enc.value(q, f"tensors/{k}") for k, q in program.tensors.items()},
-        "constants": {k: enc.value(dict(c), f"constants/{k}") for k, c in program.constants.items()},
+        "constants": {k: enc.value(c, f"constants/{k}") for k, c in program.constants.items()},
         "kinds": dict(program.kinds),
         "requantization_mode": enc.value(program.requantization_mode, "requantization_mode"),
         "params": enc.value(program.params, "params"),
@@ -302,7 +316,7 @@ def netron_layers(program: QuantizedProgram) -> list[dict]:
         kind = program.kinds.get(n.name, "apu")
         acts = [i for i in n.inputs if i and i not in consts]
         outs = [o for o in n.outputs if o]
-        c = program.constants.get(n.name) or {}
+        c = program.constants.get(n.name) or NodeQuant()
         if kind == "apu":
             precision, input_int16 = "float32", False
         else:
@@ -311,12 +325,12 @@ def netron_layers(program: QuantizedProgram) -> list[dict]:
         cfg: dict[str, Any] = {"segment": n.segment, "kind": kind, "source_name": n.source_name,
                                "precision": precision, "input_int16": input_int16}
         cfg.update(quant(outs))
-        if isinstance(c.get("w_scale"), np.ndarray):
-            cfg["weight_scales"] = c["w_scale"]
-        if isinstance(c.get("w_q"), np.ndarray):
-            cfg["weight_bits"] = int(c["w_q"].dtype.itemsize * 8)
-        if "output_int32" in c:
-            cfg["output_int32"] = bool(c["output_int32"])
+        if isinstance(c.w_scale, np.ndarray):
+            cfg["weight_scales"] = c.w_scale
+        if isinstance(c.w_q, np.ndarray):
+            cfg["weight_bits"] = int(c.w_q.dtype.itemsize * 8)
+        if c.output_int32 is not None:
+            cfg["output_int32"] = bool(c.output_int32)
         if n.attrs:
             cfg["attrs"] = _view(dict(n.attrs))
         cfg["Layer Statistics"] = layer_stats.get(n.name)
@@ -584,8 +598,8 @@ def _decode_program(path: str, doc: dict, arrays: dict[str, np.ndarray]) -> tupl
         if k not in name_set:
             raise dec.fail(cw, "names a node the graph does not have")
         c = dec.value(v, cw)
-        if not isinstance(c, dict):
-            raise dec.fail(cw, f"expected an object, got {type(c).__name__}")
+        if not isinstance(c, NodeQuant):
+            raise dec.fail(cw, f"expected a NodeQuant object, got {type(c).__name__}")
         constants[k] = c
     for n in g.nodes:
         kind = kinds[n.name]

@@ -423,14 +423,28 @@ class _Builder:
         return -1
 
     def build(self) -> None:
-        g, p, label = self.g, self.params, self.label
+        """The IR graph of the TFLite subgraph, in named steps: the inputs (dequantized inside the
+        graph when integer), every operator through its ``op_<NAME>`` handler, the outputs, and the
+        file's quantization as graph metadata (what tflite_convert reads)."""
         sub_inputs = [int(i) for i in (self.sub.inputs if self.sub.inputs is not None else [])]
         sub_outputs = [int(i) for i in (self.sub.outputs if self.sub.outputs is not None else [])]
         for i in sub_inputs + sub_outputs:
             self.t(i)
-        input_names = [self.names[i] for i in sub_inputs]
+        shapes, dtypes = self._input_overrides(sub_inputs)
+        out_idx = self._output_indices(sub_outputs)
+        self.boundary_4d = {i for i in set(sub_inputs) | set(out_idx) if len(self.shape(i)) == 4}
+        io: dict[str, list] = {"inputs": [], "outputs": []}
+        for idx in sub_inputs:
+            self._add_input(idx, shapes, dtypes, io)
+        self._import_operators()
+        self._add_outputs(out_idx, io)
+        self._record_quantization(io)
 
-        # overrides may name an input by its tensor name or its signature key
+    def _input_overrides(self, sub_inputs: list[int]) -> tuple[dict, dict]:
+        """shape_dict / dtype_dict by input tensor index; they may name an input by its tensor name
+        or its signature key."""
+        p, label = self.params, self.label
+        input_names = [self.names[i] for i in sub_inputs]
         shapes, dtypes = {}, {}
         for kind, given, dest in (("shape_dict", p.shape_dict, shapes), ("dtype_dict", p.dtype_dict, dtypes)):
             for name, v in (given or {}).items():
@@ -442,7 +456,11 @@ class _Builder:
                 dest[idx] = v
         if p.input_values:
             raise ModelLoadError(f"{label}: input_values is not supported for TFLite models")
+        return shapes, dtypes
 
+    def _output_indices(self, sub_outputs: list[int]) -> list[int]:
+        """The subgraph's outputs, or the tensors ``output_names`` asks for."""
+        p, label = self.params, self.label
         if p.output_names:
             all_idx = list(range(len(self.tensors)))
             out_idx = []
@@ -456,57 +474,63 @@ class _Builder:
                 out_idx.append(idx)
         else:
             out_idx = sub_outputs
-        self.boundary_4d = {i for i in set(sub_inputs) | set(out_idx) if len(self.shape(i)) == 4}
+        return out_idx
 
-        io = {"inputs": [], "outputs": []}
-        for idx in sub_inputs:
-            t = self.t(idx)
-            name = self.names[idx]
-            if idx in shapes:
-                shape = tuple(shapes[idx])
-                if len(shape) != len(self.shape(idx)):
-                    raise ModelLoadError(f"{label}: shape_dict gives input {name!r} rank {len(shape)} but the model "
-                                         f"declares rank {len(self.shape(idx))}")
-            else:
-                shape = self.shape(idx)
-                sig = [int(d) for d in t.shapeSignature] if t.shapeSignature is not None else []
-                if len(sig) == len(shape) and any(d < 0 for d in sig[1:]):
-                    raise ModelLoadError(f"{label}: input {name!r} has dynamic dimensions {sig}; "
-                                         f"give its shape with shape_dict={{{name!r}: (...)}}")
-                if any(d <= 0 for d in shape):
-                    raise ModelLoadError(f"{label}: input {name!r} has dynamic shape {list(shape)}; "
-                                         f"give its shape with shape_dict={{{name!r}: (...)}}")
-            if t.type not in _DTYPES:
-                raise ModelLoadError(f"{label}: input {name!r} has unsupported type {_TYPE_NAMES.get(t.type, t.type)}")
-            model_dtype = np.dtype(_DTYPES[t.type])
-            dtype = np.dtype(dtypes.get(idx, model_dtype))
-            q = self.quant(idx)
-            io["inputs"].append(self._io_entry(idx, q))
-            g.inputs.append(name)
-            g.tensors[name] = TensorInfo(shape, dtype)
-            self.cur_source, self.cur_op, self.main_op, self.cur_node_names = f"{name}/input", "input", "", []
-            x = name
-            if q is not None and dtype.kind in "iu" and model_dtype.kind in "iu":
-                # integer input: dequantize inside the graph, real = (q - zp) * scale; uint8 data for
-                # an int8 input (or the reverse) is the same real value with the zero point moved by 128
-                zp = int(q["zero_point"][0])
-                if dtype == np.uint8 and model_dtype == np.int8:
-                    zp += 128
-                elif dtype == np.int8 and model_dtype == np.uint8:
-                    zp -= 128
-                xf = self.emit("Cast", [x], self.tmp(f"{name}/float"), {"to": 1})
-                if zp != 0:
-                    xf = self.emit("Sub", [xf, self.scalar(float(zp))], self.tmp(f"{name}/centered"))
-                x = self.emit("Mul", [xf, self.scalar(float(q["scale"][0]))], self.tmp(f"{name}/dequantized"))
-            elif dtype.kind in "iu":
-                x = self.emit("Cast", [x], self.tmp(f"{name}/float"), {"to": 1})
-            if len(shape) == 4:
-                self.ir[idx] = self.transpose(x, _NHWC_TO_NCHW, f"{name}:nchw")
-            elif x != name:
-                self.ir[idx] = self.emit("Identity", [x], self.tmp(f"{name}/in"))
-            else:
-                self.ir[idx] = name
+    def _add_input(self, idx: int, shapes: dict, dtypes: dict, io: dict) -> None:
+        """One graph input at its (given) shape and dtype; an integer input is dequantized inside
+        the graph; 4-D inputs are transposed NHWC -> NCHW."""
+        g, label = self.g, self.label
+        t = self.t(idx)
+        name = self.names[idx]
+        if idx in shapes:
+            shape = tuple(shapes[idx])
+            if len(shape) != len(self.shape(idx)):
+                raise ModelLoadError(f"{label}: shape_dict gives input {name!r} rank {len(shape)} but the model "
+                                     f"declares rank {len(self.shape(idx))}")
+        else:
+            shape = self.shape(idx)
+            sig = [int(d) for d in t.shapeSignature] if t.shapeSignature is not None else []
+            if len(sig) == len(shape) and any(d < 0 for d in sig[1:]):
+                raise ModelLoadError(f"{label}: input {name!r} has dynamic dimensions {sig}; "
+                                     f"give its shape with shape_dict={{{name!r}: (...)}}")
+            if any(d <= 0 for d in shape):
+                raise ModelLoadError(f"{label}: input {name!r} has dynamic shape {list(shape)}; "
+                                     f"give its shape with shape_dict={{{name!r}: (...)}}")
+        if t.type not in _DTYPES:
+            raise ModelLoadError(f"{label}: input {name!r} has unsupported type {_TYPE_NAMES.get(t.type, t.type)}")
+        model_dtype = np.dtype(_DTYPES[t.type])
+        dtype = np.dtype(dtypes.get(idx, model_dtype))
+        q = self.quant(idx)
+        io["inputs"].append(self._io_entry(idx, q))
+        g.inputs.append(name)
+        g.tensors[name] = TensorInfo(shape, dtype)
+        self.cur_source, self.cur_op, self.main_op, self.cur_node_names = f"{name}/input", "input", "", []
+        x = name
+        if q is not None and dtype.kind in "iu" and model_dtype.kind in "iu":
+            # integer input: dequantize inside the graph, real = (q - zp) * scale; uint8 data for
+            # an int8 input (or the reverse) is the same real value with the zero point moved by 128
+            zp = int(q["zero_point"][0])
+            if dtype == np.uint8 and model_dtype == np.int8:
+                zp += 128
+            elif dtype == np.int8 and model_dtype == np.uint8:
+                zp -= 128
+            xf = self.emit("Cast", [x], self.tmp(f"{name}/float"), {"to": 1})
+            if zp != 0:
+                xf = self.emit("Sub", [xf, self.scalar(float(zp))], self.tmp(f"{name}/centered"))
+            x = self.emit("Mul", [xf, self.scalar(float(q["scale"][0]))], self.tmp(f"{name}/dequantized"))
+        elif dtype.kind in "iu":
+            x = self.emit("Cast", [x], self.tmp(f"{name}/float"), {"to": 1})
+        if len(shape) == 4:
+            self.ir[idx] = self.transpose(x, _NHWC_TO_NCHW, f"{name}:nchw")
+        elif x != name:
+            self.ir[idx] = self.emit("Identity", [x], self.tmp(f"{name}/in"))
+        else:
+            self.ir[idx] = name
 
+    def _import_operators(self) -> None:
+        """Every operator through its handler (``op_<NAME>``); unsupported ones are collected and
+        reported together."""
+        label = self.label
         unsupported: list[tuple[str, str]] = []
         codes = self.model.operatorCodes or []
         for k, op in enumerate(self.sub.operators or []):
@@ -550,6 +574,9 @@ class _Builder:
                 detail += f"; also unsupported: {more}" + (" ..." if len(unsupported) > 6 else "")
             raise UnsupportedOperatorError(op_name, node, detail)
 
+    def _add_outputs(self, out_idx: list[int], io: dict) -> None:
+        """The graph outputs (4-D ones transposed back to NHWC)."""
+        g, label = self.g, self.label
         self.cur_source, self.cur_op, self.main_op, self.cur_node_names = "output", "output", "", []
         for idx in out_idx:
             name = self.names[idx]
@@ -567,6 +594,10 @@ class _Builder:
         if not g.outputs:
             raise ModelLoadError(f"{label}: the TFLite model has no outputs")
 
+    def _record_quantization(self, io: dict) -> None:
+        """The file's quantization per tensor, its quantized constants, io, ops and signatures as
+        graph metadata."""
+        g = self.g
         for i in range(len(self.tensors)):
             q = self.quant(i)
             if q is None:

@@ -1,12 +1,16 @@
 """Elementwise activations, Gelu and Softmax; integer Relu/Clip (relu_int, clip_int, activation_range_int)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import normalize_axis
+from core.ops.quant_rules import QuantRule, ReuseRule, TableRule, activation_range_int, clip_bounds
 from core.ops.registry import OpDef, register
+from core.quantization.quant_data import NodeQuant, TensorQuant
 
 
 def _same(node: Node, infos):
@@ -39,6 +43,98 @@ def _leaky(node, x):
     return np.where(x >= 0, x, x * np.asarray(node.attrs.get("alpha", 0.01), x.dtype))
 
 
+class ClipRule(ReuseRule):
+    """Standalone Clip: the output reuses the input's quantization, clamped to the bounds'
+    integer codes (TFLite's ReluX with equal input and output quantization)."""
+
+    def bounds(self, node: Node, consts) -> tuple[float, float]:
+        return clip_bounds(node, consts)
+
+    def constants(self, node, q, consts):
+        lo, hi = self.bounds(node, consts)
+        act_min, act_max = activation_range_int(q.zero_point, q.scale, lo, hi, q.qmin, q.qmax)
+        return NodeQuant(act_min=act_min, act_max=act_max)
+
+    def run_int(self, node, nq, ctx):
+        ctx.set_int(node.outputs[0], np.clip(ctx.int(node.inputs[0]), nq.act_min, nq.act_max))
+
+    def lower_integer_onnx(self, node, nq, L):
+        L.store(node.outputs[0], L.int64_of(node.inputs[0]), nq)
+        return True
+
+
+class ReluRule(ClipRule):
+    def bounds(self, node, consts):
+        return 0.0, math.inf
+
+
+class TfliteKernelRule(QuantRule):
+    """Ops that run in integers only in converted TFLite models, with TFLite's reference kernel
+    (mixq's own quantization keeps them float islands)."""
+
+    kernel = ""
+
+    def accepts(self, node: Node, ctx, q_in, q_out) -> NodeQuant | None:
+        raise NotImplementedError
+
+    def convert_tflite(self, node, ctx, acts, q_ins, q_out):
+        if len(acts) != 1 or q_ins[0].bits != 8 or q_out.bits != 8:
+            return None
+        return self.accepts(node, ctx, q_ins[0], q_out)
+
+    def run_int(self, node, nq, ctx):
+        if nq.tflite_kernel != self.kernel:
+            raise ExecutionError(f"{node.describe()}: unknown TFLite kernel {nq.tflite_kernel!r}")
+        x = node.inputs[0]
+        q_out = ctx.tensors[node.outputs[0]]
+        ctx.set_int(node.outputs[0], self.kernel_run(ctx.int(x), nq, ctx.tensors[x], q_out))
+
+
+class LogisticRule(TfliteKernelRule):
+    kernel = "logistic_int8"
+
+    def accepts(self, node, ctx, q_in, q_out):
+        return NodeQuant(tflite_kernel=self.kernel)
+
+    def kernel_run(self, x, nq, q_in, q_out):
+        return logistic_int8(x, q_in.scale, q_in.zero_point, q_out.scale, q_out.zero_point)
+
+
+class SoftmaxRule(TfliteKernelRule):
+    """mixq's quantization: attention's Softmax on the MLA with :func:`softmax_int` (16-bit output,
+    scale 2**-15, zero point 0, whatever the precision); a converted TFLite model's int8 SOFTMAX
+    runs TFLite's reference kernel (:func:`softmax_int8`)."""
+
+    kernel = "softmax_int8"
+
+    def quantize(self, node, ctx):
+        ins = ctx.activations(node)
+        if len(ins) != 1:
+            return None
+        nq = softmax_int_constants(node, ctx.tensors[ins[0]])
+        if nq is not None:
+            ctx.tensors[node.outputs[0]] = TensorQuant(SOFTMAX_OUT_SCALE, 0, SOFTMAX_OUT_BITS)
+        return nq
+
+    def run_int(self, node, nq, ctx):
+        if nq.kernel != "softmax_int":
+            return super().run_int(node, nq, ctx)
+        ctx.set_int(node.outputs[0], softmax_int(ctx.int(node.inputs[0]), nq, node))
+
+    def accepts(self, node, ctx, q_in, q_out):
+        if q_out.zero_point != -128 or abs(q_out.scale - 1 / 256) >= 1e-12:
+            return None
+        x_rank = len(ctx.graph.tensors[node.inputs[0]].shape)
+        axis = int(node.attrs.get("axis", -1)) % x_rank
+        if node.attrs.get("_coerce_2d") and axis != x_rank - 1:
+            return None
+        return NodeQuant(tflite_kernel=self.kernel, beta=1.0, axis=axis)
+
+    def kernel_run(self, x, nq, q_in, q_out):
+        return softmax_int8(x, q_in.scale, float(1.0 if nq.beta is None else nq.beta),
+                            int(-1 if nq.axis is None else nq.axis))
+
+
 register(
     OpDef(
         "Relu",
@@ -46,16 +142,29 @@ register(
         _unary(lambda n, x: np.maximum(x, 0)),
         mla=True,
         kind="relu",
+        quant=ReluRule(),
         doc="fused into a preceding conv/dense",
     )
 )
 register(OpDef("LeakyRelu", _same, _unary(_leaky), doc="alpha"))
-register(OpDef("Sigmoid", _same, _unary(_sigmoid), doc="1 / (1 + exp(-x)), overflow-free"))
+register(OpDef("Sigmoid", _same, _unary(_sigmoid), quant=LogisticRule(), doc="1 / (1 + exp(-x)), overflow-free"))
 register(OpDef("Tanh", _same, _unary(lambda n, x: np.tanh(x)), doc="tanh(x)"))
 register(OpDef("HardSigmoid", _same, _unary(_hard_sigmoid), kind="hard_sigmoid", doc="alpha, beta"))
 register(
     OpDef("HardSwish", _same, _unary(_hard_swish), kind="hard_swish", doc="x * HardSigmoid(x) with alpha 1/6, beta 0.5")
 )
+
+
+# ---- Elu: the worked example of docs/architecture.md ("Adding an operator"): this block is all of it
+
+def _elu(node, x):
+    # ONNX: x for x >= 0, alpha * (exp(x) - 1) below; exp of the non-positive part only (no overflow)
+    alpha = np.asarray(node.attrs.get("alpha", 1.0), x.dtype)
+    return np.where(x >= 0, x, alpha * (np.exp(np.minimum(x, 0)) - np.asarray(1, x.dtype)))
+
+
+register(OpDef("Elu", _same, _unary(_elu), mla=True, kind="elu", quant=TableRule(),
+               doc="alpha; MLA: a lookup table over every input code (INT8 / INT16)"))
 
 
 def _clip_check(node: Node, infos):
@@ -93,6 +202,7 @@ def _clip_upgrade(node: Node, graph) -> None:
 
 
 register(OpDef("Clip", _same, _clip_run, mla=True, kind="clip", check=_clip_check, upgrade=_clip_upgrade,
+               quant=ClipRule(),
                doc="min/max inputs (attributes before opset 11); fused into a preceding conv/dense"))
 
 
@@ -134,7 +244,7 @@ def _softmax_on_mla(node: Node, graph) -> bool:
 
 
 register(
-    OpDef("Softmax", _softmax_infer, _softmax_run, mla=_softmax_on_mla, upgrade=_softmax_upgrade,
+    OpDef("Softmax", _softmax_infer, _softmax_run, mla=_softmax_on_mla, upgrade=_softmax_upgrade, quant=SoftmaxRule(),
           doc="axis (opset < 13 semantics kept); MLA (integer kernel, INT16 output) when it feeds a MatMul of two "
               "activations (attention), else APU")
 )
@@ -163,49 +273,6 @@ register(OpDef("Gelu", _same, lambda n, x: [gelu(x[0], n.attrs.get("approximate"
 
 
 # --------------------------------------------------------------------------- integer kernels
-
-def _round_half_away_f32(v: np.float32) -> int:
-    # TfLiteRound / roundf on a float32, exactly: the fractional part of a float is exact
-    a = abs(float(v))
-    fl = np.floor(a)
-    r = int(fl) + int(a - fl >= 0.5)
-    return -r if v < 0 else r
-
-
-def _bound(value: float, s: np.float32, zp: int, qmin: int, qmax: int) -> int:
-    q = np.float32(value) / s
-    if not np.isfinite(q):          # float32 overflow: saturate (C's int32 cast is undefined)
-        return qmax if q > 0 else qmin
-    return zp + _round_half_away_f32(q)
-
-
-def activation_range_int(zp, scale, lo, hi, qmin, qmax) -> tuple[int, int]:
-    """TFLite's CalculateActivationRangeQuantized / QuantizedReluX bounds:
-    ``act_min = max(qmin, zp + round(lo / scale))``, ``act_max = min(qmax, zp + round(hi / scale))``
-    with the division in float32 (``f / scale``, both float) and ``round`` half away from zero
-    (TfLiteRound). ``lo = -inf`` / ``hi = +inf`` leave ``qmin`` / ``qmax``. Where the C cast to
-    int32 would overflow (huge ``lo/scale``), the exact integer is used instead.
-    """
-    qmin, qmax = int(qmin), int(qmax)
-    if qmin > qmax:
-        raise QuantizationConfigError(f"qmin ({qmin}) must be <= qmax ({qmax})")
-    try:
-        s = np.float32(scale)
-        zp_i = int(zp)
-        lo_f, hi_f = float(lo), float(hi)
-    except (TypeError, ValueError, OverflowError):
-        raise QuantizationConfigError(
-            f"zp, scale, lo, hi must be numbers, got {zp!r}, {scale!r}, {lo!r}, {hi!r}"
-        ) from None
-    if not np.isfinite(s) or s <= 0:
-        raise QuantizationConfigError(f"scale must be a positive finite number, got {scale!r}")
-    if np.isnan(lo_f) or np.isnan(hi_f) or lo_f > hi_f:
-        raise QuantizationConfigError(f"clip bounds lo={lo!r}, hi={hi!r} must satisfy lo <= hi")
-    with np.errstate(over="ignore"):
-        act_min = qmin if lo_f == -np.inf else max(qmin, _bound(lo_f, s, zp_i, qmin, qmax))
-        act_max = qmax if hi_f == np.inf else min(qmax, _bound(hi_f, s, zp_i, qmin, qmax))
-    return int(act_min), int(act_max)
-
 
 def clip_int(x_q, zp, scale, lo, hi, qmin, qmax) -> np.ndarray:
     """Clip (and ReLU/ReLU6) on quantized integers, TFLite's ReluX with equal input and output
@@ -387,7 +454,7 @@ SOFTMAX_OUT_SCALE = 1.0 / (1 << 15)
 _SOFTMAX_EXP_BITS = 20
 
 
-def softmax_int_constants(node: Node, q_in) -> dict | None:
+def softmax_int_constants(node: Node, q_in) -> NodeQuant | None:
     """The quantization rule of an integer Softmax over the last axis (None where the op's opset<13
     flattening applies): a table ``T[j] = round(exp(-s_in * j) * 2**20)`` for ``j = 0 ..`` until it
     rounds to 0 (at most ``2**bits`` entries), int32, computed once in float64."""
@@ -400,10 +467,10 @@ def softmax_int_constants(node: Node, q_in) -> dict | None:
     table = np.round(np.exp(-float(q_in.scale) * np.arange(size, dtype=np.float64)) * (1 << _SOFTMAX_EXP_BITS))
     if size < n:
         table[-1] = 0
-    return {"kernel": "softmax_int", "exp_table": table.astype(np.int32), "axis": int(axis)}
+    return NodeQuant(kernel="softmax_int", exp_table=table.astype(np.int32), axis=int(axis))
 
 
-def softmax_int(x_q, c: dict, node: Node | None = None) -> np.ndarray:
+def softmax_int(x_q, c: NodeQuant, node: Node | None = None) -> np.ndarray:
     """mixq's integer Softmax: ``d = max(x) - x`` (exact, per row), ``e = T[min(d, len(T) - 1)]``,
     ``sum = sum(e)`` (int64), ``out = min((e * 2**15 + sum // 2) // sum, 32767)``: probabilities with
     scale 2**-15 and zero point 0. The row max has ``e = 2**20``, so ``sum > 0``. Returns int64."""
@@ -411,8 +478,8 @@ def softmax_int(x_q, c: dict, node: Node | None = None) -> np.ndarray:
     if x.dtype.kind not in "iu":
         raise ExecutionError(f"x_q must be an integer array, got dtype {x.dtype}")
     x = x.astype(np.int64)
-    axis = normalize_axis(node, c["axis"], x.ndim) if node is not None else c["axis"] % x.ndim
-    table = np.asarray(c["exp_table"], np.int64)
+    axis = normalize_axis(node, c.axis, x.ndim) if node is not None else c.axis % x.ndim
+    table = np.asarray(c.exp_table, np.int64)
     d = np.minimum(x.max(axis=axis, keepdims=True) - x, table.size - 1)
     e = table[d]
     total = e.sum(axis=axis, keepdims=True)

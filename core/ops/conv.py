@@ -10,6 +10,7 @@ import numpy as np
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import activation_suffix
+from core.ops.quant_rules import DenseRule
 from core.ops.registry import OpDef, register
 
 
@@ -32,7 +33,7 @@ def _spatial_attrs(node: Node, in_spatial, kernel):
     return strides, dilations, pads
 
 
-def _conv_out_shape(node: Node, x_shape, w_shape):
+def conv_out_shape(node: Node, x_shape, w_shape):
     n = len(x_shape) - 2
     kernel = list(node.attrs.get("kernel_shape", w_shape[2:]))
     strides, dilations, pads = _spatial_attrs(node, x_shape[2:], kernel)
@@ -61,11 +62,11 @@ def _conv_infer(node: Node, infos):
         raise ShapeInferenceError(f"{node.describe()}: {w.shape[0]} output channels not divisible by group {group}")
     if len(infos) > 2 and infos[2] is not None and tuple(infos[2].shape) != (w.shape[0],):
         raise ShapeInferenceError(f"{node.describe()}: bias shape {infos[2].shape} != ({w.shape[0]},)")
-    _, _, _, _, out = _conv_out_shape(node, x.shape, w.shape)
+    _, _, _, _, out = conv_out_shape(node, x.shape, w.shape)
     return [TensorInfo((x.shape[0], w.shape[0], *out), x.dtype)]
 
 
-def _channels_last(x):
+def to_channels_last(x):
     """Logical NC(spatial) -> a channels-last view (free when memory is already channels-last)."""
     n = x.ndim - 2
     return x.transpose((0,) + tuple(range(2, 2 + n)) + (1,))
@@ -209,7 +210,7 @@ def _row_blocks(N: int, out, target_rows: int):
             yield i, min(i + step, N), 0, out[0]
 
 
-def _windows(xl, kernel, strides, dilations, out):
+def conv_windows(xl, kernel, strides, dilations, out):
     """View (N, *out, *kernel, C) over channels-last (padded) input: im2col without a copy."""
     n = len(kernel)
     st = xl.strides
@@ -233,7 +234,7 @@ def _gemm_conv(xl, w, bias, act, group, kernel, strides, dilations, out, dtype, 
     cg, og = C // group, O // group
     staged = result_dtype is not None and np.dtype(result_dtype) != np.dtype(dtype)
     y = np.empty((N, *out, O), dtype=result_dtype if staged else dtype)
-    windows = [_windows(xl[..., g * cg:(g + 1) * cg] if group > 1 else xl, kernel, strides, dilations, out)
+    windows = [conv_windows(xl[..., g * cg:(g + 1) * cg] if group > 1 else xl, kernel, strides, dilations, out)
                for g in range(group)]
     # weights O,C,k.. -> (k.., C) x O to match the column order
     wmats = [
@@ -342,7 +343,7 @@ def conv_forward(x, w, b, node: Node):
     """
     dtype = np.result_type(x, w)
     bias = None if b is None else b.astype(dtype, copy=False)
-    return _channels_first(_conv_channels_last(_channels_last(x), w, bias, node.attrs.get("activation"), node, dtype))
+    return _channels_first(_conv_channels_last(to_channels_last(x), w, bias, node.attrs.get("activation"), node, dtype))
 
 
 def _conv_channels_last(xl, w, bias, act, node: Node, dtype, result_dtype=None, x_shift=None, finish=None):
@@ -354,7 +355,7 @@ def _conv_channels_last(xl, w, bias, act, node: Node, dtype, result_dtype=None, 
     xl to dtype and the subtraction exact)."""
     n = xl.ndim - 2
     x_shape = (xl.shape[0], xl.shape[-1], *xl.shape[1:-1])
-    kernel, strides, dilations, pads, out = _conv_out_shape(node, x_shape, w.shape)
+    kernel, strides, dilations, pads, out = conv_out_shape(node, x_shape, w.shape)
     group = node.attrs.get("group", 1)
     if group == x_shape[1] == w.shape[0] and w.shape[1] == 1:
         return _depthwise_conv(xl, w, bias, act, kernel, strides, dilations, pads, out, dtype, result_dtype, x_shift,
@@ -387,7 +388,7 @@ _FLOAT_EXACT = ((np.dtype(np.float32), 1 << 24), (np.dtype(np.float64), 1 << 53)
 _INT64_LIMIT = 1 << 63
 
 
-def _int_operand(a, name: str, node: Node) -> np.ndarray:
+def int_operand(a, name: str, node: Node) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype.kind not in "iu" or a.dtype == np.uint64:
         raise QuantizationConfigError(
@@ -395,7 +396,7 @@ def _int_operand(a, name: str, node: Node) -> np.ndarray:
     return a
 
 
-def _zero_point(zp, node: Node) -> int:
+def checked_zero_point(zp, node: Node) -> int:
     arr = np.asarray(zp)
     if (
         arr.size != 1
@@ -421,10 +422,10 @@ def exact_accumulation_dtype(x_q: np.ndarray, x_zero_point: int, w_rows: np.ndar
     """The cheapest dtype in which ``sum_k w_rows[o, k] * (x[k] - x_zero_point)`` is exact for
     every output row o and every x in ``x_q``: float32, float64 or int64 (see the proof above).
     ``w_rows`` is (outputs, K). Raises ExecutionError when even int64 might overflow."""
-    return _exact_plan(x_q, x_zero_point, w_rows, bias_q, node)[0]
+    return exact_plan(x_q, x_zero_point, w_rows, bias_q, node)[0]
 
 
-def _exact_plan(x_q, x_zero_point, w_rows, bias_q, node: Node):
+def exact_plan(x_q, x_zero_point, w_rows, bias_q, node: Node):
     """(dtype, bound): exact_accumulation_dtype's choice, and the bound it proved on
     max_o |sum_k w_rows[o, k] * (x[k] - x_zero_point)| (without the bias)."""
     w_max = _abs_range(w_rows)
@@ -460,7 +461,7 @@ def _exact_plan(x_q, x_zero_point, w_rows, bias_q, node: Node):
     return np.dtype(np.int64), bound
 
 
-def _shifted(x, zero_point: int, dtype) -> np.ndarray:
+def shifted_operand(x, zero_point: int, dtype) -> np.ndarray:
     """(x - zero_point) in dtype, exactly (the caller proved |x - zero_point| fits), as a new
     C-contiguous array of x's (logical) shape."""
     dtype = np.dtype(dtype)
@@ -492,28 +493,28 @@ def conv_accumulate(x_q, x_zero_point, w_q, bias_q, node: Node, requant=None) ->
     (bit for bit; fast mode's approximate ``Requant`` accumulates in float32 with its
     ``weight_scale`` folded into the weights).
     """
-    x_q = _int_operand(x_q, "x_q", node)
-    w_q = _int_operand(w_q, "w_q", node)
-    zp = _zero_point(x_zero_point, node)
+    x_q = int_operand(x_q, "x_q", node)
+    w_q = int_operand(w_q, "w_q", node)
+    zp = checked_zero_point(x_zero_point, node)
     if bias_q is not None:
-        bias_q = _int_operand(bias_q, "bias_q", node)
+        bias_q = int_operand(bias_q, "bias_q", node)
     _conv_infer(node, [TensorInfo(x_q.shape, x_q.dtype), TensorInfo(w_q.shape, w_q.dtype),
                        None if bias_q is None else TensorInfo(bias_q.shape, bias_q.dtype)])
     kernel = list(node.attrs.get("kernel_shape", w_q.shape[2:]))
     if tuple(kernel) != tuple(w_q.shape[2:]):
         raise ShapeInferenceError(f"{node.describe()}: kernel_shape {kernel} != weight shape {tuple(w_q.shape[2:])}")
-    dtype, bound = _exact_plan(x_q, zp, w_q.reshape(w_q.shape[0], -1), bias_q, node)
+    dtype, bound = exact_plan(x_q, zp, w_q.reshape(w_q.shape[0], -1), bias_q, node)
     result, finish, bias = np.int64, None, _exact_bias(bias_q, dtype, bound)
     if requant is not None:
         dtype, finish = requant.bind(dtype, bias_q, bound)
         result, bias = requant.dtype, None
         if requant.weight_scale is not None:   # fast mode: the blocks come out rescaled
             w_q = w_q.astype(dtype) * requant.weight_scale.reshape((-1,) + (1,) * (w_q.ndim - 1))
-    xl = _channels_last(x_q)
+    xl = to_channels_last(x_q)
     if _direct_shift(x_q, zp, dtype):   # the kernels subtract the zero point block by block
         y = _conv_channels_last(xl, w_q, bias, None, node, dtype, result, dtype.type(zp), finish)
     else:
-        y = _conv_channels_last(_shifted(xl, zp, dtype), w_q, bias, None, node, dtype, result, finish=finish)
+        y = _conv_channels_last(shifted_operand(xl, zp, dtype), w_q, bias, None, node, dtype, result, finish=finish)
     return _channels_first(y)
 
 
@@ -556,6 +557,36 @@ def _conv_upgrade(node: Node, graph) -> None:
         node.attrs["kernel_shape"] = list(w.shape[2:])
 
 
+class ConvRule(DenseRule):
+    """Conv's quantization: :class:`DenseRule` with the conv accumulator (channels on axis 1)."""
+
+    channel_axis = 1
+    onnx_product = "ConvInteger"
+
+    def accumulate(self, x, zero_point, w_q, bias_q, node, requant=None):
+        return conv_accumulate(x, zero_point, w_q, bias_q, node, requant=requant)
+
+    def onnx_operands(self, node, w_q, L):
+        attrs = {k: v for k, v in L.onnx_attrs(node).items()
+                 if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
+        return w_q, attrs, (1, -1) + (1,) * (w_q.ndim - 2)
+
+    def weight_row_sums(self, weights):
+        return np.abs(weights.astype(np.int64)).reshape(weights.shape[0], -1).sum(1)
+
+    def onnx_float_product(self, L, xf, w_int, bias, attrs, base):
+        ins = [xf, w_int]
+        if bias is not None:
+            ins.append(L.w.const(f"{base}/bias_int", bias.reshape(-1).astype(np.float32)))
+        return L.ops.cast(L.w.op("Conv", ins, base, **attrs), "DOUBLE", base)
+
+    def tflite_weight_layout(self, node, raw, w):
+        if raw.ndim == 4 and w.ndim == 4 and int(node.attrs.get("group", 1)) > 1 and raw.shape[0] == 1 and \
+                raw.shape[3] == w.shape[0]:
+            return raw.transpose(3, 0, 1, 2)   # depthwise 1HWO -> O1HW
+        return super().tflite_weight_layout(node, raw, w)
+
+
 register(
     OpDef(
         "Conv",
@@ -564,6 +595,7 @@ register(
         mla=True,
         kind=_conv_kind,
         upgrade=_conv_upgrade,
+        quant=ConvRule(),
         doc="1-D/2-D/3-D; groups (depthwise, grouped), strides, dilations, pads, auto_pad; fused bias + Relu/Clip",
     )
 )

@@ -8,7 +8,9 @@ import numpy as np
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import broadcast_shape, qrange, scale32
+from core.ops.quant_rules import RescaleRule
 from core.ops.registry import OpDef, register
+from core.quantization.quant_data import NodeQuant
 from core.quantization.requantize import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier
 
 
@@ -38,13 +40,131 @@ def _div(a, b):
     return a / b
 
 
-for _name, _fn, _mla, _kind, _doc in [
-    ("Add", np.add, True, "add", "numpy broadcasting"),
-    ("Sub", np.subtract, True, "subtract", "numpy broadcasting"),
-    ("Mul", np.multiply, True, "multiply", "numpy broadcasting"),
-    ("Div", _div, False, "divide", "numpy broadcasting; integer division truncates toward zero"),
+class ElementwiseRule(RescaleRule):
+    """Add / Sub / Mul of two activations: the output's own range, TFLite's integer arithmetic
+    (8-bit: a lookup table the kernel builds from that arithmetic). In converted TFLite models one
+    operand may be an int8 constant (an unfolded BatchNormalization's scale / offset)."""
+
+    def __init__(self, arith: str):
+        self.arith = arith   # "add" | "sub" | "mul"
+
+    def accepts(self, node, acts):
+        return len(acts) == 2
+
+    def run_int(self, node, nq, ctx):
+        acts = ctx.activations(node)
+        tq, out = ctx.tensors, node.outputs[0]
+        q_out = tq[out]
+        if nq.const_q is not None:   # an integer constant operand (converted TFLite models)
+            xa = (ctx.int(acts[0]), tq[acts[0]].scale, tq[acts[0]].zero_point)
+            xc = (nq.const_q, nq.const_scale, nq.const_zp)
+            first, second = (xc, xa) if nq.const_pos == 0 else (xa, xc)
+            args = (*first, *second, q_out.scale, q_out.zero_point, nq.act_min, nq.act_max)
+            bits = q_out.bits
+        else:
+            a, b = acts
+            qa, qb = tq[a], tq[b]
+            args = (ctx.int(a), qa.scale, qa.zero_point, ctx.int(b), qb.scale, qb.zero_point,
+                    q_out.scale, q_out.zero_point, nq.act_min, nq.act_max)
+            bits = 16 if max(qa.bits, qb.bits, q_out.bits) == 16 else 8
+        dtype = ctx.dtype_of(q_out)
+        if self.arith == "mul":
+            y = mul_int(*args, dtype=dtype)
+        else:
+            y = (add_int if self.arith == "add" else sub_int)(*args, bits=bits, dtype=dtype)
+        ctx.set_int(out, y)
+
+    def convert_tflite(self, node, ctx, acts, q_ins, q_out):
+        n = node
+        if len([i for i in n.inputs if i]) != 2:
+            return None
+        if len(acts) == 2:
+            return self.tflite_range(n, q_out)
+        if len(acts) != 1:
+            return None
+        # an int8 constant operand (e.g. an unfolded BatchNormalization's scale / offset)
+        pos = 0 if n.inputs[0] in ctx.consts else 1
+        cq = ctx.constant_operand(n, n.inputs[pos])
+        if cq is None:
+            return None
+        nq = NodeQuant(const_pos=pos, const_q=cq[0], const_scale=cq[1].scale, const_zp=cq[1].zero_point)
+        return self.tflite_range(n, q_out, nq)
+
+    # ---- integer ONNX: the kernel's arithmetic in int64 ops, or float64 ops where bounds prove it exact
+    def lower_integer_onnx(self, node, nq, L):
+        if nq.tflite_kernel:
+            return False
+        n, out = node, node.outputs[0]
+        q_out, w, ops, base = L.tq[out], L.w, L.ops, node.name
+        acts = [i for i in n.inputs if i and i not in L.g.constants]
+        if nq.const_q is not None:
+            a = (L.int64_of(acts[0]), L.tq[acts[0]].scale, L.tq[acts[0]].zero_point)
+            k = (ops.i64(nq.const_q), nq.const_scale, nq.const_zp)
+            (xa, sa, za), (xb, sb, zb) = (k, a) if nq.const_pos == 0 else (a, k)
+            bits = q_out.bits
+        elif len(acts) == 2:
+            qa, qb = L.tq[acts[0]], L.tq[acts[1]]
+            xa, sa, za, xb, sb, zb = (L.int64_of(acts[0]), qa.scale, qa.zero_point,
+                                      L.int64_of(acts[1]), qb.scale, qb.zero_point)
+            bits = 16 if max(qa.bits, qb.bits, q_out.bits) == 16 else 8
+        else:
+            return False
+        if self.lower_f64(n, nq, L, xa, sa, za, xb, sb, zb, bits, q_out):
+            return True
+        ca = w.op("Sub", [xa, ops.i64(int(za))], base)
+        cb = w.op("Sub", [xb, ops.i64(int(zb))], base)
+        if self.arith == "mul":
+            m, shift = mul_multiplier(sa, sb, q_out.scale)
+            raw = ops.mbqm(w.op("Mul", [ca, cb], base), m, shift, base)
+        else:
+            left, (ma, sha), (mb, shb), (mo, sho) = add_multipliers(sa, sb, q_out.scale, bits)
+            ra = ops.mbqm(w.op("Mul", [ca, ops.i64(1 << left)], base), ma, sha, base)
+            if self.arith == "sub" and bits == 16:   # sub.cc: the Add kernel with the second multiplier negated
+                total = w.op("Add", [ra, ops.mbqm(w.op("Mul", [cb, ops.i64(1 << left)], base), -mb, shb, base)],
+                             base)
+            else:
+                rb = ops.mbqm(w.op("Mul", [cb, ops.i64(1 << left)], base), mb, shb, base)
+                total = w.op("Add" if self.arith == "add" else "Sub", [ra, rb], base)
+            raw = ops.mbqm(total, mo, sho, base)
+        L.store(out, w.op("Add", [raw, ops.i64(q_out.zero_point)], base), nq)
+        return True
+
+    def lower_f64(self, n, nq, L, xa, sa, za, xb, sb, zb, bits: int, q_out) -> bool:
+        """The lowering in float64 ops where the bounds prove them exact (every 8-bit case):
+        (a - zp_a) * 2**20 * m_a has at most 8 + 31 significant bits, whatever the power of two."""
+        w, ops, base = L.w, L.ops, n.name
+        span = float(2 ** bits)
+        # int64 inputs (already cast) become doubles; the centred values are exact
+        ca = w.op("Sub", [ops.cast(xa, "DOUBLE", base), w.value(za, np.float64)], base)
+        cb = w.op("Sub", [ops.cast(xb, "DOUBLE", base), w.value(zb, np.float64)], base)
+        if self.arith == "mul":
+            m, shift = mul_multiplier(sa, sb, q_out.scale)
+            out = ops.requantize_f64(w.op("Mul", [ca, cb], base), m, shift, "double", span * span, q_out.zero_point,
+                                     base)
+        else:
+            left, (ma, sha), (mb, shb), (mo, sho) = add_multipliers(sa, sb, q_out.scale, bits)
+            if self.arith == "sub" and bits == 16:
+                mb = -mb
+            ra = ops.requantize_f64(ca, ma, sha, "double", span, 0, base, pre_shift=left)
+            rb = ops.requantize_f64(cb, mb, shb, "double", span, 0, base, pre_shift=left)
+            if ra is None or rb is None:
+                return False
+            both = "Add" if self.arith == "add" or bits == 16 else "Sub"
+            bound = span * 2.0 ** left * (abs(ma) * 2.0 ** (sha - 31) + abs(mb) * 2.0 ** (shb - 31)) + 2
+            out = ops.requantize_f64(w.op(both, [ra, rb], base), mo, sho, "double", bound, q_out.zero_point, base)
+        if out is None:
+            return False
+        L.store(n.outputs[0], out, nq, np.float64)
+        return True
+
+
+for _name, _fn, _mla, _kind, _rule, _doc in [
+    ("Add", np.add, True, "add", ElementwiseRule("add"), "numpy broadcasting"),
+    ("Sub", np.subtract, True, "subtract", ElementwiseRule("sub"), "numpy broadcasting"),
+    ("Mul", np.multiply, True, "multiply", ElementwiseRule("mul"), "numpy broadcasting"),
+    ("Div", _div, False, "divide", None, "numpy broadcasting; integer division truncates toward zero"),
 ]:
-    register(OpDef(_name, _infer, _binary(_fn), mla=_mla, kind=_kind, doc=_doc))
+    register(OpDef(_name, _infer, _binary(_fn), mla=_mla, kind=_kind, quant=_rule, doc=_doc))
 
 
 # --------------------------------------------------------------------------- integer kernels

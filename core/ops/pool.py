@@ -7,7 +7,9 @@ import numpy as np
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import qrange, scale32
+from core.ops.quant_rules import RescaleRule, ReuseRule
 from core.ops.registry import OpDef, register
+from core.quantization.quant_data import NodeQuant
 from core.quantization.requantize import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier
 
 
@@ -107,9 +109,70 @@ def _avgpool_run(node: Node, inputs):
     return [(total / np.maximum(count, 1)).astype(x.dtype)]
 
 
+class MaxPoolRule(ReuseRule):
+    """MaxPool keeps its input's quantization: the maximum of the integers (one output)."""
+
+    def supported(self, node):
+        return len(node.outputs) == 1 or not any(node.outputs[1:])
+
+    def tflite_supported(self, node):
+        return self.supported(node) and not node.attrs.get("activation")
+
+    def run_int(self, node, nq, ctx):
+        ctx.set_int(node.outputs[0], max_pool_int(ctx.int(node.inputs[0]), node))
+
+    def lower_integer_onnx(self, node, nq, L):
+        # the maximum of integers is exact in float32 (|q| < 2**24)
+        w, ops, out = L.w, L.ops, node.outputs[0]
+        y = w.op("MaxPool", [ops.cast(L.int_of(node.inputs[0]), "FLOAT", node.name)], node.name, **L.onnx_attrs(node))
+        L.q[out] = ops.cast(y, L.storage_type(out), node.name)
+        return True
+
+
+class AvgPoolRule(ReuseRule):
+    """AveragePool keeps its input's quantization: TFLite's rounded integer mean of each window."""
+
+    def constants(self, node, q, consts):
+        return NodeQuant(qmin=q.qmin, qmax=q.qmax)
+
+    def tflite_supported(self, node):
+        a = node.attrs
+        return not (a.get("activation") or a.get("count_include_pad", 0) or a.get("ceil_mode", 0))
+
+    def run_int(self, node, nq, ctx):
+        x = node.inputs[0]
+        ctx.set_int(node.outputs[0], avg_pool_int(ctx.int(x), node, nq.qmin, nq.qmax,
+                                                  zero_point=ctx.tensors[x].zero_point))
+
+    def lower_integer_onnx(self, node, nq, L):
+        """Window sums as a depthwise ConvInteger with a kernel of ones (pads contribute 0; the end
+        pads stretched over any ceil-mode overhang), then the rounded division by the count."""
+        n, x, out = node, node.inputs[0], node.outputs[0]
+        q_in, w, ops, base = L.tq[x], L.w, L.ops, n.name
+        shape = tuple(L.g.tensors[x].shape)
+        if any(not isinstance(d, (int, np.integer)) for d in shape[1:]):
+            return False
+        kernel, strides, dilations, pads, size = _geometry(n, shape)
+        rank = len(kernel)
+        ends = [(size[d] - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - shape[2 + d] - pads[d]
+                for d in range(rank)]
+        attrs = {"group": int(shape[1]), "strides": strides, "dilations": dilations, "kernel_shape": kernel,
+                 "pads": list(pads[:rank]) + [max(e, pads[rank + d]) for d, e in enumerate(ends)]}
+        ones = np.ones((shape[1], 1) + tuple(kernel), np.int8)
+        acc = L.integer_product("ConvInteger", L.int_of(x), q_in.bits, 0, ones, attrs, base)
+        count, total = avg_pool_counts(n, shape)
+        if n.attrs.get("count_include_pad", 0) and any(pads):
+            acc = w.op("Add", [acc, ops.i64((total - count) * int(q_in.zero_point))], base)
+            count = total
+        L.store(out, ops.round_div(acc, count, base), NodeQuant(act_min=nq.qmin, act_max=nq.qmax))
+        return True
+
+
 register(OpDef("MaxPool", _pool_infer, _maxpool_run, mla=True, kind="max_pool2d", check=_pool_check,
+               quant=MaxPoolRule(),
                doc="kernel_shape, strides, pads, auto_pad, dilations, ceil_mode (no Indices output)"))
 register(OpDef("AveragePool", _pool_infer, _avgpool_run, mla=True, kind="avg_pool2d", check=_pool_check,
+               quant=AvgPoolRule(),
                doc="kernel_shape, strides, pads, auto_pad, dilations, ceil_mode, count_include_pad"))
 
 
@@ -129,7 +192,52 @@ def _gap_run(node: Node, inputs):
     ]
 
 
-register(OpDef("GlobalAveragePool", _gap_infer, _gap_run, mla=True, kind="global_avg_pool2d", doc="any spatial rank"))
+class GlobalAvgPoolRule(RescaleRule):
+    """GlobalAveragePool: the output's own range, TFLite's integer mean (a converted TFLite MEAN:
+    its reference QuantizedMeanOrSum kernel)."""
+
+    def run_int(self, node, nq, ctx):
+        x, out = node.inputs[0], node.outputs[0]
+        q_in, q_out = ctx.tensors[x], ctx.tensors[out]
+        if nq.tflite_kernel is not None:
+            y = mean_int_tflite(ctx.int(x), nq.tflite_kernel, q_in.scale, q_in.zero_point, q_out.scale,
+                                q_out.zero_point, nq.qmin, nq.qmax)
+        else:
+            y = global_avg_pool_int(ctx.int(x), q_in.scale, q_in.zero_point, q_out.scale, q_out.zero_point,
+                                    nq.act_min, nq.act_max)
+        ctx.set_int(out, y)
+
+    def convert_tflite(self, node, ctx, acts, q_ins, q_out):
+        if len(acts) == 1 and ctx.mean_keepdims(node) is not None:
+            # a TFLite MEAN: TF 2.21's reference kernel is QuantizedMeanOrSum (integer)
+            return NodeQuant(tflite_kernel="mean_quantized", qmin=q_out.qmin, qmax=q_out.qmax)
+        if len(acts) != len([i for i in node.inputs if i]):
+            return None
+        return self.tflite_range(node, q_out)
+
+    def lower_integer_onnx(self, node, nq, L):
+        x, out = node.inputs[0], node.outputs[0]
+        q_in, q_out, w, ops, base = L.tq[x], L.tq[out], L.w, L.ops, node.name
+        shape = L.g.tensors[x].shape
+        if any(not isinstance(d, (int, np.integer)) for d in shape[2:]):
+            return False
+        count = int(np.prod(shape[2:]))
+        centred = w.op("Sub", [L.int64_of(x), ops.i64(q_in.zero_point)], base)
+        acc = w.op("ReduceSum", [centred, ops.i64(list(range(2, len(shape))))], base, keepdims=1)
+        if nq.tflite_kernel == "mean_quantized":   # TFLite's MEAN: 1/count folded into the multiplier
+            scaled = ops.mbqm(acc, *mean_multiplier_tflite(q_in.scale, q_out.scale, count), base)
+            nq = NodeQuant(act_min=nq.qmin, act_max=nq.qmax)
+        elif nq.tflite_kernel:
+            return False
+        else:
+            m, shift = mean_multiplier(q_in.scale, q_out.scale)
+            scaled = ops.round_div(ops.mbqm(acc, m, shift, base), count, base)
+        L.store(out, w.op("Add", [scaled, ops.i64(q_out.zero_point)], base), nq)
+        return True
+
+
+register(OpDef("GlobalAveragePool", _gap_infer, _gap_run, mla=True, kind="global_avg_pool2d",
+               quant=GlobalAvgPoolRule(), doc="any spatial rank"))
 
 
 # --------------------------------------------------------------------------- integer kernels
@@ -261,3 +369,38 @@ def global_avg_pool_int(x_q, in_scale, in_zp, out_scale, out_zp, qmin, qmax) -> 
         raise ExecutionError("global_avg_pool_int: the int32 sum over the spatial axes overflows")
     acc = np.asarray(multiply_by_quantized_multiplier(acc, m, shift), dtype=np.int64)
     return np.clip(_round_div(acc, count) + out_zp, qmin, qmax).astype(np.int64)
+
+
+def mean_multiplier_tflite(in_scale: float, out_scale: float, count: int) -> tuple[int, int]:
+    """The multiplier of :func:`mean_int_tflite`, with the 1/``count`` folded in."""
+    from core.quantization.requantize import quantize_multiplier
+
+    m, shift = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
+    m, shift = int(m), int(shift)
+    k = min(count.bit_length() - 1, 32, 31 + shift)
+    return (m << k) // count, shift - k
+
+
+def mean_int_tflite(x_q: np.ndarray, kernel: str, in_scale: float, in_zp: int, out_scale: float, out_zp: int,
+                    qmin: int, qmax: int) -> np.ndarray:
+    """TFLite 2.21's reference int8 MEAN over the spatial axes of an N,C,spatial tensor
+    (``reference_ops::QuantizedMeanOrSum``, used for keep_dims true and false alike; measured
+    bit-exact, while ``integer_ops::Mean``, mixq's ``global_avg_pool_int``, is not what the
+    reference resolver runs): ``(M, shift) = QuantizeMultiplier(s_in / s_out)`` (double of the
+    float32 scales), the 1/N folded in: ``k = min(floor(log2 N), 32, 31 + shift)``,
+    ``M = (M << k) / N`` (int64, truncating), ``shift -= k``;
+    ``out = clamp(MBQM(sum(q) - zp_in * N, M, shift) + zp_out)``. ``kernel`` must be
+    ``"mean_quantized"``. Returns int64 shaped N, C, 1, ... (the spatial axes kept as 1)."""
+    from core.errors import ExecutionError
+    from core.quantization.requantize import multiply_by_quantized_multiplier
+
+    if kernel != "mean_quantized":
+        raise ExecutionError(f"unknown TFLite MEAN kernel {kernel!r}")
+    x = np.asarray(x_q)
+    axes = tuple(range(2, x.ndim))
+    count = int(np.prod(x.shape[2:], dtype=np.int64))
+    acc = x.astype(np.int64).sum(axis=axes, keepdims=True)
+    m, shift = mean_multiplier_tflite(in_scale, out_scale, count)
+    shifted = acc - int(in_zp) * count
+    y = np.asarray(multiply_by_quantized_multiplier(shifted, m, shift), np.int64) + int(out_zp)
+    return np.clip(y, qmin, qmax).astype(np.int64)

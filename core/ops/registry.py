@@ -2,8 +2,9 @@
 
 Each operator module (conv.py, pool.py, ...) holds, for its ops, the shape rule,
 the float kernel, whether the accelerator (MLA) runs it and how it is named in
-partitioned graphs, and registers an ``OpDef`` here. Adding an op touches one file.
-Later stages (quantization rule, integer kernel) add fields to ``OpDef``.
+partitioned graphs, its quantization rule (the integer kernel, the integer ONNX lowering and the
+TFLite conversion: ``core/ops/quant_rules.py``), and registers an ``OpDef`` here. Adding an op
+touches one file (docs/architecture.md, "Adding an operator").
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from core.errors import UnsupportedOperatorError
 
 if TYPE_CHECKING:  # pragma: no cover
     from core.ir.graph import Graph, Node, TensorInfo
+    from core.ops.quant_rules import QuantRule
 
 InferFn = Callable[["Node", list[Optional["TensorInfo"]]], list["TensorInfo"]]
 RunFn = Callable[["Node", list[np.ndarray | None]], list[np.ndarray]]
@@ -40,6 +42,9 @@ class OpDef:
              (attributes that later became inputs) into the canonical form, using graph.opset
     static_inputs  input slots that must be constants at load time (Reshape's shape, Resize's
              scales...): mixq compiles static-shape programs
+    quant    optional quantization rule (a ``core.ops.quant_rules.QuantRule``): how the op is
+             quantized, run in integers, lowered to integer ONNX, converted from TFLite. None: an
+             MLA node of this op runs as a float island (dequantize, float kernel, quantize)
     """
 
     name: str
@@ -51,6 +56,7 @@ class OpDef:
     upgrade: Callable[[Node, Graph], None] | None = None
     static_inputs: tuple[int, ...] = ()
     doc: str = ""
+    quant: QuantRule | None = None
 
     def on_mla(self, node: Node, graph: Graph) -> bool:
         return self.mla(node, graph) if callable(self.mla) else bool(self.mla)

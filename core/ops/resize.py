@@ -6,6 +6,7 @@ import numpy as np
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import const_input
+from core.ops.quant_rules import ReuseRule
 from core.ops.registry import OpDef, register
 
 
@@ -164,6 +165,24 @@ def _is_nearest(node, graph):
     return node.attrs.get("mode", "nearest") == "nearest"
 
 
+class ResizeRule(ReuseRule):
+    """Nearest Resize keeps its input's quantization and copies integers (linear: a float island)."""
+
+    def supported(self, node):
+        return node.attrs.get("mode", "nearest") == "nearest"
+
+    def run_int(self, node, nq, ctx):
+        x, consts = node.inputs[0], ctx.consts
+        extra = [consts.get(i) if i else None for i in (list(node.inputs[1:4]) + [None] * 3)[:3]]
+        extrapolation_q = ctx.tensors[x].quantize(np.float32(node.attrs.get("extrapolation_value", 0.0))).item()
+        ctx.set_int(node.outputs[0], resize_nearest_int(ctx.int(x), node, *extra, extrapolation_q=extrapolation_q))
+
+    def lower_integer_onnx(self, node, nq, L):
+        if node.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+            return False
+        return L.lower_layout(node, nq, widen_int16=True)   # onnxruntime has no int16 Resize
+
+
 register(
     OpDef(
         "Resize",
@@ -174,6 +193,7 @@ register(
         check=_check,
         upgrade=_resize_upgrade,
         static_inputs=(1, 2, 3),
+        quant=ResizeRule(),
         doc="nearest (all nearest_mode), linear; scales or sizes, axes, keep_aspect_ratio_policy; MLA when nearest",
     )
 )

@@ -8,7 +8,9 @@ import numpy as np
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError, UnsupportedOperatorError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import const_input, normalize_axes, normalize_axis
+from core.ops.quant_rules import LayoutRule, RescaleRule, ReuseRule
 from core.ops.registry import OpDef, register
+from core.quantization.quant_data import NodeQuant
 from core.quantization.requantize import INT32_MAX, INT32_MIN
 
 
@@ -68,6 +70,7 @@ register(
         mla=True,
         kind="reshape",
         static_inputs=(1,),
+        quant=LayoutRule(),
         doc="0 and -1, allowzero; static shape input",
     )
 )
@@ -83,7 +86,8 @@ def _flatten_shape(node, shape):
 
 
 register(OpDef("Flatten", lambda n, i: [TensorInfo(_flatten_shape(n, i[0].shape), i[0].dtype)],
-               lambda n, x: [x[0].reshape(_flatten_shape(n, x[0].shape))], mla=True, kind="flatten", doc="axis"))
+               lambda n, x: [x[0].reshape(_flatten_shape(n, x[0].shape))], mla=True, kind="flatten",
+               quant=LayoutRule(), doc="axis"))
 
 
 # ---- Transpose ----
@@ -103,6 +107,7 @@ register(
         lambda n, x: [np.ascontiguousarray(np.transpose(x[0], _perm(n, x[0].ndim)))],
         mla=True,
         kind="transpose",
+        quant=LayoutRule(),
         doc="perm",
     )
 )
@@ -152,7 +157,7 @@ def _axes_upgrade(node, graph):
 
 
 register(OpDef("Squeeze", _squeeze_infer, _squeeze_run, mla=True, kind="squeeze", upgrade=_axes_upgrade,
-               static_inputs=(1,), doc="axes (attribute before opset 13)"))
+               static_inputs=(1,), quant=LayoutRule(), doc="axes (attribute before opset 13)"))
 register(
     OpDef(
         "Unsqueeze",
@@ -162,6 +167,7 @@ register(
         kind="expand_dims",
         upgrade=_axes_upgrade,
         static_inputs=(1,),
+        quant=LayoutRule(),
         doc="axes (attribute before opset 13)",
     )
 )
@@ -186,6 +192,71 @@ def _concat_infer(node, infos):
     return [TensorInfo(shape, ins[0].dtype)]
 
 
+class ConcatRule(RescaleRule):
+    """Concat: the output's own range, each input rescaled to it (copied where equal); converted
+    TFLite models: TFLite's Requantize of each input with other parameters, then a copy."""
+
+    def run_int(self, node, nq, ctx):
+        acts = ctx.activations(node)
+        tq, q_out = ctx.tensors, ctx.tensors[node.outputs[0]]
+        axis = node.attrs.get("axis", 0)
+        if nq.requant_inputs is not None:
+            y = np.concatenate([ctx.int(a).astype(np.int64) if r is None else
+                                requantize_int_tflite(ctx.int(a), tq[a].zero_point, r[0], r[1], q_out.zero_point,
+                                                      q_out.qmin, q_out.qmax)
+                                for a, r in zip(acts, nq.requant_inputs)], axis=axis)
+        else:
+            y = concat_int([ctx.int(a) for a in acts], [tq[a].scale for a in acts], [tq[a].zero_point for a in acts],
+                           q_out.scale, q_out.zero_point, axis, nq.act_min, nq.act_max)
+        ctx.set_int(node.outputs[0], y)
+
+    def convert_tflite(self, node, ctx, acts, q_ins, q_out):
+        if len(acts) != len([i for i in node.inputs if i]) or any(q.bits != q_out.bits for q in q_ins):
+            return None
+        nq = NodeQuant()
+        if any(q != q_out for q in q_ins):
+            # TFLite's int8/int16 CONCATENATION needs equal parameters: the converter put an
+            # int -> int QUANTIZE (Requantize) before each other input, which the graph passes
+            # folded into this node
+            nq.requant_inputs = [None if q == q_out else requantize_multiplier_tflite(q.scale, q_out.scale)
+                                 for q in q_ins]
+        return self.tflite_range(node, q_out, nq)
+
+    def lower_integer_onnx(self, node, nq, L):
+        out = node.outputs[0]
+        q_out, w, ops, base = L.tq[out], L.w, L.ops, node.name
+        so = np.float32(q_out.scale)
+        inv = np.float32(1.0) / so
+        parts = []
+        requant = nq.requant_inputs or [None] * len(node.inputs)
+        for i, r in zip(node.inputs, requant):
+            qi = L.tq[i]
+            if r is not None:   # converted TFLite: Requantize (requantize_int_tflite)
+                centred = w.op("Sub", [L.int64_of(i), ops.i64(qi.zero_point)], base)
+                y = w.op("Add", [ops.mbqm(centred, r[0], r[1], base), ops.i64(q_out.zero_point)], base)
+                parts.append(ops.clamp(y, q_out.qmin, q_out.qmax, base))
+                continue
+            if qi.zero_point == q_out.zero_point and np.float32(qi.scale) == so:
+                parts.append(L.int64_of(i))    # copied unchanged (and not clamped), as concat_int does
+                continue
+            scale = np.float32(np.float32(qi.scale) * inv)
+            bias = np.float32(np.float32(-qi.zero_point) * scale)
+            v = w.op("Add", [w.op("Mul", [ops.cast(L.int_of(i), "FLOAT", base), w.value(scale, np.float32)], base),
+                             w.value(bias, np.float32)], base)
+            a = w.op("Abs", [ops.cast(v, "DOUBLE", base)], base)          # std::round in float32, exactly
+            fl = w.op("Floor", [a], base)
+            r = w.op("Add", [fl, ops.cast(w.op("GreaterOrEqual", [w.op("Sub", [a, fl], base),
+                                                                  w.value(0.5, np.float64)], base), "DOUBLE", base)],
+                     base)
+            r = w.op("Mul", [r, w.op("Sign", [ops.cast(v, "DOUBLE", base)], base)], base)
+            r = ops.clamp(ops.cast(r, "INT64", base), -(1 << 31), (1 << 31) - 1, base)
+            r = ops.clamp(w.op("Add", [r, ops.i64(q_out.zero_point)], base), nq.act_min, nq.act_max, base)
+            parts.append(r)
+        y = w.op("Concat", parts, base, axis=int(node.attrs.get("axis", 0)))
+        L.q[out] = ops.cast(y, L.storage_type(out), base)
+        return True
+
+
 def _concat_run(node, inputs):
     vs = [v for v in inputs if v is not None]
     if node.attrs.get("broadcast_batch") and vs:
@@ -203,6 +274,7 @@ register(
         _concat_run,
         mla=True,
         kind="concatenate",
+        quant=ConcatRule(),
         doc="axis",
     )
 )
@@ -378,6 +450,40 @@ def _pad_upgrade(node, graph):
             _attr_to_input(node, graph, "value", 2, np.float32)
 
 
+class PadRule(ReuseRule):
+    """Constant Pad keeps its input's quantization, padding with the quantized constant_value
+    (the zero point for 0); other modes are float islands."""
+
+    def supported(self, node):
+        return node.attrs.get("mode", "constant") == "constant"
+
+    @staticmethod
+    def constant_value(node, consts) -> float:
+        value = consts[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else np.zeros(())
+        value = np.asarray(value, np.float64).reshape(-1)
+        return float(value[0]) if value.size else 0.0
+
+    def constants(self, node, q, consts):
+        return NodeQuant(pad_value_q=int(q.quantize(self.constant_value(node, consts))))
+
+    def tflite_constants(self, node, q, consts):
+        v = self.constant_value(node, consts)
+        # TFLite pads int8 with the output zero point (PAD) or the quantized constant (PADV2)
+        return NodeQuant(pad_value_q=q.zero_point if v == 0.0 else int(q.quantize(np.float32(v))))
+
+    def run_int(self, node, nq, ctx):
+        x = ctx.int(node.inputs[0])
+        args = [x] + [None if not i else ctx.consts[i] for i in node.inputs[1:]]
+        while len(args) < 3:
+            args.append(None)
+        args[2] = np.asarray(nq.pad_value_q, x.dtype)
+        ctx.set_int(node.outputs[0], _pad_run(node, args)[0])
+
+    def lower_integer_onnx(self, node, nq, L):
+        # onnxruntime has no int16 Pad
+        return L.lower_layout(node, nq, widen_int16=True, constant_value=nq.pad_value_q)
+
+
 register(
     OpDef(
         "Pad",
@@ -388,6 +494,7 @@ register(
         check=_pad_check,
         upgrade=_pad_upgrade,
         static_inputs=(1, 2, 3),
+        quant=PadRule(),
         doc="constant/reflect/edge/wrap, pads/constant_value/axes inputs; MLA for constant mode",
     )
 )
@@ -524,11 +631,43 @@ def _cast_run(node, inputs):
 register(OpDef("Cast", lambda n, i: [TensorInfo(i[0].shape, _cast_dtype(n))], _cast_run, kind="cast",
                doc="to float16/32/64, integer and bool types (saturate ignored)"))
 
+class IdentityRule(LayoutRule):
+    """Identity copies integers; in a converted TFLite model an int -> int QUANTIZE became an
+    Identity between different quantizations: TFLite's Requantize (``requantize_int_tflite``)."""
+
+    def convert_tflite(self, node, ctx, acts, q_ins, q_out):
+        if len(acts) == 1 and q_ins[0] != q_out:
+            # an int -> int QUANTIZE (the converter rescales int16 inputs of CONCATENATION so)
+            m, shift = requantize_multiplier_tflite(q_ins[0].scale, q_out.scale)
+            return NodeQuant(tflite_kernel="requantize", multiplier=m, shift=shift, qmin=q_out.qmin, qmax=q_out.qmax)
+        return super().convert_tflite(node, ctx, acts, q_ins, q_out)
+
+    def run_int(self, node, nq, ctx):
+        if nq.tflite_kernel is None:
+            return super().run_int(node, nq, ctx)
+        if nq.tflite_kernel != "requantize":
+            raise ExecutionError(f"{node.describe()}: unknown TFLite kernel {nq.tflite_kernel!r}")
+        x, out = node.inputs[0], node.outputs[0]
+        q_out = ctx.tensors[out]
+        ctx.set_int(out, requantize_int_tflite(ctx.int(x), ctx.tensors[x].zero_point, nq.multiplier, nq.shift,
+                                               q_out.zero_point, nq.qmin, nq.qmax))
+
+    def lower_integer_onnx(self, node, nq, L):
+        if nq.tflite_kernel != "requantize":
+            return super().lower_integer_onnx(node, nq, L)
+        w, x, out = L.w, node.inputs[0], node.outputs[0]
+        centred = w.op("Sub", [L.int64_of(x), L.ops.i64(L.tq[x].zero_point)], node.name)
+        y = L.ops.mbqm(centred, nq.multiplier, nq.shift, node.name)
+        L.store(out, w.op("Add", [y, L.ops.i64(L.tq[out].zero_point)], node.name),
+                NodeQuant(act_min=nq.qmin, act_max=nq.qmax))
+        return True
+
+
 register(OpDef("Size", lambda n, i: [TensorInfo((), np.int64)], lambda n, x: [np.asarray(x[0].size, np.int64)],
                kind="size", doc="folded to a constant for static shapes"))
 
 register(OpDef("Identity", lambda n, i: [TensorInfo(i[0].shape, i[0].dtype)], lambda n, x: [x[0]], kind="identity",
-               doc="removed by a pass"))
+               quant=IdentityRule(), doc="removed by a pass"))
 
 
 def _dropout_infer(node, infos):
@@ -633,3 +772,22 @@ def concat_int(inputs_q, in_scales, in_zps, out_scale, out_zp, axis, qmin, qmax)
         raise ExecutionError(f"concat_int: inputs {[a.shape for a in arrays]} do not concatenate on "
                              f"axis {axis}: {exc}") from None
     return y.astype(np.int64, copy=False)
+
+
+def requantize_multiplier_tflite(in_scale: float, out_scale: float) -> tuple[int, int]:
+    """QUANTIZE int -> int (quantize.cc Prepare): ``QuantizeMultiplier(double(s_in) / double(s_out))``."""
+    from core.quantization.requantize import quantize_multiplier
+
+    m, shift = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
+    return int(m), int(shift)
+
+
+def requantize_int_tflite(x_q: np.ndarray, in_zp: int, multiplier: int, shift: int, out_zp: int,
+                          qmin: int, qmax: int) -> np.ndarray:
+    """TFLite's reference ``Requantize`` (QUANTIZE between integer tensors):
+    ``clamp(MBQM(x - in_zp, multiplier, shift) + out_zp, qmin, qmax)``. Returns int64."""
+    from core.quantization.requantize import multiply_by_quantized_multiplier
+
+    y = np.asarray(multiply_by_quantized_multiplier(np.asarray(x_q, np.int64) - int(in_zp), multiplier, shift),
+                   np.int64) + int(out_zp)
+    return np.clip(y, qmin, qmax)

@@ -28,6 +28,7 @@ by a digest of the calibration data, the configuration and the program's weights
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -75,10 +76,10 @@ def _stack_samples(samples: Iterable[Mapping[str, np.ndarray]], limit: int) -> d
 def _dense_nodes(program) -> list[Node]:
     out = []
     for n in program.graph.nodes:
-        c = program.constants.get(n.name) or {}
-        if program.kinds[n.name] != "int" or n.op not in ("Conv", "Gemm", "MatMul") or "w_q" not in c:
+        c = program.constants.get(n.name)
+        if program.kinds[n.name] != "int" or n.op not in ("Conv", "Gemm", "MatMul") or c is None or c.w_q is None:
             continue
-        w = c["w_q"]
+        w = c.w_q
         if n.op == "Gemm" and n.attrs.get("transA", 0):
             continue
         if n.op == "MatMul" and w.ndim != 2:
@@ -132,12 +133,12 @@ def _patches(n: Node, x: np.ndarray, w_shape, rows: list[tuple[int, np.ndarray]]
     if n.op != "Conv":
         xs = x.reshape(x.shape[0], -1, x.shape[-1])
         return np.concatenate([xs[i, r] for i, r in rows])[None]
-    from core.ops.conv import _channels_last, _conv_out_shape, _windows
+    from core.ops.conv import conv_out_shape, conv_windows, to_channels_last
 
-    kernel, strides, dilations, pads, out = _conv_out_shape(n, x.shape, w_shape)
+    kernel, strides, dilations, pads, out = conv_out_shape(n, x.shape, w_shape)
     nd = len(kernel)
-    xl = np.pad(_channels_last(x), [(0, 0)] + [(pads[d], pads[d + nd]) for d in range(nd)] + [(0, 0)])
-    win = _windows(xl, kernel, strides, dilations, out)          # (b, *out, *kernel, C)
+    xl = np.pad(to_channels_last(x), [(0, 0)] + [(pads[d], pads[d + nd]) for d in range(nd)] + [(0, 0)])
+    win = conv_windows(xl, kernel, strides, dilations, out)          # (b, *out, *kernel, C)
     picked = []
     for i, r in rows:
         coords = np.unravel_index(r, out)
@@ -237,42 +238,16 @@ def _float_targets(float_graph, feeds: dict[str, np.ndarray], dense: list[Node],
 def _run_node(n: Node, program, qenv: dict, fenv: dict) -> None:
     """One node of the integer program, as :func:`core.runtime.integer_interpreter.run_program`
     runs it."""
-    from core.ops.registry import get_op
-    from core.runtime.integer_interpreter import _run_int, _storage
+    from core.runtime.integer_interpreter import IntegerContext
 
-    tq = program.tensors
-    consts = program.graph.constants
-
-    def get_int(t):
-        if t not in qenv:
-            qenv[t] = _storage(tq[t].quantize(fenv[t]), tq[t])
-        return qenv[t]
-
-    def get_float(t):
-        if t in consts:
-            return consts[t]
-        if t not in fenv:
-            fenv[t] = tq[t].dequantize(qenv[t])
-        return fenv[t]
-
-    kind = program.kinds[n.name]
-    if kind == "int":
-        _run_int(n, program, get_int, qenv, fenv, False)
-        return
-    if kind == "float":
-        args = [None if not i else tq[i].dequantize(get_int(i)) if i in tq else get_float(i) for i in n.inputs]
-    else:
-        args = [get_float(i) if i else None for i in n.inputs]
-    for name, value in zip(n.outputs, get_op(n.op, n).run(n, args)):
-        if name:
-            fenv[name] = value
+    IntegerContext(program, qenv, fenv).run_node(n)
 
 
 def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarray]], method: AdaRoundMethod,
                    *, progress: bool = True) -> dict[str, np.ndarray]:
     """Learned integer weights ``{node: w_q}`` for ``program``'s dense nodes (``program`` is not
     modified). ``samples``: validated ``{input: array}`` calibration samples."""
-    from core.quantization.quantizer import _fused_bounds, _weight_bits
+    from core.ops.quant_rules import DenseRule, fused_bounds
 
     feeds = _stack_samples(samples, method.max_samples)
     N = len(next(iter(feeds.values())))
@@ -285,7 +260,7 @@ def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarr
     consts = g.constants
     tq = program.tensors
     # a scratch program whose dense nodes get their learned weights as the pass goes
-    scratch = type(program)(g, tq, {k: dict(v) for k, v in program.constants.items()}, program.kinds,
+    scratch = type(program)(g, tq, {k: dataclasses.replace(v) for k, v in program.constants.items()}, program.kinds,
                             program.requantization_mode, program.params, program.meta)
     last_use: dict[str, int] = {}
     for k, n in enumerate(g.nodes):
@@ -300,8 +275,8 @@ def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarr
         for k, n in enumerate(g.nodes):
             if n.name in dense_set:
                 learned[n.name] = _learn_node(n, scratch, qstore, fstore, rows[n.name], targets[n.name], method,
-                                              _weight_bits(n, program.params), _fused_bounds(n), rng)
-                scratch.constants[n.name]["w_q"] = learned[n.name]
+                                              DenseRule.weight_bits(n, program.params), fused_bounds(n), rng)
+                scratch.constants[n.name].w_q = learned[n.name]
                 if bar is not None:
                     bar.update(1)
             outs_q: dict[str, list] = {}
@@ -334,7 +309,7 @@ def _learn_node(n: Node, program, qstore, fstore, rows, target, method, bits, bo
     c = program.constants[n.name]
     x_name = n.inputs[0]
     w = np.asarray(program.graph.constants[n.inputs[1]], np.float64)
-    w_q = c["w_q"]
+    w_q = c.w_q
     q_in = tq[x_name]
     store = qstore if x_name in qstore else fstore
     full = store[x_name]
@@ -349,9 +324,9 @@ def _learn_node(n: Node, program, qstore, fstore, rows, target, method, bits, bo
     xp = np.concatenate(parts, axis=1)                           # (G, P, K)
     wg = _weight_groups(n, w)                                    # (G, O, K)
     G, O = wg.shape[0], wg.shape[1]
-    scale = np.asarray(c["w_scale"], np.float64).reshape(G, O, 1)
-    bias = np.zeros((G, 1, O)) if c["bias_q"] is None else \
-        (np.asarray(c["bias_q"], np.float64) * c["acc_scale"]).reshape(G, 1, O)
+    scale = np.asarray(c.w_scale, np.float64).reshape(G, O, 1)
+    bias = np.zeros((G, 1, O)) if c.bias_q is None else \
+        (np.asarray(c.bias_q, np.float64) * c.acc_scale).reshape(G, 1, O)
     tg = target.reshape(target.shape[0], G, O).transpose(1, 0, 2)  # (G, P, O)
     lo, hi = bounds
     lo, hi = [b if np.ndim(b) == 0 else np.asarray(b, np.float32).reshape(G, 1, O) for b in (lo, hi)]
@@ -373,7 +348,7 @@ def rounding_digest(program, data_digest: str, method: AdaRoundMethod) -> str:
     for n in _dense_nodes(program):
         c = program.constants[n.name]
         h.update(f"|{n.name}|{n.op}|{sorted(n.attrs.items())!r}|".encode())
-        for a in (consts[n.inputs[1]], c["w_scale"], c["w_q"], c["bias_q"]):
+        for a in (consts[n.inputs[1]], c.w_scale, c.w_q, c.bias_q):
             if a is not None:
                 a = np.ascontiguousarray(a)
                 h.update(f"{a.dtype.str}{a.shape}".encode())

@@ -48,15 +48,14 @@ def correct_bias(program, float_graph, samples: Iterable[Mapping[str, np.ndarray
     """Correct ``program``'s dense-node biases in place (new arrays; the old ones are not
     modified); returns ``{node: correction in integer bias units}``. ``samples``: validated
     ``{input: array}`` batches (at most MAX_SAMPLES samples are used)."""
-    from core.ops.conv import conv_accumulate
-    from core.ops.gemm import dense_accumulate
+    from core.ops.quant_rules import rule_of
     from core.ops.registry import get_op
     from core.runtime.float_interpreter import run_graph
 
     tq = program.tensors
     consts = program.graph.constants
-    dense = [n for n in program.graph.nodes if program.kinds[n.name] == "int" and n.op in ("Conv", "Gemm", "MatMul")
-             and "w_q" in (program.constants.get(n.name) or {})]
+    dense = [n for n in program.graph.nodes if program.kinds[n.name] == "int"
+             and getattr(rule_of(n), "weighted", False) and program.constants[n.name].w_q is not None]
     if not dense:
         return {}
     sums: dict[str, np.ndarray] = {}
@@ -71,16 +70,16 @@ def correct_bias(program, float_graph, samples: Iterable[Mapping[str, np.ndarray
             x = env[n.inputs[0]]
             q_in = tq[n.inputs[0]]
             x_q = q_in.quantize(x).astype(np.int8 if q_in.bits == 8 else np.int16)
-            fn = conv_accumulate if n.op == "Conv" else dense_accumulate
-            acc = fn(x_q, q_in.zero_point, c["w_q"], c["bias_q"], n)
+            rule = rule_of(n)
+            acc = rule.accumulate(x_q, q_in.zero_point, c.w_q, c.bias_q, n)
             plain = without_activation(n)
             args = [x] + [consts[i] if i else None for i in n.inputs[1:]]
             (y,) = get_op(n.op, plain).run(plain, args)[:1]
-            axis = 1 if n.op == "Conv" else acc.ndim - 1
+            axis = rule.channel_axis % acc.ndim
             red = tuple(i for i in range(acc.ndim) if i != axis)
             shape = [1] * acc.ndim
             shape[axis] = -1
-            err = np.asarray(acc, np.float64) * c["acc_scale"].reshape(shape) - np.asarray(y, np.float64)
+            err = np.asarray(acc, np.float64) * c.acc_scale.reshape(shape) - np.asarray(y, np.float64)
             sums[n.name] = sums.get(n.name, 0.0) + err.sum(axis=red)
             counts[n.name] = counts.get(n.name, 0) + int(np.prod([acc.shape[i] for i in red]))
     if seen == 0:
@@ -89,13 +88,13 @@ def correct_bias(program, float_graph, samples: Iterable[Mapping[str, np.ndarray
     for n in dense:
         c = program.constants[n.name]
         mean_err = sums[n.name] / counts[n.name]
-        delta = np.round(mean_err / c["acc_scale"])
+        delta = np.round(mean_err / c.acc_scale)
         if not np.any(delta):
             continue
-        old = c["bias_q"]
+        old = c.bias_q
         dtype = np.int32 if tq[n.inputs[0]].bits <= 8 else np.int64
         base = np.zeros(delta.shape, np.int64) if old is None else np.asarray(old, np.int64).reshape(-1)
         info = np.iinfo(np.int32) if dtype == np.int32 else np.iinfo(np.int64)
-        c["bias_q"] = np.clip(base - delta.astype(np.int64), info.min, info.max).astype(dtype)
+        c.bias_q = np.clip(base - delta.astype(np.int64), info.min, info.max).astype(dtype)
         corrections[n.name] = delta
     return corrections

@@ -36,31 +36,21 @@ interpreter runs, without calibration:
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
 
 from core.errors import QuantizationConfigError, UnsupportedOperatorError
 from core.ir.graph import Graph, Node
-from core.ops.activation import activation_range_int
 from core.ops.common import weight_output_axis
+from core.ops.quant_rules import is_layout_op, rule_of
 from core.quantization.params import QuantizationFlavor, RequantizationMode, default_quantization
-from core.quantization.quantizer import (
-    QuantizedProgram,
-    TensorQuant,
-    _activation_range,
-    _clip_bounds,
-    _fused_bounds,
-)
-from core.quantization.requantize import quantize_multiplier_for
+from core.quantization.quantizer import NodeQuant, QuantizedProgram, TensorQuant
 
 __all__ = ["convert_tflite_program", "is_prequantized"]
 
 log = logging.getLogger("mixq")
 
-LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
-REUSE_INT_OPS = LAYOUT_OPS + ("MaxPool", "AveragePool", "Pad", "Resize", "Relu", "Clip")
 _BITS = {"int8": 8, "int16": 16}
 
 
@@ -86,8 +76,13 @@ def _mode(requantization_mode) -> RequantizationMode:
 
 
 class _Converter:
+    """The conversion, and what op rules' ``convert_tflite`` reads: ``graph``, ``consts``,
+    ``mode``, the file's integer ``weights`` / ``bias`` of a dense node, a ``constant_operand``'s
+    codes, a MEAN's ``mean_keepdims``."""
+
     def __init__(self, graph: Graph, mode: RequantizationMode, model_name: str | None):
         self.g = graph
+        self.graph = graph
         self.mode = mode
         self.model_name = model_name or graph.name
         md = graph.metadata
@@ -158,7 +153,7 @@ class _Converter:
         while changed:
             changed = False
             for n in g.nodes:
-                if n.op not in LAYOUT_OPS or not n.inputs or not n.outputs:
+                if not n.inputs or not n.outputs or not is_layout_op(n.op):
                     continue
                 a, b = n.inputs[0], n.outputs[0]
                 if a in self.consts:
@@ -171,7 +166,7 @@ class _Converter:
                     changed = True
         return tq
 
-    def _constant_operand(self, n: Node, name: str) -> tuple[np.ndarray, TensorQuant] | None:
+    def constant_operand(self, n: Node, name: str) -> tuple[np.ndarray, TensorQuant] | None:
         """The int8 codes (in the IR constant's layout) and quantization of a constant operand of
         an elementwise node, found through the TFLite op that produced the node's output."""
         outs = set(n.outputs)
@@ -195,7 +190,7 @@ class _Converter:
                 return codes.astype(np.int8 if q.bits == 8 else np.int16), q
         return None
 
-    def _mean_keepdims(self, n: Node) -> bool | None:
+    def mean_keepdims(self, n: Node) -> bool | None:
         """For a GlobalAveragePool made from a TFLite MEAN: its keep_dims (True when the pool's
         output is the MEAN's output, False when a Flatten/Reshape after it is); None otherwise."""
         mean_outs = set()
@@ -206,7 +201,7 @@ class _Converter:
         if out in mean_outs:
             return True
         for m in self.g.nodes:
-            if m.inputs and m.inputs[0] == out and m.op in LAYOUT_OPS and m.outputs[0] in mean_outs:
+            if m.inputs and m.inputs[0] == out and is_layout_op(m.op) and m.outputs[0] in mean_outs:
                 return False
         # the MEAN's output was renamed (e.g. it is a graph output behind a removed DEQUANTIZE):
         # mixq's passes make GlobalAveragePool only out of ReduceMean, i.e. TFLite's MEAN
@@ -220,7 +215,7 @@ class _Converter:
         return names
 
     # ---- dense ops ---------------------------------------------------------------------------
-    def _weights(self, n: Node) -> tuple[np.ndarray, np.ndarray]:
+    def weights(self, n: Node) -> tuple[np.ndarray, np.ndarray]:
         """(w_q in mixq's layout, per-output-channel scales float64)."""
         wname = n.inputs[1]
         w = np.asarray(self.consts[wname])
@@ -237,17 +232,8 @@ class _Converter:
         if any(int(z) != 0 for z in e["zero_point"]):
             raise UnsupportedOperatorError(n.op, n.source_name or n.name, "weights with a nonzero zero point")
         scales = np.asarray([float(np.float32(s)) for s in e["scale"]], np.float64)
-        if raw.ndim == 4 and w.ndim == 4:
-            if n.op == "Conv" and int(n.attrs.get("group", 1)) > 1 and raw.shape[0] == 1 and \
-                    raw.shape[3] == w.shape[0]:
-                wq = raw.transpose(3, 0, 1, 2)   # depthwise 1HWO -> O1HW
-            else:
-                wq = raw.transpose(0, 3, 1, 2)   # OHWI -> OIHW
-        elif raw.shape == w.shape:
-            wq = raw
-        elif raw.ndim == 2 and raw.T.shape == w.shape:
-            wq = raw.T
-        else:
+        wq = rule_of(n).tflite_weight_layout(n, raw, w)
+        if wq is None:
             raise UnsupportedOperatorError(n.op, n.source_name or n.name,
                                            f"weights of shape {raw.shape} do not map onto {w.shape}")
         wq = np.ascontiguousarray(wq)
@@ -265,7 +251,7 @@ class _Converter:
                                            "the file's int8 weights do not match the imported graph's weights")
         return wq.astype(np.int8), scales
 
-    def _bias(self, n: Node, n_out: int, acc_scale: np.ndarray) -> np.ndarray | None:
+    def bias(self, n: Node, n_out: int, acc_scale: np.ndarray) -> np.ndarray | None:
         if len(n.inputs) < 3 or not n.inputs[2]:
             return None
         bname = n.inputs[2]
@@ -285,54 +271,19 @@ class _Converter:
             )
         return np.clip(b, -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
 
-    def dense(self, n: Node, q_in: TensorQuant, q_out: TensorQuant) -> dict[str, Any]:
-        wq, s_w = self._weights(n)
-        acc_scale = float(q_in.scale) * s_w          # double(s_in) * double(s_w[c])
-        real = acc_scale / float(q_out.scale)        # ... / double(s_out), as TFLite
-        c: dict[str, Any] = {"w_q": wq, "w_scale": s_w, "acc_scale": acc_scale,
-                             "bias_q": self._bias(n, wq.shape[0] if n.op == "Conv" else s_w.size, acc_scale),
-                             "output_int32": False}
-        if q_in.bits == 16 and c["bias_q"] is not None:
-            c["bias_q"] = c["bias_q"].astype(np.int64)
-        m, s = quantize_multiplier_for(real, self.mode)
-        c["multiplier"], c["shift"] = np.asarray(m, np.int64), np.asarray(s, np.int64)
-        c["real_multiplier"] = real
-        lo, hi = _fused_bounds(n)
-        _activation_range(q_out, lo, hi, c)
-        c["tflite_rounding"] = "int64" if q_in.bits == 16 else "double"
-        if n.op == "Gemm" and self.mode is RequantizationMode.tflite:
-            # TF 2.21's reference FULLY_CONNECTED requantizes in double: round(acc * real), for
-            # int8 and int16 (16x8) inputs alike (measured bit-exact on both)
-            c["tflite_requant"] = "float"
-        return c
-
     # ---- the program -------------------------------------------------------------------------
     def convert(self) -> QuantizedProgram:
         g = self.g.copy()
-        self.g = g
+        self.g = self.graph = g
         self.consts = g.constants
         tq = self.tensor_quant()
         kinds: dict[str, str] = {}
-        node_consts: dict[str, dict[str, Any]] = {}
+        node_consts: dict[str, NodeQuant] = {}
         islands: list[str] = []
         for n in g.nodes:
-            acts = [i for i in n.inputs if i and i not in self.consts]
-            outs = [o for o in n.outputs if o]
-            q_ins = [tq.get(i) for i in acts]
-            q_outs = [tq.get(o) for o in outs]
-            kind, c = "apu", {}
-            if outs and all(q is not None for q in q_outs) and acts and all(q is not None for q in q_ins):
-                c = self._int_constants(n, acts, q_ins, q_outs[0])
-                kind = "int" if c is not None else "float"
-                if c is None:
-                    c = {}
-                    islands.append(n.name)
-            elif n.op in ("Conv", "Gemm", "MatMul") and acts and q_ins[0] is not None and \
-                    n.inputs[1] in self.const_src:
-                raise UnsupportedOperatorError(n.op, n.source_name or n.name,
-                                               "quantized input and weights but a float output")
-            kinds[n.name] = kind
-            node_consts[n.name] = c
+            kinds[n.name], node_consts[n.name] = self.convert_node(n, tq)
+            if kinds[n.name] == "float":
+                islands.append(n.name)
         if islands:
             log.info("%s: %d quantized op(s) run as float islands (not bit-exact): %s", self.model_name,
                      len(islands), ", ".join(islands))
@@ -341,87 +292,21 @@ class _Converter:
         meta = {"activation_bits": bits, "source": "tflite", "tflite_float_islands": islands}
         return QuantizedProgram(g, tq, node_consts, kinds, self.mode, params, meta)
 
-    def _int_constants(self, n: Node, acts, q_ins, q_out: TensorQuant) -> dict[str, Any] | None:
-        op = n.op
-        consts = self.consts
-        if op in ("Conv", "Gemm") and len(n.inputs) >= 2 and n.inputs[1] in consts and len(acts) == 1 \
-                and n.inputs[0] == acts[0]:
-            return self.dense(n, q_ins[0], q_out)
-        if op == "Identity" and len(acts) == 1 and q_ins[0] != q_out:
-            # an int -> int QUANTIZE (the converter rescales int16 inputs of CONCATENATION so)
-            m, shift = requantize_multiplier_tflite(q_ins[0].scale, q_out.scale)
-            return {"tflite_kernel": "requantize", "multiplier": m, "shift": shift,
-                    "qmin": q_out.qmin, "qmax": q_out.qmax}
-        if op in REUSE_INT_OPS and len(acts) == 1:
-            if q_ins[0] != q_out:
-                return None   # a reuse op must keep the scale and zero point (TFLite requires it)
-            c: dict[str, Any] = {}
-            if op == "Resize" and n.attrs.get("mode", "nearest") != "nearest":
-                return None
-            if op == "Pad" and n.attrs.get("mode", "constant") != "constant":
-                return None
-            if op == "MaxPool" and (len(n.outputs) > 1 and any(n.outputs[1:])):
-                return None
-            if op in ("MaxPool", "AveragePool") and n.attrs.get("activation"):
-                return None
-            if op in ("Relu", "Clip"):
-                lo, hi = (0.0, math.inf) if op == "Relu" else _clip_bounds(n, consts)
-                c["act_min"], c["act_max"] = activation_range_int(q_out.zero_point, q_out.scale, lo, hi,
-                                                                  q_out.qmin, q_out.qmax)
-            elif op == "AveragePool":
-                if n.attrs.get("count_include_pad", 0) or n.attrs.get("ceil_mode", 0):
-                    return None
-                c["qmin"], c["qmax"] = q_out.qmin, q_out.qmax
-            elif op == "Pad":
-                value = consts[n.inputs[2]] if len(n.inputs) > 2 and n.inputs[2] else np.zeros(())
-                value = np.asarray(value, np.float64).reshape(-1)
-                v = float(value[0]) if value.size else 0.0
-                # TFLite pads int8 with the output zero point (PAD) or the quantized constant (PADV2)
-                c["pad_value_q"] = q_out.zero_point if v == 0.0 else int(q_out.quantize(np.float32(v)))
-            return c
-        if op in ("Add", "Sub", "Mul") and len(acts) == 1 and len([i for i in n.inputs if i]) == 2:
-            # an int8 constant operand (e.g. an unfolded BatchNormalization's scale / offset)
-            pos = 0 if n.inputs[0] in consts else 1
-            cq = self._constant_operand(n, n.inputs[pos])
-            if cq is None:
-                return None
-            c = {"const_pos": pos, "const_q": cq[0], "const_scale": cq[1].scale, "const_zp": cq[1].zero_point}
-            lo, hi = _fused_bounds(n)
-            _activation_range(q_out, lo, hi, c)
-            return None if "act_channel_bounds" in c else c
-        if op in ("Add", "Sub", "Mul") and len(acts) == 2 and len([i for i in n.inputs if i]) == 2:
-            c = {}
-            lo, hi = _fused_bounds(n)
-            _activation_range(q_out, lo, hi, c)
-            if "act_channel_bounds" in c:
-                return None
-            return c
-        if op == "GlobalAveragePool" and len(acts) == 1 and self._mean_keepdims(n) is not None:
-            # a TFLite MEAN: TF 2.21's reference kernel is QuantizedMeanOrSum (integer)
-            return {"tflite_kernel": "mean_quantized", "qmin": q_out.qmin, "qmax": q_out.qmax}
-        if op == "Sigmoid" and len(acts) == 1 and q_ins[0].bits == 8 and q_out.bits == 8:
-            return {"tflite_kernel": "logistic_int8"}
-        if op == "Softmax" and len(acts) == 1 and q_ins[0].bits == 8 and q_out.bits == 8 and \
-                q_out.zero_point == -128 and abs(q_out.scale - 1 / 256) < 1e-12:
-            x_rank = len(self.g.tensors[acts[0]].shape)
-            axis = int(n.attrs.get("axis", -1)) % x_rank
-            if n.attrs.get("_coerce_2d") and axis != x_rank - 1:
-                return None
-            return {"tflite_kernel": "softmax_int8", "beta": 1.0, "axis": axis}
-        if op in ("GlobalAveragePool", "Concat") and len(acts) == len([i for i in n.inputs if i]):
-            if op == "Concat" and any(q.bits != q_out.bits for q in q_ins):
-                return None
-            c = {}
-            if op == "Concat" and any(q != q_out for q in q_ins):
-                # TFLite's int8/int16 CONCATENATION needs equal parameters: the converter put an
-                # int -> int QUANTIZE (Requantize) before each other input, which the graph passes
-                # folded into this node
-                c["requant_inputs"] = [None if q == q_out else requantize_multiplier_tflite(q.scale, q_out.scale)
-                                       for q in q_ins]
-            lo, hi = _fused_bounds(n)
-            _activation_range(q_out, lo, hi, c)
-            return c if "act_channel_bounds" not in c else None
-        return None
+    def convert_node(self, n: Node, tq: dict[str, TensorQuant]) -> tuple[str, NodeQuant]:
+        """A node whose tensors are all quantized runs its op's rule (``convert_tflite``), or is a
+        float island when the rule declines; other nodes are float ("apu")."""
+        acts = [i for i in n.inputs if i and i not in self.consts]
+        outs = [o for o in n.outputs if o]
+        q_ins = [tq.get(i) for i in acts]
+        q_outs = [tq.get(o) for o in outs]
+        rule = rule_of(n)
+        if outs and all(q is not None for q in q_outs) and acts and all(q is not None for q in q_ins):
+            nq = rule.convert_tflite(n, self, acts, q_ins, q_outs[0]) if rule is not None else None
+            return ("int", nq) if nq is not None else ("float", NodeQuant())
+        if rule is not None and rule.weighted and acts and q_ins[0] is not None and n.inputs[1] in self.const_src:
+            raise UnsupportedOperatorError(n.op, n.source_name or n.name,
+                                           "quantized input and weights but a float output")
+        return "apu", NodeQuant()
 
 
 def convert_tflite_program(graph: Graph, requantization_mode: Any = RequantizationMode.sima,
@@ -433,57 +318,3 @@ def convert_tflite_program(graph: Graph, requantization_mode: Any = Requantizati
             f"model {graph.name!r} is not a pre-quantized TFLite model (no quantized activation tensors): "
             f"use LoadedNet.quantize(calibration_data, ...) for float models")
     return _Converter(graph, _mode(requantization_mode), model_name).convert()
-
-
-def requantize_multiplier_tflite(in_scale: float, out_scale: float) -> tuple[int, int]:
-    """QUANTIZE int -> int (quantize.cc Prepare): ``QuantizeMultiplier(double(s_in) / double(s_out))``."""
-    from core.quantization.requantize import quantize_multiplier
-
-    m, shift = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
-    return int(m), int(shift)
-
-
-def requantize_int_tflite(x_q: np.ndarray, in_zp: int, multiplier: int, shift: int, out_zp: int,
-                          qmin: int, qmax: int) -> np.ndarray:
-    """TFLite's reference ``Requantize`` (QUANTIZE between integer tensors):
-    ``clamp(MBQM(x - in_zp, multiplier, shift) + out_zp, qmin, qmax)``. Returns int64."""
-    from core.quantization.requantize import multiply_by_quantized_multiplier
-
-    y = np.asarray(multiply_by_quantized_multiplier(np.asarray(x_q, np.int64) - int(in_zp), multiplier, shift),
-                   np.int64) + int(out_zp)
-    return np.clip(y, qmin, qmax)
-
-
-def mean_multiplier_tflite(in_scale: float, out_scale: float, count: int) -> tuple[int, int]:
-    """The multiplier of :func:`mean_int_tflite`, with the 1/``count`` folded in."""
-    from core.quantization.requantize import quantize_multiplier
-
-    m, shift = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
-    m, shift = int(m), int(shift)
-    k = min(count.bit_length() - 1, 32, 31 + shift)
-    return (m << k) // count, shift - k
-
-
-def mean_int_tflite(x_q: np.ndarray, kernel: str, in_scale: float, in_zp: int, out_scale: float, out_zp: int,
-                    qmin: int, qmax: int) -> np.ndarray:
-    """TFLite 2.21's reference int8 MEAN over the spatial axes of an N,C,spatial tensor
-    (``reference_ops::QuantizedMeanOrSum``, used for keep_dims true and false alike; measured
-    bit-exact, while ``integer_ops::Mean``, mixq's ``global_avg_pool_int``, is not what the
-    reference resolver runs): ``(M, shift) = QuantizeMultiplier(s_in / s_out)`` (double of the
-    float32 scales), the 1/N folded in: ``k = min(floor(log2 N), 32, 31 + shift)``,
-    ``M = (M << k) / N`` (int64, truncating), ``shift -= k``;
-    ``out = clamp(MBQM(sum(q) - zp_in * N, M, shift) + zp_out)``. ``kernel`` must be
-    ``"mean_quantized"``. Returns int64 shaped N, C, 1, ... (the spatial axes kept as 1)."""
-    from core.errors import ExecutionError
-    from core.quantization.requantize import multiply_by_quantized_multiplier
-
-    if kernel != "mean_quantized":
-        raise ExecutionError(f"unknown TFLite MEAN kernel {kernel!r}")
-    x = np.asarray(x_q)
-    axes = tuple(range(2, x.ndim))
-    count = int(np.prod(x.shape[2:], dtype=np.int64))
-    acc = x.astype(np.int64).sum(axis=axes, keepdims=True)
-    m, shift = mean_multiplier_tflite(in_scale, out_scale, count)
-    shifted = acc - int(in_zp) * count
-    y = np.asarray(multiply_by_quantized_multiplier(shifted, m, shift), np.int64) + int(out_zp)
-    return np.clip(y, qmin, qmax).astype(np.int64)

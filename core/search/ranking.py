@@ -50,13 +50,13 @@ def _dequantized_weights(prog, dtype=None) -> dict[str, tuple[str, np.ndarray]]:
     float weight's own dtype)."""
     out = {}
     for n in prog.graph.nodes:
-        c = prog.constants.get(n.name) or {}
-        if "w_q" in c and "w_scale" in c and np.ndim(c["w_q"]) >= 2:
+        c = prog.constants.get(n.name)
+        if c is not None and c.w_q is not None and c.w_scale is not None and np.ndim(c.w_q) >= 2:
             w = np.asarray(prog.graph.constants[n.inputs[1]])
             shape = [1] * w.ndim
             axis = weight_output_axis(n, w.ndim)
             shape[axis] = -1
-            out[n.name] = (n.inputs[1], (np.asarray(c["w_q"], np.float64) * c["w_scale"].reshape(shape))
+            out[n.name] = (n.inputs[1], (np.asarray(c.w_q, np.float64) * c.w_scale.reshape(shape))
                            .astype(dtype or w.dtype))
     return out
 

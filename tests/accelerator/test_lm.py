@@ -29,12 +29,7 @@ def test_round_trip_is_bit_identical(mnist_models, digits, tmp_path, config):
     assert [n.name for n in program.graph.nodes] == [n.name for n in model.program.graph.nodes]
     assert program.kinds == model.program.kinds
     for node, c in model.program.constants.items():     # integer weights and requantization parameters
-        for key, value in c.items():
-            got = program.constants[node][key]
-            if isinstance(value, np.ndarray):
-                assert got.dtype == value.dtype and np.array_equal(got, value), (node, key)
-            else:
-                assert got == value, (node, key)
+        assert program.constants[node] == c, node         # NodeQuant ==: arrays by dtype, shape and values
     x = digits[:32]
     want = model.execute({"input": x}, fast_mode=False)
     got = run_program(program, {"input": x}, fast_mode=False)
@@ -64,8 +59,8 @@ def test_compression_on_and_off(mnist_models, tmp_path):
     assert {b["codec"] for b in read_lm_header(plain.path)["blobs"]} == {"raw"}
     for r in (packed, plain, xz):   # all three decode to the same program
         _, program, _, _ = read_lm(r.path)
-        assert np.array_equal(program.constants["MLA_0/dense_add_relu_5"]["w_q"],
-                              model.program.constants["MLA_0/dense_add_relu_5"]["w_q"])
+        assert np.array_equal(program.constants["MLA_0/dense_add_relu_5"].w_q,
+                              model.program.constants["MLA_0/dense_add_relu_5"].w_q)
 
 
 def test_report_text_and_metadata(mnist_models, tmp_path):

@@ -224,12 +224,14 @@ def test_file_naming_and_default_directory(models, x, tmp_path, monkeypatch):
 
 
 def test_generic_constants_and_attrs_round_trip(models, tmp_path):
-    """New constant keys and value types, int16 weights, exotic attribute values all survive."""
+    """Every value type (in the free-form meta), int16 weights, exotic attribute values all survive."""
     import copy
+    import dataclasses
 
     src = models["int8"].program
     program = copy.copy(src)
-    program.constants = {k: dict(v) for k, v in src.constants.items()}
+    program.constants = {k: dataclasses.replace(v) for k, v in src.constants.items()}
+    program.constants[CONV].w_q = np.arange(-6, 6, dtype=np.int16).reshape(3, 4)
     program.graph = src.graph.copy()
     extra = {
         "w16": np.arange(-6, 6, dtype=np.int16).reshape(3, 4),
@@ -252,13 +254,14 @@ def test_generic_constants_and_attrs_round_trip(models, tmp_path):
         "dt": np.dtype(np.int16),
         "mode": RequantizationMode.tflite,
     }
-    program.constants[CONV].update(extra)
     program.graph.nodes[0].attrs["extra"] = {"t": (np.array([1.5, 2.5], np.float16),), "b": b"xy"}
-    program.meta = dict(src.meta, note=("x", 1))
+    program.meta = dict(src.meta, note=("x", 1), extra=extra)
     save_program(tmp_path / "g.sima", tmp_path / "g.sima.json", "g", program)
     name, loaded = load_program(tmp_path / "g.sima")
     assert name == "g"
-    assert _same(loaded.constants[CONV], program.constants[CONV])
+    assert loaded.constants[CONV] == program.constants[CONV]
+    assert loaded.constants[CONV].w_q.dtype == np.int16
+    assert _same(loaded.meta["extra"], extra)
     assert _same(loaded.graph.nodes[0].attrs, program.graph.nodes[0].attrs)
     assert _same(loaded.meta, program.meta)
     json.loads((tmp_path / "g.sima.json").read_text())
@@ -475,12 +478,14 @@ def test_output_directory_that_is_a_file(models, tmp_path):
 
 def test_unsaveable_values_raise_before_writing(models, tmp_path):
     import copy
+    import dataclasses
 
     program = copy.copy(models["int8"].program)
-    program.constants = dict(program.constants, **{CONV: dict(program.constants[CONV], fn=print)})
+    nq = program.constants[CONV]
+    program.constants = dict(program.constants, **{CONV: dataclasses.replace(nq, tflite_kernel=print)})
     with pytest.raises(ModelFileError, match="cannot be saved"):
         save_program(tmp_path / "u.sima", tmp_path / "u.sima.json", "u", program)
-    program.constants[CONV] = dict(models["int8"].program.constants[CONV], obj=np.array([object()]))
+    program.constants[CONV] = dataclasses.replace(nq, const_q=np.array([object()]))
     with pytest.raises(ModelFileError, match="dtype object"):
         save_program(tmp_path / "u.sima", tmp_path / "u.sima.json", "u", program)
     assert os.listdir(tmp_path) == []

@@ -160,7 +160,7 @@ def test_exported_integer_onnx_equals_execute_at_batch_3(models, name, tmp_path)
     x = m["x"][:3]
     got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     want = model.execute({"input": x})[0]
-    attention = [k for k, c in model.program.constants.items() if c.get("kernel") in ("matmul_int", "softmax_int")]
+    attention = [k for k, c in model.program.constants.items() if c.kernel in ("matmul_int", "softmax_int")]
     if attention:   # their integer ONNX lowering is not written yet: float between exact steps, a few LSB apart
         assert all(k in onnx.load(path).doc_string for k in attention)
         assert sqnr(want, got) >= 30

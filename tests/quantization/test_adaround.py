@@ -40,16 +40,16 @@ def test_learned_weights_are_valid_integers(setup, bits, tmp_path):
         c = model.program.constants[n.name]
         w = net.graph.constants[n.inputs[1]]
         rtn, scale = quantize_weights(w, weight_output_axis(n, w.ndim), bits)
-        assert c["w_q"].dtype == rtn.dtype == np.int8 and c["w_q"].shape == rtn.shape
-        assert np.array_equal(c["w_scale"], scale)
-        assert c["w_q"].min() >= -qmax and c["w_q"].max() <= qmax
+        assert c.w_q.dtype == rtn.dtype == np.int8 and c.w_q.shape == rtn.shape
+        assert np.array_equal(c.w_scale, scale)
+        assert c.w_q.min() >= -qmax and c.w_q.max() <= qmax
         # up or down: within one step of round-to-nearest and of floor(w / s)
         shape = [1] * w.ndim
         shape[weight_output_axis(n, w.ndim)] = -1
         fl = np.floor(np.asarray(w, np.float64) / scale.reshape(shape))
-        d = c["w_q"].astype(np.int64) - fl
-        assert np.all((d == 0) | (d == 1) | (np.abs(c["w_q"]) == qmax))
-        moved += int((c["w_q"] != rtn).sum())
+        d = c.w_q.astype(np.int64) - fl
+        assert np.all((d == 0) | (d == 1) | (np.abs(c.w_q) == qmax))
+        moved += int((c.w_q != rtn).sum())
     assert moved > 0, "learned rounding must differ from round-to-nearest somewhere"
     out = model.execute({"input": x})[0]
     model.save("m", str(tmp_path))
@@ -63,7 +63,7 @@ def test_cache_and_needs_samples(setup):
     a = net.quantize(calib, cfg)
     b = net.quantize(calib, cfg)          # from the cache
     for n in a.program.constants:
-        if "w_q" in a.program.constants[n]:
-            assert np.array_equal(a.program.constants[n]["w_q"], b.program.constants[n]["w_q"])
+        if a.program.constants[n].w_q is not None:
+            assert np.array_equal(a.program.constants[n].w_q, b.program.constants[n].w_q)
     with pytest.raises(CalibrationError, match="adaround"):
         net.quantize(net.calibrate(calib), cfg)

@@ -1,4 +1,6 @@
 """Bias correction on the zoo MNIST CNN: corrected biases leave no per-channel mean shift."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -21,8 +23,8 @@ def test_corrected_biases_leave_no_mean_shift(setup, per_channel):
     plain = net.quantize(calib, cfg)
     corrected = net.quantize(calib, cfg.with_bias_correction(True))
     dense = [n.name for n in net.graph.nodes if n.op in ("Conv", "Gemm")]
-    changed = [n for n in dense if not np.array_equal(plain.program.constants[n]["bias_q"],
-                                                     corrected.program.constants[n]["bias_q"])]
+    changed = [n for n in dense if not np.array_equal(plain.program.constants[n].bias_q,
+                                                     corrected.program.constants[n].bias_q)]
     assert changed, "some bias must move"
     # measured again on the corrected program, what is left is below half an integer bias step
     before = correct_bias(_copy(plain.program), net.graph, calib)
@@ -50,5 +52,5 @@ def _copy(program):
     import copy
 
     clone = copy.copy(program)
-    clone.constants = {k: dict(v) for k, v in program.constants.items()}
+    clone.constants = {k: dataclasses.replace(v) for k, v in program.constants.items()}
     return clone

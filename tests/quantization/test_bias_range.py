@@ -62,10 +62,10 @@ def test_classifier_fed_by_vanishing_activations(onnx_model_file, cfg, min_db):
     assert _sqnr(ref, out) > min_db           # INT8 was 0 dB: the bias clipped to int32
     fc = model.program.constants[[n.name for n in model.program.graph.nodes if n.op == "Gemm"][0]]
     limit = 1 << (30 if cfg.activation_quantization_scheme.bits == 8 else 42)
-    assert np.abs(fc["bias_q"].astype(np.int64)).max() <= limit
+    assert np.abs(fc.bias_q.astype(np.int64)).max() <= limit
     # the dequantized bias is the float bias (no clipping)
     b = net.graph.constants[[n for n in net.graph.nodes if n.op == "Gemm"][0].inputs[2]]
-    assert np.allclose(fc["bias_q"] * fc["acc_scale"], b, rtol=1e-5, atol=0)
+    assert np.allclose(fc.bias_q * fc.acc_scale, b, rtol=1e-5, atol=0)
 
 
 def test_per_tensor_weights_widen_all_channels(onnx_model_file):
@@ -75,6 +75,6 @@ def test_per_tensor_weights_widen_all_channels(onnx_model_file):
     net = load_model(onnx_source(onnx_model_file(vanishing_classifier())))
     model = net.quantize([{"x": x[None]} for x in _data(8, 1)], cfg)
     fc = model.program.constants[[n.name for n in model.program.graph.nodes if n.op == "Gemm"][0]]
-    assert np.ptp(fc["w_scale"]) == 0
+    assert np.ptp(fc.w_scale) == 0
     ref, = net.execute({"x": _data(4, 2)})
     assert _sqnr(ref, model.execute({"x": _data(4, 2)})[0]) > 35

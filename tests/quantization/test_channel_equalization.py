@@ -76,7 +76,7 @@ def test_per_channel_clip_runs_in_integers(block):
     plain = block.quantize(calib, per_tensor)
     equalized = block.quantize(calib, per_tensor.with_channel_equalization(True))
     first = equalized.program.graph.nodes[0].name
-    lo, hi = equalized.program.constants[first]["act_channel_bounds"]
+    lo, hi = equalized.program.constants[first].act_channel_bounds
     assert len(hi) == 8 and hi.min() < hi.max()
     # the per-channel clamp holds in the integer output of the first conv
     import copy

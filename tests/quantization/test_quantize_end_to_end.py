@@ -89,8 +89,8 @@ def test_per_tensor_weights_symmetric_activations(mnist, stats, evaluation):
            .with_activation_quantization(quantization_scheme(False, False, 8)))
     model = mnist.quantize(stats, cfg)
     assert {q.zero_point for q in model.program.tensors.values()} == {0}
-    assert all(np.size(c["w_scale"]) == 1 or np.ptp(c["w_scale"]) == 0
-               for c in model.program.constants.values() if "w_scale" in c)
+    assert all(np.size(c.w_scale) == 1 or np.ptp(c.w_scale) == 0
+               for c in model.program.constants.values() if c.w_scale is not None)
     x, labels = evaluation
     assert (model.execute({"input": x[:200]})[0].argmax(1) == labels[:200]).mean() >= 0.9
 
@@ -131,7 +131,7 @@ def test_per_node_int16_and_output_int32(mnist, stats, int8_logits, evaluation, 
     assert (logits.argmax(1) == labels[:200]).mean() >= 0.93
     assert (logits.argmax(1) == int8_logits[:200].argmax(1)).mean() >= 0.97
     last = model.program.constants[nodes[-1]]
-    assert last["output_int32"] and last["bias_q"].dtype == np.int32 and last["w_q"].dtype == np.int8
+    assert last.output_int32 and last.bias_q.dtype == np.int32 and last.w_q.dtype == np.int8
     assert model.program.tensors[mnist.graph.outputs[0]].bits == 32
     whole = model.execute({"input": x[:8]})[0]
     assert np.array_equal(whole, np.concatenate([model.execute({"input": x[i : i + 1]})[0] for i in range(8)]))
@@ -156,7 +156,7 @@ def test_weight_widths_follow_scheme_and_node_precision(mnist, stats):
     from core import quantization_scheme
 
     dense = [n.name for n in mnist.graph.nodes if n.op in ("Conv", "Gemm")]
-    w_dtypes = lambda m: [m.program.constants[n]["w_q"].dtype for n in dense]  # noqa: E731
+    w_dtypes = lambda m: [m.program.constants[n].w_q.dtype for n in dense]  # noqa: E731
     assert w_dtypes(mnist.quantize(stats, int16_quantization)) == [np.int16] * len(dense)
     w8 = quantization_scheme(asymmetric=False, per_channel=True, bits=8)
     assert w_dtypes(mnist.quantize(stats, int16_quantization.with_weight_quantization(w8))) == [np.int8] * len(dense)
@@ -167,7 +167,7 @@ def test_weight_widths_follow_scheme_and_node_precision(mnist, stats):
         {dense[-1]: {"quantization_precision": QuantizationPrecision.INT_8}})
     model = mnist.quantize(stats, back)
     assert w_dtypes(model)[-1] == np.int8 and w_dtypes(model)[0] == np.int16
-    w_q = model.program.constants[dense[0]]["w_q"]
+    w_q = model.program.constants[dense[0]].w_q
     assert np.abs(w_q.astype(np.int32)).max() == 32767      # per-channel max maps to qmax
 
 

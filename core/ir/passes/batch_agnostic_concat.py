@@ -5,11 +5,11 @@ to a batch-1 constant at import): the Concat broadcasts its batch-1 inputs to th
 from __future__ import annotations
 
 from core.ir.graph import Graph
-from core.ir.passes.batch_agnostic_reshape import _input_batch
+from core.ir.passes.batch_agnostic_reshape import input_batch
 
 
 def batch_agnostic_concat(graph: Graph) -> bool:
-    if _input_batch(graph) != 1:
+    if input_batch(graph) != 1:
         return False
     from_inputs = set(graph.inputs)
     changed = False

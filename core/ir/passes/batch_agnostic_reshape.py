@@ -13,7 +13,7 @@ from core.ir.graph import Graph
 
 
 def batch_agnostic_reshape(graph: Graph) -> bool:
-    batch = _input_batch(graph)
+    batch = input_batch(graph)
     if batch is None:
         return False
     from_inputs = set(graph.inputs)  # tensors computed from the graph inputs
@@ -110,7 +110,7 @@ def _merges_or_splits_batch(shape: tuple[int, ...], target: list[int]) -> bool:
     return merged or split
 
 
-def _input_batch(graph: Graph) -> int | None:
+def input_batch(graph: Graph) -> int | None:
     """Dim 0 shared by all graph inputs, or None if they disagree or there are none."""
     dims = {graph.tensors[i].shape[0] for i in graph.inputs if i in graph.tensors and graph.tensors[i].shape}
     return dims.pop() if len(dims) == 1 else None
