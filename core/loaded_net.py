@@ -446,7 +446,7 @@ def _warn_collapses(model, example) -> None:
     from core.errors import QuantizationCollapseWarning
 
     for c in check_collapses(model, example):
-        warnings.warn(f"{model.name}: quantized {c} -- see Model.analyze_quantization_error",
+        warnings.warn(f"{model.name}: quantized node collapsed: {c} -- see Model.analyze_quantization_error",
                       QuantizationCollapseWarning, stacklevel=3)
 
 

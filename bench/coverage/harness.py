@@ -112,6 +112,16 @@ def ort_static_int8(model_path: str, calib: list[dict], workdir: str):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     note = ""
+    import onnx
+
+    proto = onnx.load(model_path)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:   # per-channel QDQ (DequantizeLinear's axis) needs opset 13
+        from onnx import version_converter
+
+        model_path = os.path.join(workdir, "opset13.onnx")
+        onnx.save(version_converter.convert_version(proto, 13), model_path)
+        note = f"opset {opset} converted to 13 for onnxruntime's quantizer"
     for skip_optimization in (False, True):
         pre = os.path.join(workdir, "pre.onnx")
         try:   # symbolic shape inference needs sympy, which is not installed: onnx's shape inference

@@ -258,9 +258,14 @@ def analyze_quantization_error(model, evaluation_data: Iterable, error_metric: s
     rows = [LayerError(n.name, n.op, _precision(program, n), sums[n.name].value(metric)) for n in nodes]
     collapses = []
     if local_feed:
+        # a tensor only Softmax reads is cut SOFTMAX_INPUT_SPAN below its maximum on purpose
+        # (an attention mask's -100 becomes -16): its producers are not judged
+        cut = set(program.meta.get("softmax_clipped_tensors") or ())
+        outputs = {n.name: n.outputs for n in nodes}
+        judged = [r for r in rows if not cut.intersection(outputs[r.node])]
         collapses = find_collapses([
             (r.node, r.op, r.precision, sums[r.node].value("sqnr"), sums[r.node].fhi > sums[r.node].flo,
-             sums[r.node].ff > 0, sums[r.node].qhi == sums[r.node].qlo) for r in rows])
+             sums[r.node].ff > 0, sums[r.node].qhi == sums[r.node].qlo) for r in judged])
         # a node fed a collapsed tensor (through its input grid) collapses with it: name the first
         by_name = {n.name: n for n in nodes}
         broken: set[str] = set()
