@@ -3,7 +3,7 @@
 A node *collapses* when, fed the float model's inputs (local feed), its dequantized output
 
 * became constant while the float output varies, or
-* has a local SQNR below an absolute floor (``COLLAPSE_FLOOR_DB``: 8 dB for 8-bit nodes, 20 dB
+* has a local SQNR below an absolute floor (``COLLAPSE_FLOOR_DB``: 8 dB for 8-bit nodes, 15 dB
   for 16-bit ones; a healthy INT8 node sits at 25-50 dB, an INT16 one at 60-95), or
 * has a local SQNR ``COLLAPSE_GAP_DB`` (25 dB) below the median of its quantized neighbours (up
   to ``NEIGHBOURS`` nodes before and after it in graph order, same precision) and below 30 dB.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 __all__ = ["COLLAPSE_FLOOR_DB", "COLLAPSE_GAP_DB", "NEIGHBOURS", "Collapse", "find_collapses"]
 
-COLLAPSE_FLOOR_DB = {"int8": 8.0, "int16": 20.0, "int32 out": 8.0}
+COLLAPSE_FLOOR_DB = {"int8": 8.0, "int16": 15.0, "int32 out": 8.0}
 COLLAPSE_GAP_DB = 25.0
 _GAP_CEILING_DB = 30.0
 NEIGHBOURS = 4
