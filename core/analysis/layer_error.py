@@ -54,20 +54,25 @@ class _Sums:
         self.qlo = self.flo = math.inf
         self.qhi = self.fhi = -math.inf
 
-    def add(self, q: np.ndarray, f: np.ndarray) -> None:
-        q = np.asarray(q, np.float64).ravel()
-        f = np.asarray(f, np.float64).ravel()
+    def add(self, q: np.ndarray, f: np.ndarray, max_elements: int | None = None) -> None:
+        q, f = np.asarray(q), np.asarray(f)
+        if max_elements is not None and q.size > max_elements and q.shape == f.shape:
+            # an evenly spaced subset (the quantize-time collapse check)
+            idx = np.unravel_index(np.linspace(0, q.size - 1, max_elements).astype(np.int64), q.shape)
+            q, f = q[idx], f[idx]
+        # float64 copies in the arrays' own memory order (no strided ravel of channels-last views)
+        q, f = q.astype(np.float64), f.astype(np.float64)
         d = q - f
         self.abs += float(np.abs(d).sum())
-        self.sq += float(d @ d)
+        self.sq += float((d * d).sum())
         self.n += d.size
         if f.size:
             self.peak = max(self.peak, float(np.abs(f).max()))
             self.qlo, self.qhi = min(self.qlo, float(q.min())), max(self.qhi, float(q.max()))
             self.flo, self.fhi = min(self.flo, float(f.min())), max(self.fhi, float(f.max()))
-        self.ff += float(f @ f)
-        self.qq += float(q @ q)
-        self.qf += float(q @ f)
+        self.ff += float((f * f).sum())
+        self.qq += float((q * q).sum())
+        self.qf += float((q * f).sum())
 
     def value(self, metric: str) -> float:
         if self.n == 0:
@@ -214,10 +219,12 @@ def _stack(samples: list[dict]) -> dict:
 
 def analyze_quantization_error(model, evaluation_data: Iterable, error_metric: str = "mae", *,
                                local_feed: bool = True, batch_size: int = 8,
-                               progress: bool = False, record: bool = True) -> LayerErrorReport:
+                               progress: bool = False, record: bool = True,
+                               max_elements: int | None = None) -> LayerErrorReport:
     """Per-node error of ``model`` (a :class:`core.model.Model`) against its float graph, and
     (local feed) the nodes that collapsed. ``record=False`` leaves the program's layer statistics
-    (what ``save`` writes) alone."""
+    (what ``save`` writes) alone; ``max_elements``: judge each node on an evenly spaced subset of
+    that many elements per batch (the quantize-time check), None = all."""
     from core.analysis.collapse import find_collapses
     from core.runtime.float_interpreter import run_graph
     from core.runtime.integer_interpreter import run_program
@@ -243,11 +250,11 @@ def analyze_quantization_error(model, evaluation_data: Iterable, error_metric: s
             for n in nodes:
                 sub = subprograms[n.name]
                 out = run_program(sub, {i: env[i] for i in sub.graph.inputs})[n.outputs[0]]
-                sums[n.name].add(out, env[n.outputs[0]])
+                sums[n.name].add(out, env[n.outputs[0]], max_elements)
         else:
             outs = run_program(full, feeds)
             for n in nodes:
-                sums[n.name].add(outs[n.outputs[0]], env[n.outputs[0]])
+                sums[n.name].add(outs[n.outputs[0]], env[n.outputs[0]], max_elements)
         count += len(next(iter(feeds.values())))
         if progress:
             print(f"\ranalyzing: {count} samples", end="", flush=True)
@@ -282,7 +289,11 @@ def analyze_quantization_error(model, evaluation_data: Iterable, error_metric: s
     return report
 
 
+COLLAPSE_CHECK_ELEMENTS = 16384   # per node, at quantize time
+
+
 def check_collapses(model, sample) -> list:
     """Collapses (:class:`core.analysis.collapse.Collapse`) of ``model`` on one input sample
     (local feed; the program's recorded layer statistics are left alone)."""
-    return analyze_quantization_error(model, [sample], "sqnr", local_feed=True, batch_size=1, record=False).collapses
+    return analyze_quantization_error(model, [sample], "sqnr", local_feed=True, batch_size=1, record=False,
+                                      max_elements=COLLAPSE_CHECK_ELEMENTS).collapses
