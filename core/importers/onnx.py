@@ -28,6 +28,39 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 def import_onnx(params: ImporterParams) -> Graph:
     model = _read_model(params.model_path)
+    g = _build_graph(model, params, 1)
+    if g.metadata.get("symbolic_batch"):
+        _record_reshape_batch_axes(g, model, params)
+    return g
+
+
+def _record_reshape_batch_axes(g: Graph, model, params: ImporterParams) -> None:
+    """A model with a symbolic batch is imported at batch 1; its Reshape targets, computed from
+    ``Shape`` in the file, fold to batch-1 constants. Imported once more at batch 2, a target dim
+    that doubles is the batch (``view(tokens * batch, dim)``, ``view(tokens, batch * heads, d)``:
+    transformers move it off dim 0, where shapes alone cannot tell): recorded as
+    ``metadata["reshape_batch_axis"][source node] = axis`` for ``batch_agnostic_reshape``."""
+    try:
+        g2 = _build_graph(model, params, 2)
+    except Exception:   # the model does not import at batch 2: keep the shape-only rules
+        return
+    targets2 = {n.source_name: n.inputs[1] for n in g2.nodes if n.op == "Reshape" and len(n.inputs) > 1}
+    axes = {}
+    for n in g.nodes:
+        if n.op != "Reshape" or len(n.inputs) < 2 or n.source_name not in targets2:
+            continue
+        t1, t2 = g.tensors.get(n.inputs[1]), g2.tensors.get(targets2[n.source_name])
+        if t1 is None or t2 is None or t1.value is None or t2.value is None or t1.value.shape != t2.value.shape:
+            continue
+        v1, v2 = np.asarray(t1.value).reshape(-1), np.asarray(t2.value).reshape(-1)
+        moved = np.flatnonzero(v1 != v2)
+        if moved.size == 1 and v1[moved[0]] > 0 and v2[moved[0]] == 2 * v1[moved[0]]:
+            axes[n.source_name] = int(moved[0])
+    if axes:
+        g.metadata["reshape_batch_axis"] = axes
+
+
+def _build_graph(model, params: ImporterParams, batch: int) -> Graph:
     path = params.model_path
     opset = _default_opset(model, path)
     g = Graph(model.graph.name or os.path.splitext(os.path.basename(path))[0])
@@ -61,7 +94,9 @@ def import_onnx(params: ImporterParams) -> Graph:
             g.add_constant(vi.name, params.input_values[vi.name])
             continue
         g.inputs.append(vi.name)
-        g.tensors[vi.name] = _input_info(vi, params, path)
+        g.tensors[vi.name], symbolic = _input_info(vi, params, path, batch)
+        if symbolic:
+            g.metadata["symbolic_batch"] = True
 
     _add_nodes(g, model, path)
     available = set(g.tensors) | {o for n in g.nodes for o in n.outputs}
@@ -123,9 +158,11 @@ def _default_opset(model, path: str) -> int:
     return opset
 
 
-def _input_info(vi, params: ImporterParams, path: str) -> TensorInfo:
+def _input_info(vi, params: ImporterParams, path: str, batch: int = 1) -> tuple[TensorInfo, bool]:
+    """The input's TensorInfo, and whether its dim 0 was symbolic (imported at ``batch``)."""
     from onnx import helper
 
+    symbolic = False
     tt = vi.type.tensor_type
     if not vi.type.HasField("tensor_type"):
         raise ModelLoadError(f"{path}: input {vi.name!r} is not a tensor (sequences/maps are not supported)")
@@ -148,7 +185,8 @@ def _input_info(vi, params: ImporterParams, path: str) -> TensorInfo:
             elif k == 0:
                 # a symbolic (or unknown) dim 0 is the batch, as everywhere in mixq: import at
                 # batch 1 (batch_agnostic_reshape lets the model run at any batch size)
-                shape.append(1)
+                shape.append(batch)
+                symbolic = True
             else:
                 sym = d.dim_param or "?"
                 raise ModelLoadError(
@@ -162,7 +200,7 @@ def _input_info(vi, params: ImporterParams, path: str) -> TensorInfo:
             dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
         except Exception:
             raise ModelLoadError(f"{path}: input {vi.name!r} has unsupported element type {tt.elem_type}") from None
-    return TensorInfo(tuple(shape), dtype)
+    return TensorInfo(tuple(shape), dtype), symbolic
 
 
 def _attr_value(a) -> Any:

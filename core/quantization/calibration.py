@@ -585,6 +585,8 @@ class CalibrationStatistics:
         self.num_samples = 0
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._observers: dict[str, TensorObserver] = {}
+        # the first calibration sample (in memory only, not saved): quantize's collapse check
+        self.example_inputs: dict[str, np.ndarray] | None = None
 
     def observer(self, name: str) -> TensorObserver:
         """The observer of tensor ``name``, created empty if new."""

@@ -95,7 +95,8 @@ class NodeQuant:
                        "logistic_int8", "softmax_int8"); beta, axis: Softmax's parameters
       kernel           mixq's integer kernel of an attention op: "matmul_int" (MatMul of two
                        activations: multiplier, shift, real_multiplier, tflite_rounding, act_min,
-                       act_max) or "softmax_int" (Softmax with a 16-bit output: exp_table, axis)
+                       act_max) or "softmax_int" (Softmax with a 16-bit output: exp_table, axis, and
+                       ``shift``: the output's extra bits, scale 2**-(15 + shift))
       exp_table        softmax_int's table ``round(exp(-s_in * j) * 2**20)``, int32
       table            a lookup-table kernel (``TableRule``): the output code of every input code
                        ``qmin .. qmax`` (int8 / int16, the output's type)

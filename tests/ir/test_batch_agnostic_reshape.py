@@ -57,3 +57,57 @@ def test_folded_size_0_view_runs_at_any_batch():
     feeds = feeds_for(g, batch=5)
     (y,) = run_graph(g, feeds).values()
     np.testing.assert_array_equal(y, np.maximum(feeds["x"], 0).reshape(5, -1))
+
+
+def _tokens_batch_model(path, t=5, e=6, heads=2):
+    """torch's MultiheadAttention layout, exported with a symbolic batch: (B, T, E) -> (T, B, E),
+    ``view(T, B * heads, E / heads)``, back, then ``view(T * B, E)`` @ W -> ``view(T, B, E)``; every
+    Reshape target computed from ``Shape`` as torch writes it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = {"i0": np.array([0], np.int64), "i1": np.array([1], np.int64), "h": np.array([heads], np.int64),
+         "eh": np.array([e // heads], np.int64), "e": np.array([e], np.int64),
+         "w": rng.standard_normal((e, e)).astype(np.float32)}
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+        helper.make_node("Shape", ["xt"], ["s"]),
+        helper.make_node("Gather", ["s", "i0"], ["tt"], axis=0),
+        helper.make_node("Gather", ["s", "i1"], ["bb"], axis=0),
+        helper.make_node("Mul", ["bb", "h"], ["bh"]),
+        helper.make_node("Concat", ["tt", "bh", "eh"], ["s1"], axis=0),
+        helper.make_node("Reshape", ["xt", "s1"], ["heads"]),         # (T, B*heads, E/heads)
+        helper.make_node("Relu", ["heads"], ["hr"]),
+        helper.make_node("Concat", ["tt", "bb", "e"], ["s2"], axis=0),
+        helper.make_node("Reshape", ["hr", "s2"], ["back"]),          # (T, B, E)
+        helper.make_node("Mul", ["tt", "bb"], ["tb"]),
+        helper.make_node("Concat", ["tb", "e"], ["s3"], axis=0),
+        helper.make_node("Reshape", ["back", "s3"], ["flat"]),        # (T*B, E)
+        helper.make_node("MatMul", ["flat", "w"], ["m"]),
+        helper.make_node("Reshape", ["m", "s2"], ["y3"]),             # (T, B, E)
+        helper.make_node("Transpose", ["y3"], ["y"], perm=[1, 0, 2]),
+    ]
+    graph = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", t, e])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", t, e])],
+                              [numpy_helper.from_array(v, k) for k, v in c.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_batch_off_dim_0_runs_at_any_batch(tmp_path):
+    # ViT's attention at batch 4 raised "cannot reshape (197, 4, 576) to [0, 1, 3, 192]": the
+    # batch-1 targets were read as if dim 0 were the batch; the importer now finds the batch axis of
+    # each Reshape target by importing at batch 2 as well
+    import onnxruntime as ort
+
+    from core import load_model, onnx_source
+
+    path = str(tmp_path / "tokens.onnx")
+    _tokens_batch_model(path)
+    net = load_model(onnx_source(path))
+    assert net.input_shapes()["x"] == (1, 5, 6)
+    x = rand(4, 5, 6)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (expected,) = sess.run(None, {"x": x})
+    (got,) = net.execute({"x": x})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

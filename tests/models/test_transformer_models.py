@@ -88,7 +88,10 @@ def test_ranking_and_mixed_precision(models, name):
     ranking = rank_nodes_by_output_gain(m["net"], int8, {"input": m["x"][:4]})
     ops = {n.name: n.op for n in int8.program.graph.nodes}
     assert any(ops[node] in ("LayerNormalization", "Gelu") for node, _ in ranking)   # float islands ranked too
-    top = [node for node, gain in ranking[:4]]
+    # the top-4 nodes the ranking expects to gain from INT16 (ties at gain 0 are not a prediction:
+    # with the 16-bit Softmax output grid, ViT's ranking has two nodes above 0)
+    top = [node for node, gain in ranking[:4] if gain > 0]
+    assert top
     cfg = default_quantization.with_custom_quantization_configs(
         {node: {"quantization_precision": QuantizationPrecision.INT_16} for node in top})
     mixed = m["net"].quantize(m["stats"], cfg)

@@ -17,10 +17,14 @@ def batch_agnostic_reshape(graph: Graph) -> bool:
     if batch is None:
         return False
     from_inputs = set(graph.inputs)  # tensors computed from the graph inputs
+    known = graph.metadata.get("reshape_batch_axis") or {} if batch == 1 else {}
     changed = False
     for n in graph.nodes:
         if any(i in from_inputs for i in n.inputs):
             from_inputs.update(o for o in n.outputs if o)
+        if n.op == "Reshape" and n.source_name in known:
+            changed |= _reshape_at_known_axis(graph, n, known[n.source_name])
+            continue
         if n.op == "Resize":
             changed |= _batch_agnostic_resize(graph, n, batch, from_inputs)
             continue
@@ -49,6 +53,21 @@ def batch_agnostic_reshape(graph: Graph) -> bool:
         n.inputs[1] = graph.add_constant(graph.unique_name(f"{target_name}_any_batch"), new_target)
         changed = True
     return changed
+
+
+def _reshape_at_known_axis(graph: Graph, n, axis: int) -> bool:
+    """The importer found the batch at ``axis`` of this Reshape's target (it doubled at batch 2):
+    the target becomes the batch-1 output shape spelled out, with -1 at that axis."""
+    out = graph.tensors.get(n.outputs[0])
+    target = graph.constants.get(n.inputs[1]) if len(n.inputs) > 1 else None
+    if out is None or target is None or n.attrs.get("allowzero", 0) or axis >= len(out.shape):
+        return False
+    new = np.array(out.shape, target.dtype)
+    new[axis] = -1
+    if np.array_equal(new, target):
+        return False
+    n.inputs[1] = graph.add_constant(graph.unique_name(f"{n.inputs[1]}_any_batch"), new)
+    return True
 
 
 def _batch_agnostic_resize(graph: Graph, n, batch: int, from_inputs: set[str]) -> bool:
