@@ -218,6 +218,16 @@ class _PrefixModel:
         return predict(self.error(k)) >= self.target - residual
 
 
+def quantize_with(net, calibration, config: QuantizationParams, model_name: str | None):
+    """``net.quantize`` from calibration statistics, or from calibration samples (which learned
+    rounding and bias correction need: every candidate then learns its own, cached by digest)."""
+    from core.quantization.calibration import CalibrationStatistics
+
+    if isinstance(calibration, CalibrationStatistics):
+        return net.quantize(statistics=calibration, quantization_config=config, model_name=model_name)
+    return net.quantize(calibration, config, model_name)
+
+
 def search_int16_nodes(
     net,
     statistics,
@@ -244,7 +254,9 @@ def search_int16_nodes(
     default study name, so a rerun on the same data resumes); ``surrogate(nodes) -> error``
     (lower is better, e.g. :class:`~core.search.ranking.SimulatedOutputError`) guides step 2;
     ``confirm(model) -> accuracy`` under exact execution (step 6), when ``evaluator`` is not exact;
-    ``max_confirmations``: feasible candidates confirmed before longer prefixes are tried."""
+    ``max_confirmations``: feasible candidates confirmed before longer prefixes are tried.
+    ``statistics``: calibration statistics, or the calibration samples when the configuration
+    learns from them (AdaRound, bias correction; :func:`quantize_with`)."""
     import optuna
 
     if not isinstance(quantization_config, QuantizationParams):
@@ -294,6 +306,9 @@ def search_int16_nodes(
     class _Budget(Exception):
         pass
 
+    def quantize(nodes):
+        return quantize_with(net, statistics, config_for(nodes), model_name)
+
     def budget_left() -> bool:
         if len(study.trials) >= max_trials:
             return False
@@ -301,7 +316,7 @@ def search_int16_nodes(
 
     def measure(nodes: Sequence[str]) -> tuple[float, float]:
         t0 = time.perf_counter()
-        model = net.quantize(statistics=statistics, quantization_config=config_for(nodes), model_name=model_name)
+        model = quantize(nodes)
         return evaluator(model), time.perf_counter() - t0
 
     def values(acc: float, n16: int):
@@ -419,13 +434,11 @@ def search_int16_nodes(
         if not front or c.accuracy > front[-1].accuracy:
             front.append(c)
     if confirm is None:
-        model = net.quantize(statistics=statistics, quantization_config=config_for(best.int16_nodes),
-                             model_name=model_name)
+        model = quantize(best.int16_nodes)
         return AccuracyFeedbackResult(model, list(best.int16_nodes), best.accuracy, target, candidates, evaluations,
                                       list(ranking), study_name, front, settled or evaluations)
     nodes, model, confirmations = confirm_exactly(
-        study, lambda ns: net.quantize(statistics=statistics, quantization_config=config_for(ns),
-                                       model_name=model_name),
+        study, quantize,
         confirm, target, candidates, order, max_confirmations)
     fast = done.get(frozenset(nodes))
     exact = confirmations[-1].accuracy
