@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mixq-installed
 OPENCV_DOC := .cache/opencv-doc/.done
 
-.PHONY: venv data sshd browser lint test demo ui bench clean docs
+.PHONY: venv data sshd browser postgres lint test demo ui bench clean docs
 
 venv: $(STAMP)
 
@@ -33,10 +33,14 @@ sshd:
 browser:
 	scripts/ensure_browser.sh
 
+# the scale-out tests run a throwaway PostgreSQL cluster on 127.0.0.1 (Debian's postgresql, installed when missing)
+postgres:
+	scripts/ensure_postgres.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv data sshd browser lint
+test: venv data sshd browser postgres lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: venv data

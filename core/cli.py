@@ -184,7 +184,52 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flow_data_spec(spec: str, net_input: str | None, labels: str | None) -> dict:
+    """A CLI data spec as the flows' JSON data spec (tasks.data)."""
+    if spec.startswith("zoo:"):
+        parts = spec.split(":")[1:]
+        out = {"source": "zoo", "name": parts[0] if parts else ""}
+        if len(parts) > 1:
+            out["split"] = parts[1]
+        if len(parts) > 2:
+            try:
+                out["count"] = int(parts[2])
+            except ValueError:
+                raise InputError(f"bad count in data spec {spec!r}") from None
+        return out
+    if not os.path.isfile(spec):
+        raise InputError(f"data file {spec!r} does not exist (give an .npz or zoo:<data set>)")
+    out = {"source": "npz", "path": os.path.abspath(spec), "labels": labels}
+    if net_input:
+        out["input"] = net_input
+    return out
+
+
+def _search_on_workers(args: argparse.Namespace) -> int:
+    """``mixq search --workers N``: the orchestrated search (flows/search.py, ``search_flow``) with
+    its candidates on N Prefect workers sharing ``--storage`` (PostgreSQL); run as its own
+    program (``python -m flows.search``) so ``core`` never imports Prefect or MLflow."""
+    import json
+    import subprocess
+
+    if not args.storage or "://" not in args.storage:
+        raise InputError("--workers needs --storage with a database every worker reaches, e.g. "
+                         "postgresql+psycopg://user@host:5432/optuna (docs/scale-out.md)")
+    params = {"model": os.path.abspath(args.model) if os.path.exists(args.model) else args.model,
+              "calibration": _flow_data_spec(args.data, None, None),
+              "evaluation": _flow_data_spec(args.evaluate, None, args.labels),
+              "target": args.target, "max_trials": args.trials, "output_dir": os.path.abspath(args.output),
+              "storage": args.storage, "name": args.name, "fast_mode": not args.exact, "workers": args.workers}
+    if args.deployment:
+        params["worker_deployment"] = args.deployment
+    if not args.quiet:
+        print(f"search_flow on {args.workers} worker(s): {json.dumps(params)}", flush=True)
+    return subprocess.call([sys.executable, "-m", "flows.search", json.dumps(params)])
+
+
 def _search(args: argparse.Namespace) -> int:
+    if args.workers:
+        return _search_on_workers(args)
     net = _load_net(args.model)
     inputs, _ = _load_data(args.data, net)
     ev_inputs, labels = _load_data(args.evaluate, net, args.labels)
@@ -366,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", help="Optuna storage: journal file or RDB URL (default: OUTPUT/NAME.journal); "
                                      "a rerun resumes from it")
     s.add_argument("--exact", action="store_true", help="evaluate candidates bit-accurately (default: fast mode)")
+    s.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="evaluate the candidates on N Prefect workers (search_flow: options grid, INT16 "
+                        "reference, accuracy feedback; MLflow and Prefect from MLFLOW_TRACKING_URI / "
+                        "PREFECT_API_URL; --storage must be a PostgreSQL URL; docs/scale-out.md)")
+    s.add_argument("--deployment", metavar="FLOW/DEPLOYMENT",
+                   help="the workers' deployment (default: mixq-trial-batch/trial-batch)")
     s.set_defaults(handler=_search)
 
     a = commands.add_parser("analyze", help="per-layer quantization error of a saved model",

@@ -325,7 +325,7 @@ class LoadedNet:
             study_name: str | None = None, ranking: Any = None, ranking_samples: int = 16,
             multi_objective: bool = False, seed: int = 0, callbacks: Any = (), batch_size: int = 32,
             fast_mode: bool = False, confirm_exact: bool = True, max_confirmations: int = 4,
-            log_level: int | None = logging.NOTSET) -> Model:
+            executor: Any = None, log_level: int | None = logging.NOTSET) -> Model:
         """The model with the fewest INT16 nodes found that reaches ``target_accuracy``.
 
         ``evaluation_dataset``: ``(inputs dict, label)`` pairs; ``accuracy_score(outputs, labels)
@@ -343,7 +343,8 @@ class LoadedNet:
         the search goes on to the next candidates and longer prefixes (``max_confirmations``
         feasible candidates first), or raises :class:`~core.errors.AccuracyTargetError` with the
         best exact accuracy; ``result.exact_accuracy`` and ``result.confirmations`` say what was
-        confirmed."""
+        confirmed. ``executor`` (:class:`core.search.parallel.TrialPool`): candidates are evaluated
+        by workers sharing ``storage`` (an RDB URL), independent ones at the same time."""
         from core.quantization.calibration import CalibrationStatistics
         from core.search import Evaluator, SimulatedOutputError, rank_nodes_by_output_gain, search_int16_nodes
 
@@ -393,7 +394,7 @@ class LoadedNet:
                                     max_trials=max_trials, timeout=timeout, storage=storage, study_name=study_name,
                                     study_key=key, multi_objective=multi_objective, seed=seed, callbacks=callbacks,
                                     model_name=model_name or self.graph.name, surrogate=error, confirm=confirm,
-                                    max_confirmations=max_confirmations)
+                                    max_confirmations=max_confirmations, executor=executor)
         result.model.accuracy_feedback = result
         return result.model
 
@@ -401,7 +402,7 @@ class LoadedNet:
             self, calibration_data: Any, evaluation_dataset: Any, accuracy_score: Any, options: Any = None, *,
             base_config: Any = default_quantization, max_trials: int | None = None, timeout: float | None = None,
             storage: Any = None, study_name: str | None = None, seed: int = 0, callbacks: Any = (),
-            batch_size: int = 32, fast_mode: bool = False, model_name: str | None = None):
+            batch_size: int = 32, fast_mode: bool = False, model_name: str | None = None, executor: Any = None):
         """The specification's "cycling through quantization options" template as one call:
         every combination of ``options`` (calibration method, weight scheme, activation scheme,
         channel equalization, bias correction, learned rounding ``adaround``;
@@ -409,7 +410,8 @@ class LoadedNet:
         quantized from one calibration pass and scored with ``accuracy_score`` on
         ``evaluation_dataset`` (as in :meth:`quantize_with_accuracy_feedback`). Exhaustive when
         the grid fits ``max_trials``, TPE otherwise. Returns a
-        :class:`~core.search.OptionsSearchResult` (``best``, ``candidates``)."""
+        :class:`~core.search.OptionsSearchResult` (``best``, ``candidates``). ``executor``: as in
+        :meth:`quantize_with_accuracy_feedback`."""
         from core.quantization.calibration import CalibrationStatistics
         from core.search import Evaluator
         from core.search.options import search_quantization_options
@@ -427,7 +429,7 @@ class LoadedNet:
         return search_quantization_options(self, calibration, evaluator, options, base_config=base_config,
                                            max_trials=max_trials, timeout=timeout, storage=storage,
                                            study_name=study_name, study_key=key, seed=seed, callbacks=callbacks,
-                                           model_name=model_name or self.graph.name)
+                                           model_name=model_name or self.graph.name, executor=executor)
 
     def execute(self, inputs: Mapping[str, np.ndarray], *, log_level: int | None = logging.NOTSET) -> list[np.ndarray]:
         """Run the float model on one set of inputs (any batch size); outputs in graph-output order."""

@@ -31,6 +31,8 @@ from flows.artifacts import artifact_key, candidate_table, create_markdown, crea
 from flows.quantize import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, flow_run_info
 from tasks import steps, tracking
 from tasks.data import model_label
+from tasks.fanout import session as fanout_session
+from tasks.fanout import workers_spec
 from tasks.search import (
     DEFAULT_SEARCH_OPTIONS,
     FeedbackResult,
@@ -68,8 +70,13 @@ def search_flow(
     alias: str = "champion",
     analysis_samples: int = 8,
     ranking_samples: int = 16,
+    workers: int = 0,
+    worker_deployment: str | None = None,
 ) -> dict:
-    """Search quantization options and INT16 node sets for ``model``; register the chosen model."""
+    """Search quantization options and INT16 node sets for ``model``; register the chosen model.
+    ``workers``: evaluate the candidates on that many ``trial-batch`` flow runs (deployment
+    ``worker_deployment``, default ``mixq-trial-batch/trial-batch``) sharing ``storage``, a
+    PostgreSQL URL (docs/scale-out.md); 0: in this process."""
     label = model_label(model)
     name = name or f"{label}-search"
     output_dir, storage = prepare_output(output_dir, storage, label)
@@ -79,15 +86,17 @@ def search_flow(
     flow_run_id, flow_run_name, flow_name = flow_run_info()
     params = {"model": model, "calibration_data": calibration, "evaluation_data": evaluation, "target": target,
               "options": DEFAULT_SEARCH_OPTIONS if options is None else options, "max_trials": max_trials,
-              "storage": storage, "base_config": config or {}, "fast_mode": fast_mode}
+              "storage": storage, "base_config": config or {}, "fast_mode": fast_mode, "workers": workers}
+    fanout = workers_spec(workers, worker_deployment, session=f"mixq-session-{flow_run_id}" if flow_run_id else None)
 
     with tracking.parent_run(tracking.experiment_name(label, experiment), f"search {flow_run_name or name}",
-                             flow_name=flow_name, flow_run_id=flow_run_id, params=params) as run:
+                             flow_name=flow_name, flow_run_id=flow_run_id, params=params) as run, \
+            fanout_session(fanout, storage):
         budget = options_grid_size(options) + (1 if target is None else 0) + int(max_trials)
         progress = start_progress(label, budget)
 
         found = options_search_task(model_path, statistics, evaluation, options, config, storage, run, progress,
-                                    fast_mode, None, calibration_seconds)
+                                    fast_mode, None, calibration_seconds, fanout)
         progress = found.progress
         reference = None
         if target is None:
@@ -98,7 +107,7 @@ def search_flow(
 
         feedback = accuracy_feedback_task(model_path, statistics, evaluation, found.best_config, float(target),
                                           output_dir, name, max_trials, timeout, storage, run, progress, fast_mode,
-                                          calibration_seconds, ranking_samples)
+                                          calibration_seconds, ranking_samples, fanout)
         finish_progress(feedback.progress)
 
         chosen = record_chosen(feedback, run, model_path, evaluation, output_dir, name, label, alias,
@@ -284,5 +293,7 @@ def summary_markdown(s: dict, label: str) -> str:
     return "\n".join(md)
 
 
-if __name__ == "__main__":
-    search_flow()
+if __name__ == "__main__":            # python -m flows.search ['{"model": ..., "workers": 2}'] (mixq search --workers)
+    import sys
+
+    search_flow(**(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}))

@@ -32,7 +32,8 @@ from tasks.steps import load_statistics
 from tasks.tracking import ParentRun
 
 __all__ = ["DEFAULT_SEARCH_OPTIONS", "options_search_task", "reference_task", "accuracy_feedback_task",
-           "options_grid_size", "KILL_ENV", "ProgressBar", "OptionsResult", "Int16Reference", "FeedbackResult"]
+           "options_grid_size", "KILL_ENV", "ProgressBar", "OptionsResult", "Int16Reference", "FeedbackResult",
+           "trial_batch_task", "serve_stage"]
 
 KILL_ENV = "MIXQ_KILL_AFTER_CANDIDATES"
 DEFAULT_SEARCH_OPTIONS = {
@@ -166,7 +167,7 @@ def _logger_for(run):
 
 
 def _log_candidate(logger, study: str, trial: Any, spec: dict, metrics: dict, source: str, run_name: str,
-                   resumed: bool = False) -> str | None:
+                   resumed: bool = False, tags: dict | None = None) -> str | None:
     if logger is None:
         return None
     from tasks.tracking import candidate_key, config_key
@@ -176,7 +177,7 @@ def _log_candidate(logger, study: str, trial: Any, spec: dict, metrics: dict, so
     cfg = config_key(study, spec)
     run_id = logger.log(key, cfg_key=cfg, run_name=run_name, params=_candidate_params(spec, source, trial),
                         metrics=metrics, tags={"mixq_study": study, "mixq_resumed": str(bool(resumed)).lower(),
-                                               "mixq_config": json.dumps(spec, sort_keys=True)},
+                                               "mixq_config": json.dumps(spec, sort_keys=True), **(tags or {})},
                         json_artifacts=json_artifacts)
     return run_id or logger.existing(key, cfg)      # already logged (by an earlier, killed run): its id
 
@@ -242,9 +243,11 @@ def _metric_dict(scorer, extra: dict) -> dict:
 def options_search_task(model_path: str, statistics_path: str, evaluation: dict, options: dict | None = None,
                         base_config: dict | None = None, storage: str | None = None,
                         run: ParentRun | None = None, progress: ProgressBar | None = None, fast_mode: bool = True,
-                        max_trials: int | None = None, calibration_seconds: float = 0.0) -> OptionsResult:
+                        max_trials: int | None = None, calibration_seconds: float = 0.0,
+                        workers: dict | None = None) -> OptionsResult:
     """Every combination of ``options`` on one calibration; returns the candidates and the best
-    one's config spec. Candidates go to ``run`` as MLflow child runs."""
+    one's config spec. Candidates go to ``run`` as MLflow child runs. ``workers`` (see
+    :func:`tasks.fanout.worker_pool`): the candidates are evaluated by ``trial-batch`` flow runs."""
     from core.errors import QuantizationConfigError
 
     log = _logger()
@@ -267,16 +270,25 @@ def options_search_task(model_path: str, statistics_path: str, evaluation: dict,
                         "calibration_seconds": calibration_seconds})
         run_id = _log_candidate(logger, study, c.trial_number, spec, metrics, "options",
                                 f"options-{c.trial_number}")
+        if workers and run_id:            # a worker evaluated (and logged) it: its metrics, not this scorer's
+            metrics = dict(logger.client.get_run(run_id).data.metrics)
         rows.append(_option_row(c, spec, metrics, run_id))
         log.info("options candidate %d: %s %s -> %s", c.trial_number, spec["calibration"],
                  {"w": spec["weights"], "a": spec["activations"]}, c.error or f"{c.accuracy:.4f}")
         bar = bar.step(f"options #{c.trial_number}")
         _after_candidate()
 
+    executor = None
+    if workers:
+        from tasks.fanout import worker_pool
+
+        executor = worker_pool(workers, "options", storage, run, model_path=model_path,
+                               statistics_path=statistics_path, evaluation=evaluation, options=options,
+                               base_config=base_spec, fast_mode=fast_mode)
     result = net.search_quantization_options(stats, scorer.dataset, scorer, core_opts,
                                              base_config=build_config(base_spec), max_trials=max_trials,
                                              storage=storage, study_name=study, callbacks=[on_candidate],
-                                             fast_mode=fast_mode)
+                                             fast_mode=fast_mode, executor=executor)
     for c in result.candidates:
         if c.resumed:
             spec = _spec_from_labels(c.options, labels, base_spec)
@@ -337,9 +349,12 @@ def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: di
                            output_dir: str, model_name: str, max_trials: int = 12, timeout: float | None = None,
                            storage: str | None = None, run: ParentRun | None = None,
                            progress: ProgressBar | None = None, fast_mode: bool = True,
-                           calibration_seconds: float = 0.0, ranking_samples: int = 16) -> FeedbackResult:
+                           calibration_seconds: float = 0.0, ranking_samples: int = 16,
+                           workers: dict | None = None) -> FeedbackResult:
     """The fewest INT16 nodes on top of ``config`` that reach ``target``; saves the chosen model
-    as ``<output_dir>/<model_name>.sima`` and returns every candidate and the Pareto front."""
+    as ``<output_dir>/<model_name>.sima`` and returns every candidate and the Pareto front.
+    ``workers``: the candidates are evaluated by ``trial-batch`` flow runs (independent ones at
+    the same time); the exact confirmation runs here."""
     log = _logger()
     net = get_net(model_path)
     stats = load_statistics(statistics_path)
@@ -367,10 +382,17 @@ def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: di
         bar = bar.step(f"accuracy feedback #{c.trial_number}")
         _after_candidate()
 
+    executor = None
+    if workers:
+        from tasks.fanout import worker_pool
+
+        executor = worker_pool(workers, "feedback", storage, run, model_path=model_path,
+                               statistics_path=statistics_path, evaluation=evaluation, base_config=base_spec,
+                               fast_mode=fast_mode, model_name=model_name)
     model = net.quantize_with_accuracy_feedback(
         stats, scorer.dataset, build_config(base_spec), scorer, float(target), model_name=model_name,
         max_trials=int(max_trials), timeout=timeout, storage=storage, study_name=study, callbacks=[on_candidate],
-        fast_mode=fast_mode, ranking_samples=int(ranking_samples))
+        fast_mode=fast_mode, ranking_samples=int(ranking_samples), executor=executor)
     r = model.accuracy_feedback
     for c in r.candidates:
         if c.resumed and c.trial_number not in run_ids:
@@ -402,3 +424,134 @@ def accuracy_feedback_task(model_path: str, statistics_path: str, evaluation: di
         ranking=[[n, float(s)] for n, s in r.ranking[:50]],
         chosen_trial=None if chosen is None else chosen.trial_number,
         chosen_run_id=None if chosen is None else run_ids.get(chosen.trial_number), progress=bar)
+
+
+@task(name="trial-batch")
+def trial_batch_task(session: str, storage: str, model_path: str, statistics_path: str, evaluation: dict,
+                     fast_mode: bool = True, experiment_id: str | None = None, parent_run_id: str | None = None,
+                     idle_timeout: float = 900.0) -> dict:
+    """A worker's share of a search on several workers, for the whole search: the search's
+    session (a small Optuna study in the shared storage, :mod:`tasks.fanout`) names the stage
+    whose study to serve; each stage is served (:func:`serve_stage`) until the search closes its
+    study, then the next one, until the search closes the session. The model, data and FP32
+    reference stay loaded between stages."""
+    import time
+
+    import optuna
+
+    from core.search.parallel import CLOSED, open_storage, worker_name
+    from tasks.fanout import CURRENT
+
+    log = _logger()
+    sess = optuna.load_study(study_name=session, storage=open_storage(storage))
+    served, done = [], set()
+    idle_since = time.monotonic()
+    while True:
+        attrs = sess.user_attrs
+        if attrs.get(CLOSED):
+            break
+        cur = attrs.get(CURRENT)
+        if cur and cur["study_name"] not in done:
+            done.add(cur["study_name"])
+            served.append(serve_stage(cur["stage"], cur["study_name"], storage, model_path, statistics_path,
+                                      evaluation, cur.get("base_config") or {}, cur.get("options"), fast_mode,
+                                      cur.get("model_name"), experiment_id, parent_run_id, idle_timeout))
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > idle_timeout:
+            log.warning("session %s: idle for %.0f s, leaving", session, idle_timeout)
+            break
+        else:
+            time.sleep(0.2)
+    return {"worker": worker_name(), "session": session, "stages": served}
+
+
+def serve_stage(stage: str, study_name: str, storage: str, model_path: str, statistics_path: str,
+                evaluation: dict, base_config: dict, options: dict | None = None, fast_mode: bool = True,
+                model_name: str | None = None, experiment_id: str | None = None,
+                parent_run_id: str | None = None, idle_timeout: float = 900.0) -> dict:
+    """Serve one stage's shared Optuna study (:func:`core.search.parallel.serve_study`) --
+    evaluate the candidates the parent enqueued (and TPE trials when it asks) until it closes the
+    study. ``stage``: ``"options"`` (a grid point per trial) or ``"feedback"`` (an INT16 node set
+    per trial; order and target from the study's user attributes). Each candidate is logged as an
+    MLflow child run of ``parent_run_id`` (tagged with the worker) before its trial is finished, so
+    a retried trial finds it instead of logging it twice."""
+    import optuna
+
+    from core.errors import InputError
+    from core.search import Evaluator
+    from core.search.accuracy_feedback import int16_trial_objective
+    from core.search.options import options_trial_objective
+    from core.search.parallel import open_storage, serve_study, worker_name
+    from tasks.tracking import CandidateLogger
+
+    log = _logger()
+    for what, path in (("model", model_path), ("calibration statistics", statistics_path)):
+        if not os.path.exists(path):
+            raise InputError(f"trial batch on {worker_name()}: the search's {what} {path!r} is not on this machine; "
+                             f"share MIXQ_RESULTS_DIR and MIXQ_CACHE_DIR at the same path on every worker "
+                             f"(docs/scale-out.md)")
+    net = get_net(model_path)
+    stats = load_statistics(statistics_path)
+    scorer = scorer_for(model_path, evaluation)
+    evaluator = Evaluator(scorer.dataset, net.input_names, net.input_shapes(), scorer, batch_size=32,
+                          fast_mode=fast_mode)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
+                              sampler=optuna.samplers.TPESampler(multivariate=True, constant_liar=True))
+    logger = CandidateLogger(experiment_id, parent_run_id) if experiment_id and parent_run_id else None
+    me = worker_name()
+    base_spec = dict(base_config or {})
+    ran: list[int] = []
+
+    def note(run_id: str | None, trial) -> None:
+        trial.set_user_attr("mlflow_run_id", run_id or "")
+        ran.append(trial.number)
+        _after_candidate()
+
+    if stage == "options":
+        core_opts, labels = _core_options(options, base_spec)
+
+        def on_option(c, trial) -> None:
+            spec = _spec_from_labels(c.options, labels, base_spec)
+            metrics = {} if c.error else _metric_dict(scorer, {})
+            metrics.update({"int16_node_count": 0, "quantize_evaluate_seconds": c.seconds})
+            run_id = _log_candidate(logger, study_name, c.trial_number, spec, metrics, "options",
+                                    f"options-{c.trial_number}", tags={"mixq_worker": me})
+            log.info("%s: options candidate %d -> %s", me, c.trial_number, c.error or f"{c.accuracy:.4f}")
+            note(run_id, trial)
+
+        objective = options_trial_objective(net, stats, evaluator, core_opts, base_config=build_config(base_spec),
+                                            callbacks=[on_option], model_name=model_name)
+
+        def tpe_objective(space):
+            return objective
+    elif stage == "feedback":
+        order = list(study.user_attrs["mixq_order"])
+        target = float(study.user_attrs["mixq_target"])
+
+        def spec_for(nodes) -> dict:
+            return dict(base_spec, int16_nodes=sorted(set(base_spec.get("int16_nodes", [])) | set(nodes)))
+
+        def on_set(c, trial) -> None:
+            metrics = _metric_dict(scorer, {"int16_node_count": len(c.int16_nodes),
+                                            "quantize_evaluate_seconds": c.seconds, "target": target,
+                                            "feasible": float(c.feasible)})
+            run_id = _log_candidate(logger, study_name, c.trial_number, spec_for(c.int16_nodes), metrics, c.source,
+                                    f"af-{c.trial_number}-{len(c.int16_nodes)}x16", tags={"mixq_worker": me})
+            log.info("%s: accuracy feedback #%d (%s): %d INT16 node(s) -> %.4f", me, c.trial_number, c.source,
+                     len(c.int16_nodes), c.accuracy)
+            note(run_id, trial)
+
+        config = build_config(base_spec)
+        objective = int16_trial_objective(net, stats, evaluator, config, target, order, callbacks=[on_set],
+                                          model_name=model_name)
+
+        def tpe_objective(space):
+            return int16_trial_objective(net, stats, evaluator, config, target, order, tpe_space=space,
+                                         callbacks=[on_set], model_name=model_name)
+    else:
+        from core.errors import QuantizationConfigError
+
+        raise QuantizationConfigError(f"trial_batch: unknown stage {stage!r} (options, feedback)")
+    log.info("%s serves study %s (%s)", me, study_name, stage)
+    count = serve_study(study, objective, tpe_objective=tpe_objective, idle_timeout=idle_timeout)
+    return {"worker": me, "study": study_name, "stage": stage, "trials": count, "evaluated": ran}

@@ -308,7 +308,8 @@ def register_model(run_id: str, sima_path: str, registered_name: str, alias: str
         except Exception:  # noqa: BLE001  (it exists)
             pass
         version = client.create_model_version(registered_name, info.model_uri, run_id=run_id,
-                                              tags={k: str(v) for k, v in (tags or {}).items()})
+                                              tags={k: str(v) for k, v in (tags or {}).items()},
+                                              model_id=info.model_id)    # a tracking server wants both
         if alias:
             client.set_registered_model_alias(registered_name, alias, version.version)
     return {"name": registered_name, "version": str(version.version), "alias": alias or "",

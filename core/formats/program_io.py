@@ -72,6 +72,7 @@ from core.formats.sima_json import write_sima_json
 from core.ir.graph import Graph, Node, TensorInfo
 from core.quantization.params import (
     AdaRoundMethod,
+    CalibrationMethod,
     HistogramEntropyMethod,
     HistogramMSEMethod,
     HistogramPercentileMethod,
@@ -85,7 +86,7 @@ from core.quantization.params import (
 )
 from core.quantization.quantizer import NodeQuant, QuantizedProgram, TensorQuant
 
-__all__ = ["PROGRAM_FORMAT_NAME", "PROGRAM_FORMAT_VERSION", "CLASSES", "ENUMS", "save_program",
+__all__ = ["PROGRAM_FORMAT_NAME", "PROGRAM_FORMAT_VERSION", "CLASSES", "ENUMS", "known_classes", "save_program",
            "load_program", "program_document", "netron_layers"]
 
 PROGRAM_FORMAT_NAME = "mixq.program"
@@ -95,6 +96,15 @@ PROGRAM_FORMAT_VERSION = 2
 CLASSES: dict[str, type] = {c.__name__: c for c in (
     QuantizationParams, QuantizationScheme, MinMaxMethod, MovingAverageMinMaxMethod, HistogramMSEMethod,
     HistogramEntropyMethod, HistogramPercentileMethod, TensorQuant, NodeQuant, AdaRoundMethod)}
+
+
+def known_classes() -> dict[str, type]:
+    """``CLASSES`` and every registered calibration method (``CalibrationMethod.registered()``: a
+    method added later is saved and loaded with no change here); a name already in ``CLASSES``
+    keeps its class."""
+    return {**{c.__name__: c for c in CalibrationMethod.registered()}, **CLASSES}
+
+
 ENUMS: dict[str, type[enum.Enum]] = {e.__name__: e for e in (
     RequantizationMode, QuantizationPrecision, QuantizationFlavor)}
 KINDS = ("int", "float", "apu")
@@ -204,9 +214,9 @@ class _Encoder:
                                  for i, (k, x) in enumerate(v.items())]}
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             cls = type(v)
-            if CLASSES.get(cls.__name__) is not cls:
+            if known_classes().get(cls.__name__) is not cls:
                 raise self._fail(hint, f"object of class {cls.__module__}.{cls.__qualname__} cannot be saved "
-                                       f"(known classes: {', '.join(CLASSES)})")
+                                       f"(known classes: {', '.join(known_classes())})")
             fields = {f.name: self.value(getattr(v, f.name), f"{hint}/{f.name}")
                       for f in dataclasses.fields(v) if f.init}
             return {"__object__": {"class": cls.__name__, "fields": fields}}
@@ -449,9 +459,9 @@ class _Decoder:
     def object(self, arg: Any, where: str) -> Any:
         if not isinstance(arg, dict) or set(arg) != {"class", "fields"} or not isinstance(arg["fields"], dict):
             raise self.fail(where, "__object__ needs exactly 'class' (a name) and 'fields' (an object)")
-        cls = CLASSES.get(arg["class"]) if isinstance(arg["class"], str) else None
+        cls = known_classes().get(arg["class"]) if isinstance(arg["class"], str) else None
         if cls is None:
-            raise self.fail(where, f"unknown class {arg['class']!r} (known classes: {', '.join(CLASSES)})")
+            raise self.fail(where, f"unknown class {arg['class']!r} (known classes: {', '.join(known_classes())})")
         known = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = [k for k in arg["fields"] if k not in known]
         if unknown:

@@ -316,11 +316,9 @@ def compute_range(
         raise CalibrationError(f"compute_range takes a TensorObserver, got {type(observer).__name__}")
     if not isinstance(scheme, QuantizationScheme):
         raise QuantizationConfigError(f"scheme must be a QuantizationScheme, got {type(scheme).__name__}")
-    if not isinstance(method, CalibrationMethod) or type(method) not in _METHODS:
-        raise QuantizationConfigError(
-            f"calibration method must be one of MinMaxMethod, MovingAverageMinMaxMethod, HistogramMSEMethod, "
-            f"HistogramEntropyMethod, HistogramPercentileMethod; got {method!r}"
-        )
+    if not isinstance(method, CalibrationMethod):
+        names = ", ".join(c.__name__ for c in CalibrationMethod.registered())
+        raise QuantizationConfigError(f"calibration method must be one of {names}; got {method!r}")
     if observer.count == 0:
         raise CalibrationError(f"tensor {observer.name!r} has no calibration values: it was never observed")
     key = (method, scheme.bits, scheme.asymmetric)
@@ -332,7 +330,11 @@ def compute_range(
     if hi0 == lo0 == 0.0:
         result = (0.0, 0.0)
     else:
-        lo, hi = _METHODS[type(method)](observer, method, bits, asymmetric)
+        rule = _METHODS.get(type(method))   # a built-in method; any other brings its own range rule
+        if rule is not None:
+            lo, hi = rule(observer, method, bits, asymmetric)
+        else:
+            lo, hi = method.range(observer, bits, asymmetric)
         if asymmetric:
             result = (float(min(max(lo, lo0), 0.0)), float(max(min(hi, hi0), 0.0)))
         else:
@@ -566,6 +568,7 @@ _METHODS = {
     HistogramEntropyMethod: _entropy,
     HistogramPercentileMethod: _percentile,
 }
+
 
 
 # --------------------------------------------------------------------------- statistics

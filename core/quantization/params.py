@@ -266,6 +266,10 @@ def _check_num_bins(value: Any) -> int:
     return bins
 
 
+# name or alias -> calibration method class (filled by CalibrationMethod.__init_subclass__)
+_CALIBRATION_METHODS: dict[str, type[CalibrationMethod]] = {}
+
+
 @dataclass(frozen=True)
 class CalibrationMethod:
     """Base of the calibration methods: how observed activation values become a range.
@@ -274,7 +278,35 @@ class CalibrationMethod:
     """
 
     name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()   # more names ``from_str`` accepts
     uses_histogram: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        # a subclass with a name registers itself: from_str, compute_range and the program
+        # format's allow-list (core.formats.program_io) find it with no other change
+        super().__init_subclass__(**kwargs)
+        if not cls.name:
+            return
+        for key in (cls.name, *cls.aliases):
+            other = _CALIBRATION_METHODS.get(key)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise ValueError(f"calibration method name {key!r} is taken by {other.__name__}")
+            _CALIBRATION_METHODS[key] = cls
+
+    @staticmethod
+    def registered() -> tuple[type[CalibrationMethod], ...]:
+        """Every calibration method class, in registration order."""
+        return tuple(dict.fromkeys(_CALIBRATION_METHODS.values()))
+
+    def range(self, observer, bits: int, asymmetric: bool) -> tuple[float, float]:
+        """The (lo, hi) this method gives ``observer``'s tensor (a
+        :class:`core.quantization.calibration.TensorObserver`: ``min``, ``max``, ``abs_max``,
+        ``batch_mins``, ``batch_maxs``, the histogram ...) before ``compute_range`` applies the
+        scheme (zero inside, symmetric, clamped to the observed values). A new method overrides
+        this; the built-in methods' rules are in core/quantization/calibration.py (``_METHODS``),
+        next to the histogram arithmetic they share."""
+        raise QuantizationConfigError(
+            f"{type(self).__name__} has no range rule: a calibration method overrides CalibrationMethod.range")
 
     def __post_init__(self) -> None:
         if type(self) is CalibrationMethod:
@@ -291,10 +323,10 @@ class CalibrationMethod:
         if not isinstance(name, str):
             raise QuantizationConfigError(f"calibration method name must be a str, got {name!r}")
         key = name.strip().lower().replace("-", "_").replace(" ", "_")
-        if key in _CALIBRATION_ALIASES:
-            return _CALIBRATION_ALIASES[key]()
-        valid = ", ".join(repr(n) for n in _CALIBRATION_NAMES)
-        close = difflib.get_close_matches(key, list(_CALIBRATION_ALIASES), n=1)
+        if key in _CALIBRATION_METHODS:
+            return _CALIBRATION_METHODS[key]()
+        valid = ", ".join(repr(c.name) for c in CalibrationMethod.registered())
+        close = difflib.get_close_matches(key, list(_CALIBRATION_METHODS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise QuantizationConfigError(
             f"unknown calibration method name {name!r}: valid names are {valid}{hint}"
@@ -306,6 +338,7 @@ class MinMaxMethod(CalibrationMethod):
     """Range = [min, max] over all calibration samples."""
 
     name: ClassVar[str] = "min_max"
+    aliases: ClassVar[tuple[str, ...]] = ("minmax",)
 
 
 @dataclass(frozen=True)
@@ -315,6 +348,7 @@ class MovingAverageMinMaxMethod(CalibrationMethod):
 
     averaging_constant: float = 0.01
     name: ClassVar[str] = "moving_average"
+    aliases: ClassVar[tuple[str, ...]] = ("moving_average_min_max", "movingaverage")
 
     def __post_init__(self) -> None:
         c = _check_real(self.averaging_constant, "averaging_constant")
@@ -329,6 +363,7 @@ class HistogramMSEMethod(CalibrationMethod):
 
     num_bins: int = 2048
     name: ClassVar[str] = "mse"
+    aliases: ClassVar[tuple[str, ...]] = ("histogram_mse",)
     uses_histogram: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -341,6 +376,7 @@ class HistogramEntropyMethod(CalibrationMethod):
 
     num_bins: int = 2048
     name: ClassVar[str] = "entropy"
+    aliases: ClassVar[tuple[str, ...]] = ("histogram_entropy",)
     uses_histogram: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -354,6 +390,7 @@ class HistogramPercentileMethod(CalibrationMethod):
     percentile: float = 99.999
     num_bins: int = 2048
     name: ClassVar[str] = "percentile"
+    aliases: ClassVar[tuple[str, ...]] = ("histogram_percentile",)
     uses_histogram: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -364,20 +401,6 @@ class HistogramPercentileMethod(CalibrationMethod):
         _set(self, "num_bins", _check_num_bins(self.num_bins))
 
 
-_CALIBRATION_NAMES = ("min_max", "moving_average", "mse", "entropy", "percentile")
-_CALIBRATION_ALIASES: dict[str, type[CalibrationMethod]] = {
-    "min_max": MinMaxMethod,
-    "minmax": MinMaxMethod,
-    "moving_average": MovingAverageMinMaxMethod,
-    "moving_average_min_max": MovingAverageMinMaxMethod,
-    "movingaverage": MovingAverageMinMaxMethod,
-    "mse": HistogramMSEMethod,
-    "histogram_mse": HistogramMSEMethod,
-    "entropy": HistogramEntropyMethod,
-    "histogram_entropy": HistogramEntropyMethod,
-    "percentile": HistogramPercentileMethod,
-    "histogram_percentile": HistogramPercentileMethod,
-}
 
 
 # --------------------------------------------------------------------------- custom configs

@@ -46,7 +46,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -56,10 +55,12 @@ import numpy as np
 
 from core.errors import AccuracyTargetError, QuantizationConfigError
 from core.quantization.params import QuantizationParams, QuantizationPrecision
+from core.search.parallel import DUPLICATE, fixed_params
 
 log = logging.getLogger("mixq")
 
-__all__ = ["Candidate", "Confirmation", "AccuracyFeedbackResult", "search_int16_nodes", "DEFAULT_STORAGE"]
+__all__ = ["Candidate", "Confirmation", "AccuracyFeedbackResult", "search_int16_nodes", "int16_trial_objective",
+           "DEFAULT_STORAGE"]
 
 DEFAULT_STORAGE = "mixq-search.journal"
 _PARAM = "int16:"
@@ -115,17 +116,13 @@ def open_study(storage: Any, study_name: str, seed: int, multi_objective: bool,
     instead of "Objective 0")."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if storage is None:
-        st = None
-    elif isinstance(storage, (str, os.PathLike)) and "://" not in str(storage):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+    from core.search.parallel import open_storage
 
-        st = JournalStorage(JournalFileBackend(os.fspath(storage)))
-    else:
-        st = storage                                   # an RDB URL or an optuna storage object
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = open_storage(storage)          # None, a journal path, an RDB URL (heartbeats) or a storage
+    # explicit, not Optuna's defaults (they changed between versions): with several workers a
+    # running trial counts as a bad one (constant liar), so they do not sample the same subset
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if directions is None:
         directions = ["maximize", "minimize"] if multi_objective else ["minimize"]
     if metric_names is None:
@@ -248,6 +245,7 @@ def search_int16_nodes(
     surrogate: Callable[[Sequence[str]], float] | None = None,
     confirm: Callable[[Any], float] | None = None,
     max_confirmations: int = 4,
+    executor: Callable[..., None] | None = None,
 ) -> AccuracyFeedbackResult:
     """Run the search (module docstring). ``evaluator(model) -> accuracy``; ``ranking`` is
     ``[(node, score)]`` most sensitive first; ``study_key`` identifies the data (part of the
@@ -256,7 +254,11 @@ def search_int16_nodes(
     ``confirm(model) -> accuracy`` under exact execution (step 6), when ``evaluator`` is not exact;
     ``max_confirmations``: feasible candidates confirmed before longer prefixes are tried.
     ``statistics``: calibration statistics, or the calibration samples when the configuration
-    learns from them (AdaRound, bias correction; :func:`quantize_with`)."""
+    learns from them (AdaRound, bias correction; :func:`quantize_with`).
+    ``executor(study, n, mode, space)`` (:mod:`core.search.parallel`): candidates are enqueued in
+    the study and evaluated by workers (:func:`int16_trial_objective`); independent probes go out
+    together, ``executor.width`` at a time (prefix probes around the model's guess, the gap
+    checks, the single-node drops of pruning, TPE trials)."""
     import optuna
 
     if not isinstance(quantization_config, QuantizationParams):
@@ -278,6 +280,12 @@ def search_int16_nodes(
         h = hashlib.sha256(repr((net.graph.name, study_key, repr(quantization_config), target, order)).encode())
         study_name = f"mixq-accuracy-feedback-{net.graph.name}-{h.hexdigest()[:16]}"
     study = open_study(storage, study_name, seed, multi_objective)
+    if executor is not None and multi_objective:
+        raise QuantizationConfigError("a multi-objective accuracy-feedback search runs in one process (no executor)")
+    width = max(1, int(getattr(executor, "width", 2))) if executor is not None else 1
+    if executor is not None:          # what the workers' objective needs (int16_trial_objective)
+        study.set_user_attr("mixq_order", order)
+        study.set_user_attr("mixq_target", target)
     callbacks = list(callbacks)
     started = time.perf_counter()
 
@@ -290,6 +298,7 @@ def search_int16_nodes(
     # ---- what the storage already holds (a resumed search)
     done: dict[frozenset, float] = {}
     candidates: list[Candidate] = []
+    seen: set[int] = set()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         nodes = tuple(sorted((p[len(_PARAM):] for p, v in t.params.items() if p.startswith(_PARAM) and v),
                              key=lambda n: rank_of.get(n, len(order))))
@@ -297,6 +306,7 @@ def search_int16_nodes(
         if not math.isfinite(acc) or any(n not in rank_of for n in nodes):
             continue
         done.setdefault(frozenset(nodes), acc)
+        seen.add(t.number)
         candidates.append(Candidate(nodes, acc, acc >= target, str(t.user_attrs.get("source", "?")), t.number, 0.0,
                                     resumed=True))
     if candidates:
@@ -309,8 +319,14 @@ def search_int16_nodes(
     def quantize(nodes):
         return quantize_with(net, statistics, config_for(nodes), model_name)
 
+    def counted() -> int:          # trials that spend the budget (a dead worker's failed trial does not)
+        if executor is None:
+            return len(study.trials)
+        return sum(1 for t in study.get_trials(deepcopy=False)
+                   if t.state != optuna.trial.TrialState.FAIL and not t.user_attrs.get("mixq_spare"))
+
     def budget_left() -> bool:
-        if len(study.trials) >= max_trials:
+        if counted() >= max_trials:
             return False
         return timeout is None or time.perf_counter() - started < timeout
 
@@ -354,6 +370,48 @@ def search_int16_nodes(
         record(nodes, acc, seconds, source, study.trials[-1].number)
         return acc
 
+    def collect() -> None:
+        """Record the trials workers finished (parallel mode)."""
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.number in seen or "accuracy" not in t.user_attrs:
+                continue
+            seen.add(t.number)
+            nodes = tuple(sorted((p[len(_PARAM):] for p, v in t.params.items() if p.startswith(_PARAM) and v),
+                                 key=lambda n: rank_of.get(n, len(order))))
+            acc = float(t.user_attrs["accuracy"])
+            if frozenset(nodes) in done or not math.isfinite(acc):
+                done.setdefault(frozenset(nodes), acc)
+                continue
+            record(nodes, acc, float(t.user_attrs.get("seconds", 0.0)), str(t.user_attrs.get("source", "?")),
+                   t.number)
+
+    def evaluate_many(items: Sequence[tuple[Sequence[str], str]]) -> list[float]:
+        """Evaluate independent candidates: one after the other, or all at once on the workers."""
+        if executor is None:
+            return [evaluate(nodes, source) for nodes, source in items]
+        todo, keys = [], []
+        for nodes, source in items:
+            nodes = tuple(sorted(set(nodes), key=rank_of.__getitem__))
+            keys.append(frozenset(nodes))
+            if keys[-1] not in done and all(keys[-1] != frozenset(n) for n, _ in todo):
+                todo.append((nodes, source))
+        cut = False
+        if todo:
+            if timeout is not None and time.perf_counter() - started >= timeout:
+                raise _Budget()
+            room = max_trials - counted()
+            if room <= 0:
+                raise _Budget()
+            cut, todo = len(todo) > room, todo[:room]
+            for nodes, source in todo:
+                study.enqueue_trial({p: (p[len(_PARAM):] in nodes) for p in space}, user_attrs={"source": source},
+                                    skip_if_exists=True)
+            executor(study, len(todo), "enqueued", None)
+            collect()
+        if cut or any(k not in done for k in keys):
+            raise _Budget()
+        return [done[k] for k in keys]
+
     def best_feasible() -> Candidate | None:
         feasible = [c for c in candidates if c.feasible]
         return min(feasible, key=lambda c: (len(c.int16_nodes), -c.accuracy)) if feasible else None
@@ -361,7 +419,8 @@ def search_int16_nodes(
     settled = 0
     try:
         # 1: INT8; 2: the smallest ranking prefix that reaches the target
-        if evaluate((), "int8") < target:
+        first = [((), "int8")] + ([(order[:1], "all ranked" if len(order) == 1 else "prefix 1")] if width > 1 else [])
+        if evaluate_many(first)[0] < target:
             prefixes = _PrefixModel(order, target, surrogate, done)
             lo, hi, sides = 0, None, []      # prefix lo misses the target, prefix hi reaches it
             while hi is None or hi - lo > 1:
@@ -371,32 +430,57 @@ def search_int16_nodes(
                 if guess is None:
                     guess = (lo + hi) // 2 if hi is not None else max(2 * lo, 1)
                 k = min(max(guess, lo + 1), top)
-                hit = evaluate(order[:k], "all ranked" if k == len(order) else f"prefix {k}") >= target
-                sides.append(hit)
-                if hit:
-                    hi = k
-                elif k == len(order):
+                # with several workers: the guess and the prefixes just above it together (when
+                # the model is right, the guess misses and the next one hits: one round)
+                probes = [k + i for i in range(width) if k + i <= top]
+                if executor is not None:          # known prefixes inside the bracket narrow it too
+                    probes += [j for j in range(lo + 1, top + 1) if frozenset(order[:j]) in done and j not in probes]
+                accs = evaluate_many([(order[:j], "all ranked" if j == len(order) else f"prefix {j}")
+                                      for j in probes])
+                hits = [j for j, a in zip(probes, accs) if a >= target]
+                sides.append(accs[0] >= target)
+                if hits:
+                    hi = min(hits)
+                    lo = max([lo] + [j for j, a in zip(probes, accs) if a < target and j < hi])
+                elif max(probes) == len(order):
                     best = max(c.accuracy for c in candidates)
                     raise AccuracyTargetError(
                         f"target accuracy {target:g} is out of reach: INT8 reaches {done[frozenset()]:.4f}, "
                         f"all {len(order)} ranked nodes at INT16 {done[frozenset(order)]:.4f} (best {best:.4f})",
                         best_accuracy=best)
                 else:
-                    lo = k
+                    lo = max(probes)
             # 3: accuracy measured on a finite set is not monotone in k: the search can step over
             # a smaller prefix that reaches the target. Check the prefixes below the best one that
             # were never evaluated, smallest first (all of them without a surrogate: never more
             # nodes than the greedy fallback; with one, those the model puts near the target).
-            for k in range(1, len(best_feasible().int16_nodes)):
-                if frozenset(order[:k]) not in done and prefixes.worth_checking(k) and \
-                        evaluate(order[:k], f"prefix {k}") >= target:
-                    break
+            if executor is None:
+                for k in range(1, len(best_feasible().int16_nodes)):
+                    if frozenset(order[:k]) not in done and prefixes.worth_checking(k) and \
+                            evaluate(order[:k], f"prefix {k}") >= target:
+                        break
+            else:                  # independent: all at once
+                gaps = [k for k in range(1, len(best_feasible().int16_nodes))
+                        if frozenset(order[:k]) not in done and prefixes.worth_checking(k)]
+                if gaps:
+                    evaluate_many([(order[:k], f"prefix {k}") for k in gaps])
             settled = evaluations
             # 4: prune the best set, least sensitive first
             current = list(best_feasible().int16_nodes)
-            for n in sorted(current, key=rank_of.__getitem__, reverse=True):
+            drops = sorted(current, key=rank_of.__getitem__, reverse=True)
+            if executor is not None and len(current) > 1:
+                # every single-node drop at once, then the droppable ones together; one at a time
+                # (as in one process) only when that combination misses
+                accs = evaluate_many([([m for m in current if m != n], "prune") for n in drops])
+                drops = [n for n, a in zip(drops, accs) if a >= target]
+                together = [m for m in current if m not in drops]
+                if len(drops) > 1 and together and evaluate_many([(together, "prune")])[0] >= target:
+                    current, drops = together, []
+                elif len(drops) == 1:
+                    current, drops = [m for m in current if m != drops[0]], []
+            for n in drops:
                 trial_set = [m for m in current if m != n]
-                if trial_set and evaluate(trial_set, "prune") >= target:
+                if trial_set and evaluate_many([(trial_set, "prune")])[0] >= target:
                     current = trial_set
             # 5: TPE over the top ranked nodes with the remaining budget
             width = min(len(order), 2 * len(best_feasible().int16_nodes) + 4)
@@ -416,12 +500,19 @@ def search_int16_nodes(
                 trial.set_user_attr("seconds", seconds)
                 return values(acc, len(nodes)) if multi_objective else values(acc, len(nodes))[0]
 
-            remaining = max_trials - len(study.trials)
+            remaining = max_trials - counted()
             if remaining > 0 and budget_left():
-                left = None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
-                study.optimize(objective, n_trials=remaining, timeout=left, gc_after_trial=False)
+                if executor is not None:          # workers sample (TPE, constant liar) and evaluate
+                    executor(study, remaining, "tpe", tpe_space)
+                    collect()
+                else:
+                    left = None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
+                    study.optimize(objective, n_trials=remaining, timeout=left, gc_after_trial=False)
     except _Budget:
-        log.info("accuracy feedback: budget spent (%d trials, max_trials=%d)", len(study.trials), max_trials)
+        log.info("accuracy feedback: budget spent (%d trials, max_trials=%d)", counted(), max_trials)
+    finally:
+        if executor is not None and hasattr(executor, "close"):
+            executor.close(study)
 
     best = best_feasible()
     if best is None:
@@ -445,6 +536,56 @@ def search_int16_nodes(
     return AccuracyFeedbackResult(model, list(nodes), exact if fast is None else fast, target, candidates,
                                   evaluations, list(ranking), study_name, front, settled or evaluations,
                                   exact_accuracy=exact, confirmations=confirmations)
+
+
+def int16_trial_objective(net, statistics, evaluator: Callable[[Any], float], quantization_config: QuantizationParams,
+                          target_accuracy: float, order: Sequence[str], *, tpe_space: Sequence[str] | None = None,
+                          callbacks: Iterable[Callable[[Candidate], None]] = (), model_name: str | None = None):
+    """The objective a worker runs for a parallel :func:`search_int16_nodes`: an enqueued (or
+    retried) trial carries its node set in its parameters; a TPE trial (``tpe_space``) samples one
+    among the top ranked nodes. Callbacks get each evaluated ``(Candidate, trial)``."""
+    target = float(target_accuracy)
+    order = list(order)
+    callbacks = list(callbacks)
+
+    def config_for(nodes) -> QuantizationParams:
+        custom = {k: dict(v) for k, v in (quantization_config.custom_quantization_configs or {}).items()}
+        for n in nodes:
+            custom.setdefault(n, {})["quantization_precision"] = QuantizationPrecision.INT_16
+        return quantization_config.with_custom_quantization_configs(custom or None)
+
+    def objective(trial) -> float:
+        import optuna
+
+        fixed = fixed_params(trial)
+        if fixed:          # enqueued, or a retried trial: its node set is in its parameters
+            names = [n for n in order if f"{_PARAM}{n}" in fixed]
+        else:
+            names = list(order if tpe_space is None else tpe_space)
+        nodes = tuple(n for n in names if trial.suggest_categorical(f"{_PARAM}{n}", [False, True]))
+        source = str(trial.user_attrs.get("source") or "tpe")
+        key = frozenset(nodes)
+        def value(acc):
+            return (float(len(nodes)) if acc >= target else len(order) + 1.0 + (target - acc))
+        for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if "accuracy" in t.user_attrs and frozenset(t.user_attrs.get("int16_nodes", ())) == key:
+                acc = float(t.user_attrs["accuracy"])       # evaluated already (a TPE repeat): not again
+                for k, v in {"accuracy": acc, "source": source, "int16_nodes": list(nodes), "seconds": 0.0,
+                             DUPLICATE: t.number}.items():
+                    trial.set_user_attr(k, v)
+                return value(acc)
+        t0 = time.perf_counter()
+        model = quantize_with(net, statistics, config_for(nodes), model_name)
+        acc = float(evaluator(model))
+        seconds = time.perf_counter() - t0
+        cand = Candidate(nodes, acc, acc >= target, source, trial.number, seconds)
+        for cb in callbacks:          # (MLflow) before the trial is told: a retry finds the run by its config
+            cb(cand, trial)
+        for k, v in {"accuracy": acc, "source": source, "int16_nodes": list(nodes), "seconds": seconds}.items():
+            trial.set_user_attr(k, v)
+        return value(acc)
+
+    return objective
 
 
 _EXACT = "mixq_exact:"

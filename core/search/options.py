@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import time
@@ -37,7 +38,8 @@ from core.quantization.params import (
 
 log = logging.getLogger("mixq")
 
-__all__ = ["OptionCandidate", "OptionsSearchResult", "search_quantization_options", "DEFAULT_OPTIONS"]
+__all__ = ["OptionCandidate", "OptionsSearchResult", "search_quantization_options", "options_trial_objective",
+           "DEFAULT_OPTIONS"]
 
 DEFAULT_OPTIONS: dict[str, list] = {
     "calibration_method": [MinMaxMethod(), MovingAverageMinMaxMethod(), HistogramMSEMethod(1024),
@@ -101,26 +103,19 @@ def search_quantization_options(
     seed: int = 0,
     callbacks: Iterable[Callable[[OptionCandidate], None]] = (),
     model_name: str | None = None,
+    executor: Callable[..., None] | None = None,
 ) -> OptionsSearchResult:
     """Evaluate combinations of ``options`` (field name -> values; ``DEFAULT_OPTIONS`` fills the
     fields not given) on top of ``base_config``. Exhaustive when the grid has at most
-    ``max_trials`` points (default: the whole grid), TPE otherwise."""
+    ``max_trials`` points (default: the whole grid), TPE otherwise. ``executor``
+    (:class:`core.search.parallel.TrialPool`): the grid points are enqueued in grid order (so
+    trial numbers, and the tie-break between equal scores, do not depend on the workers) and
+    evaluated by workers (:func:`options_trial_objective`); TPE trials are sampled by them."""
     import optuna
 
     from core.search.accuracy_feedback import open_study
 
-    grid = {k: list(v) for k, v in DEFAULT_OPTIONS.items()}
-    for k, v in (options or {}).items():
-        if k not in grid:
-            raise QuantizationConfigError(f"unknown option {k!r}; options are {sorted(grid)}")
-        v = list(v)
-        if not v:
-            raise QuantizationConfigError(f"option {k!r} has no values")
-        grid[k] = v
-    labels = {k: [describe(v) for v in vals] for k, vals in grid.items()}
-    for k, ls in labels.items():
-        if len(set(ls)) != len(ls):
-            raise QuantizationConfigError(f"option {k!r} lists the same value twice: {ls}")
+    grid, labels = _grid(options)
     size = math.prod(len(v) for v in grid.values())
     budget = size if max_trials is None else int(max_trials)
     exhaustive = size <= budget
@@ -176,14 +171,92 @@ def search_quantization_options(
 
     finished = len(done)
     remaining = (size if exhaustive else budget) - finished
-    if remaining > 0:
+    if remaining > 0 and executor is None:
         study.optimize(objective, n_trials=remaining, timeout=timeout, gc_after_trial=False)
+    elif remaining > 0:
+        seen = {c.trial_number for c in candidates}
+        try:
+            if exhaustive:
+                todo = [dict(zip(grid, key)) for key in itertools.product(*(labels[k] for k in grid))
+                        if key not in done]
+                for params in todo:
+                    study.enqueue_trial(params, skip_if_exists=True)
+                executor(study, len(todo), "enqueued", None)
+            else:
+                executor(study, remaining, "tpe", list(grid))
+        finally:
+            if hasattr(executor, "close"):
+                executor.close(study)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            key = tuple(t.params.get(k) for k in grid)
+            if t.number in seen or None in key or "accuracy" not in t.user_attrs or key in done:
+                continue
+            acc = float(t.user_attrs["accuracy"])
+            done[key] = acc
+            evaluations += 1
+            chosen = dict(zip(grid, key))
+            cand = OptionCandidate(chosen, _config(base_config, grid, labels, chosen), acc, t.number,
+                                   float(t.user_attrs.get("seconds", 0.0)), str(t.user_attrs.get("error", "")))
+            candidates.append(cand)
+            for cb in callbacks:
+                cb(cand)
     scored = [c for c in candidates if math.isfinite(c.accuracy)]
     if not scored:
         raise QuantizationConfigError("no option combination could be quantized: " +
                                       "; ".join(sorted({c.error for c in candidates})))
     best = max(scored, key=lambda c: (c.accuracy, -c.trial_number))
     return OptionsSearchResult(best, candidates, evaluations, exhaustive, study_name)
+
+
+def options_trial_objective(net, statistics, evaluator: Callable[[Any], float], options: dict[str, Sequence] | None,
+                            *, base_config: QuantizationParams = default_quantization,
+                            callbacks: Iterable[Callable[[OptionCandidate, Any], None]] = (),
+                            model_name: str | None = None):
+    """The objective a worker runs for a parallel :func:`search_quantization_options`: the trial
+    (enqueued grid point, retried, or sampled) names one combination of ``options``; callbacks
+    get each evaluated ``(OptionCandidate, trial)`` before the trial is finished."""
+    grid, labels = _grid(options)
+    callbacks = list(callbacks)
+
+    def objective(trial) -> float:
+        chosen = {k: trial.suggest_categorical(k, labels[k]) for k in grid}
+        cfg, error = _config_or_base(base_config, grid, labels, chosen)
+        t0 = time.perf_counter()
+        try:
+            if error:
+                raise QuantizationConfigError(error)
+            model = net.quantize(statistics, cfg, model_name)
+            acc = float(evaluator(model))
+        except MixqError as e:
+            acc, error = float("nan"), error or f"{type(e).__name__}: {e}"
+        seconds = time.perf_counter() - t0
+        cand = OptionCandidate(chosen, cfg, acc, trial.number, seconds, error)
+        for cb in callbacks:
+            cb(cand, trial)
+        if error:
+            trial.set_user_attr("error", error)
+        trial.set_user_attr("seconds", seconds)
+        trial.set_user_attr("accuracy", acc)
+        return acc if math.isfinite(acc) else -math.inf
+
+    return objective
+
+
+def _grid(options: dict[str, Sequence] | None) -> tuple[dict[str, list], dict[str, list[str]]]:
+    """The option grid (``DEFAULT_OPTIONS`` for the fields not given) and its labels."""
+    grid = {k: list(v) for k, v in DEFAULT_OPTIONS.items()}
+    for k, v in (options or {}).items():
+        if k not in grid:
+            raise QuantizationConfigError(f"unknown option {k!r}; options are {sorted(grid)}")
+        v = list(v)
+        if not v:
+            raise QuantizationConfigError(f"option {k!r} has no values")
+        grid[k] = v
+    labels = {k: [describe(v) for v in vals] for k, vals in grid.items()}
+    for k, ls in labels.items():
+        if len(set(ls)) != len(ls):
+            raise QuantizationConfigError(f"option {k!r} lists the same value twice: {ls}")
+    return grid, labels
 
 
 def _config(base: QuantizationParams, grid, labels, chosen: dict) -> QuantizationParams:
