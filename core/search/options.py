@@ -195,7 +195,7 @@ def search_quantization_options(
             done[key] = acc
             evaluations += 1
             chosen = dict(zip(grid, key))
-            cand = OptionCandidate(chosen, _config(base_config, grid, labels, chosen), acc, t.number,
+            cand = OptionCandidate(chosen, _config_or_base(base_config, grid, labels, chosen)[0], acc, t.number,
                                    float(t.user_attrs.get("seconds", 0.0)), str(t.user_attrs.get("error", "")))
             candidates.append(cand)
             for cb in callbacks:
