@@ -364,13 +364,20 @@ class LoadedNet:
         evaluator = Evaluator(evaluation_dataset, self.input_names, self.input_shapes(), accuracy_score,
                               batch_size=batch_size, fast_mode=fast_mode)
         if isinstance(calibration_data, CalibrationStatistics):
-            stats = calibration_data
+            stats = calibration = calibration_data
         else:   # statistics of the graph the configuration quantizes (channel-equalized or not)
+            if isinstance(calibration_data, Iterable) and iter(calibration_data) is calibration_data:
+                calibration_data = list(calibration_data)      # read more than once
             owner = self._equalized_net() if params.channel_equalization and not self._equalized else self
             stats = owner._cached_statistics(calibration_data)
+            # learned rounding and bias correction need the samples: each candidate learns its own
+            # (an INT16 node changes its successors' inputs), cached by digest
+            calibration = calibration_data if (params.adaround or params.bias_correction) else stats
         # the simulated output error of node sets, on a few evaluation samples: it ranks the nodes
         # and models accuracy along the ranking (no evaluation spent on either)
-        int8 = self.quantize(statistics=stats, quantization_config=params)
+        from core.search.accuracy_feedback import quantize_with
+
+        int8 = quantize_with(self, calibration, params, None)
         head = evaluator.samples[:max(1, int(ranking_samples))]
         error = SimulatedOutputError(self, int8, {n: np.concatenate([s[n] for s in head]) for n in self.input_names})
         if ranking is None:
@@ -387,7 +394,7 @@ class LoadedNet:
 
             confirm = copy.copy(evaluator)
             confirm.fast_mode = False
-        result = search_int16_nodes(self, stats, evaluator, params, target_accuracy, ranking,
+        result = search_int16_nodes(self, calibration, evaluator, params, target_accuracy, ranking,
                                     max_trials=max_trials, timeout=timeout, storage=storage, study_name=study_name,
                                     study_key=key, multi_objective=multi_objective, seed=seed, callbacks=callbacks,
                                     model_name=model_name or self.graph.name, surrogate=error, confirm=confirm,
@@ -402,7 +409,8 @@ class LoadedNet:
             batch_size: int = 32, fast_mode: bool = False, model_name: str | None = None, executor: Any = None):
         """The specification's "cycling through quantization options" template as one call:
         every combination of ``options`` (calibration method, weight scheme, activation scheme,
-        channel equalization, bias correction; :data:`core.search.DEFAULT_OPTIONS` for the rest)
+        channel equalization, bias correction, learned rounding ``adaround``;
+        :data:`core.search.DEFAULT_OPTIONS` for the rest)
         quantized from one calibration pass and scored with ``accuracy_score`` on
         ``evaluation_dataset`` (as in :meth:`quantize_with_accuracy_feedback`). Exhaustive when
         the grid fits ``max_trials``, TPE otherwise. Returns a

@@ -215,6 +215,16 @@ class _PrefixModel:
         return predict(self.error(k)) >= self.target - residual
 
 
+def quantize_with(net, calibration, config: QuantizationParams, model_name: str | None):
+    """``net.quantize`` from calibration statistics, or from calibration samples (which learned
+    rounding and bias correction need: every candidate then learns its own, cached by digest)."""
+    from core.quantization.calibration import CalibrationStatistics
+
+    if isinstance(calibration, CalibrationStatistics):
+        return net.quantize(statistics=calibration, quantization_config=config, model_name=model_name)
+    return net.quantize(calibration, config, model_name)
+
+
 def search_int16_nodes(
     net,
     statistics,
@@ -243,6 +253,8 @@ def search_int16_nodes(
     (lower is better, e.g. :class:`~core.search.ranking.SimulatedOutputError`) guides step 2;
     ``confirm(model) -> accuracy`` under exact execution (step 6), when ``evaluator`` is not exact;
     ``max_confirmations``: feasible candidates confirmed before longer prefixes are tried.
+    ``statistics``: calibration statistics, or the calibration samples when the configuration
+    learns from them (AdaRound, bias correction; :func:`quantize_with`).
     ``executor(study, n, mode, space)`` (:mod:`core.search.parallel`): candidates are enqueued in
     the study and evaluated by workers (:func:`int16_trial_objective`); independent probes go out
     together, ``executor.width`` at a time (prefix probes around the model's guess, the gap
@@ -304,6 +316,9 @@ def search_int16_nodes(
     class _Budget(Exception):
         pass
 
+    def quantize(nodes):
+        return quantize_with(net, statistics, config_for(nodes), model_name)
+
     def counted() -> int:          # trials that spend the budget (a dead worker's failed trial does not)
         if executor is None:
             return len(study.trials)
@@ -317,7 +332,7 @@ def search_int16_nodes(
 
     def measure(nodes: Sequence[str]) -> tuple[float, float]:
         t0 = time.perf_counter()
-        model = net.quantize(statistics=statistics, quantization_config=config_for(nodes), model_name=model_name)
+        model = quantize(nodes)
         return evaluator(model), time.perf_counter() - t0
 
     def values(acc: float, n16: int):
@@ -510,13 +525,11 @@ def search_int16_nodes(
         if not front or c.accuracy > front[-1].accuracy:
             front.append(c)
     if confirm is None:
-        model = net.quantize(statistics=statistics, quantization_config=config_for(best.int16_nodes),
-                             model_name=model_name)
+        model = quantize(best.int16_nodes)
         return AccuracyFeedbackResult(model, list(best.int16_nodes), best.accuracy, target, candidates, evaluations,
                                       list(ranking), study_name, front, settled or evaluations)
     nodes, model, confirmations = confirm_exactly(
-        study, lambda ns: net.quantize(statistics=statistics, quantization_config=config_for(ns),
-                                       model_name=model_name),
+        study, quantize,
         confirm, target, candidates, order, max_confirmations)
     fast = done.get(frozenset(nodes))
     exact = confirmations[-1].accuracy
@@ -562,7 +575,7 @@ def int16_trial_objective(net, statistics, evaluator: Callable[[Any], float], qu
                     trial.set_user_attr(k, v)
                 return value(acc)
         t0 = time.perf_counter()
-        model = net.quantize(statistics=statistics, quantization_config=config_for(nodes), model_name=model_name)
+        model = quantize_with(net, statistics, config_for(nodes), model_name)
         acc = float(evaluator(model))
         seconds = time.perf_counter() - t0
         cand = Candidate(nodes, acc, acc >= target, source, trial.number, seconds)

@@ -1,9 +1,12 @@
 """The specification's "cycling through quantization options" as one function.
 
 Calibration method x weight scheme x activation scheme x channel equalization x bias
-correction, each candidate quantized from one shared calibration pass and scored by an
-evaluator. Optuna runs it: a ``GridSampler`` visits every combination when the grid fits the
-trial budget, TPE samples it otherwise. Finished candidates persist in ``storage`` like the
+correction x learned rounding (``adaround``: None/False for round-to-nearest, True or an
+``AdaRoundMethod``; candidates with it need calibration samples, not only statistics), each
+candidate quantized from one shared calibration pass and scored by an evaluator. A combination
+mixq rejects (e.g. 4-bit weights without learned rounding) is a candidate with an error.
+Optuna runs it: a ``GridSampler`` visits every combination when the grid fits the trial
+budget, TPE samples it otherwise. Finished candidates persist in ``storage`` like the
 accuracy-feedback search, so a rerun resumes.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 from core.errors import MixqError, QuantizationConfigError
 from core.quantization.params import (
+    AdaRoundMethod,
     CalibrationMethod,
     HistogramEntropyMethod,
     HistogramMSEMethod,
@@ -46,6 +50,7 @@ DEFAULT_OPTIONS: dict[str, list] = {
                                        quantization_scheme(asymmetric=True, per_channel=False)],
     "channel_equalization": [False],
     "bias_correction": [False],
+    "adaround": [None],
 }
 
 
@@ -55,6 +60,10 @@ def describe(value: Any) -> str:
         return (f"{'asym' if value.asymmetric else 'sym'}-{'per_channel' if value.per_channel else 'per_tensor'}"
                 f"-{value.bits}")
     if isinstance(value, CalibrationMethod):
+        return repr(value)
+    if value is None or value is False:
+        return "off" if value is False else "None"
+    if isinstance(value, AdaRoundMethod):
         return repr(value)
     return repr(value)
 
@@ -125,7 +134,7 @@ def search_quantization_options(
             continue
         acc = float(t.user_attrs.get("accuracy", float("nan")))
         done[key] = acc
-        cfg = _config(base_config, grid, labels, dict(zip(grid, key)))
+        cfg = _config_or_base(base_config, grid, labels, dict(zip(grid, key)))[0]
         candidates.append(OptionCandidate(dict(zip(grid, key)), cfg, acc, t.number, 0.0,
                                           str(t.user_attrs.get("error", "")), resumed=True))
     evaluations = 0
@@ -138,14 +147,15 @@ def search_quantization_options(
             acc = done[key]
             trial.set_user_attr("accuracy", acc)
             return acc if math.isfinite(acc) else -math.inf
-        cfg = _config(base_config, grid, labels, chosen)
+        cfg, error = _config_or_base(base_config, grid, labels, chosen)
         t0 = time.perf_counter()
-        error = ""
         try:
+            if error:
+                raise QuantizationConfigError(error)
             model = net.quantize(statistics, cfg, model_name)   # statistics: CalibrationStatistics or samples
             acc = float(evaluator(model))
         except MixqError as e:               # e.g. an option this version does not implement
-            acc, error = float("nan"), f"{type(e).__name__}: {e}"
+            acc, error = float("nan"), error or f"{type(e).__name__}: {e}"
             trial.set_user_attr("error", error)
         seconds = time.perf_counter() - t0
         trial.set_user_attr("accuracy", acc)
@@ -185,7 +195,7 @@ def search_quantization_options(
             done[key] = acc
             evaluations += 1
             chosen = dict(zip(grid, key))
-            cand = OptionCandidate(chosen, _config(base_config, grid, labels, chosen), acc, t.number,
+            cand = OptionCandidate(chosen, _config_or_base(base_config, grid, labels, chosen)[0], acc, t.number,
                                    float(t.user_attrs.get("seconds", 0.0)), str(t.user_attrs.get("error", "")))
             candidates.append(cand)
             for cb in callbacks:
@@ -210,14 +220,15 @@ def options_trial_objective(net, statistics, evaluator: Callable[[Any], float], 
 
     def objective(trial) -> float:
         chosen = {k: trial.suggest_categorical(k, labels[k]) for k in grid}
-        cfg = _config(base_config, grid, labels, chosen)
+        cfg, error = _config_or_base(base_config, grid, labels, chosen)
         t0 = time.perf_counter()
-        error = ""
         try:
+            if error:
+                raise QuantizationConfigError(error)
             model = net.quantize(statistics, cfg, model_name)
             acc = float(evaluator(model))
         except MixqError as e:
-            acc, error = float("nan"), f"{type(e).__name__}: {e}"
+            acc, error = float("nan"), error or f"{type(e).__name__}: {e}"
         seconds = time.perf_counter() - t0
         cand = OptionCandidate(chosen, cfg, acc, trial.number, seconds, error)
         for cb in callbacks:
@@ -251,3 +262,12 @@ def _grid(options: dict[str, Sequence] | None) -> tuple[dict[str, list], dict[st
 def _config(base: QuantizationParams, grid, labels, chosen: dict) -> QuantizationParams:
     values = {k: grid[k][labels[k].index(chosen[k])] for k in grid}
     return dataclasses.replace(base, **values)
+
+
+def _config_or_base(base: QuantizationParams, grid, labels, chosen: dict) -> tuple[QuantizationParams, str]:
+    """The candidate's configuration and "", or ``base`` and the reason a combination is invalid
+    (e.g. 4-bit weights without learned rounding): such a candidate is scored as an error."""
+    try:
+        return _config(base, grid, labels, chosen), ""
+    except QuantizationConfigError as e:
+        return base, f"{type(e).__name__}: {e}"

@@ -261,3 +261,26 @@ def test_exact_scores_are_kept_in_the_study(env, tmp_path):
     again = search(env, target, fast_mode=True, max_trials=6, storage=journal).accuracy_feedback
     assert again.int16_nodes == first.int16_nodes and again.exact_accuracy == first.exact_accuracy
     assert again.evaluations == 0 and all(c.resumed for c in again.confirmations)
+
+
+def test_adaround_base(env):
+    """The INT8 base of the search can learn its rounding (and correct its bias): candidates are
+    quantized from the calibration samples, the answer keeps learned integer weights."""
+    from core import AdaRoundMethod
+
+    net, calib = env["net"], env["calib"]
+    cfg = default_quantization.with_adaround(AdaRoundMethod(iterations=10, rows=128, batch=64, max_samples=4)) \
+        .with_bias_correction(True)
+    base = net.quantize(calib, cfg)
+    from core.search import Evaluator
+
+    int8 = Evaluator(env["dataset"], net.input_names, net.input_shapes(), env["closeness"])(base)
+    model = net.quantize_with_accuracy_feedback(calib, env["dataset"], cfg, env["closeness"], int8 + abs(int8) * 0.05,
+                                                storage=None, max_trials=4)
+    result = model.accuracy_feedback
+    assert result.int16_nodes and result.accuracy >= result.target_accuracy
+    assert model.program.params.adaround == cfg.adaround and model.program.params.bias_correction
+    rtn = net.quantize(calib, cfg.with_adaround(False).with_custom_quantization_configs(
+        model.program.params.custom_quantization_configs))
+    assert any(not np.array_equal(rtn.program.constants[n].w_q, c.w_q)
+               for n, c in model.program.constants.items() if c is not None and c.w_q is not None)

@@ -98,3 +98,28 @@ def test_bad_options(setup):
         net.search_quantization_options(calib, dataset, top1, {"rounding": ["up"]})
     with pytest.raises(QuantizationConfigError, match="no values"):
         net.search_quantization_options(calib, dataset, top1, {"bias_correction": []})
+
+
+def test_adaround_is_an_option_dimension(setup):
+    """Learned rounding on/off as an option: the AdaRound candidate's weights differ from the
+    round-to-nearest candidate's, and 4-bit weights without it are a candidate error, not a crash."""
+    from core import AdaRoundMethod
+
+    net, calib, dataset = setup
+    ada = AdaRoundMethod(iterations=30, rows=256, batch=64, max_samples=8)
+    r = net.search_quantization_options(calib, dataset, top1, {
+        "calibration_method": [HistogramMSEMethod()],
+        "weight_quantization_scheme": [quantization_scheme(False, True), quantization_scheme(False, True, 4)],
+        "activation_quantization_scheme": [quantization_scheme(True, False)],
+        "adaround": [False, ada]})
+    assert len(r.candidates) == 4
+    by = {(c.options["weight_quantization_scheme"], c.options["adaround"]): c for c in r.candidates}
+    assert by[("sym-per_channel-4", "off")].error and "4-bit" in by[("sym-per_channel-4", "off")].error
+    ok = [c for c in r.candidates if not c.error]
+    assert len(ok) == 3 and all(np.isfinite(c.accuracy) for c in ok)
+    rtn = by[("sym-per_channel-8", "off")].config
+    learned = by[("sym-per_channel-8", repr(ada))].config
+    assert rtn.adaround is None and learned.adaround == ada
+    a, b = net.quantize(calib, rtn), net.quantize(calib, learned)
+    assert any(not np.array_equal(a.program.constants[n].w_q, c.w_q)
+               for n, c in b.program.constants.items() if c is not None and c.w_q is not None)
