@@ -23,7 +23,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-__all__ = ["UI_NAMES", "prefect_env", "ui_env", "find_results", "ui_commands", "start_uis", "UIServers", "free_port"]
+__all__ = ["UI_NAMES", "prefect_env", "ui_env", "find_results", "ui_commands", "start_uis", "UIServers", "free_port",
+           "wait_for_http"]
 
 UI_NAMES = ("prefect", "mlflow", "netron", "optuna")
 DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "netron": 8081, "optuna": 8082}
@@ -130,11 +131,13 @@ class UIServers:
         self.stop()
 
 
-def _wait(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float, log_tail=lambda: "") -> None:
+    """Wait until ``url`` answers below 500, failing early when ``proc`` exits; ``log_tail()``
+    (e.g. the end of the server's log) goes into the error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"exited with status {proc.returncode}")
+            raise RuntimeError(f"{proc.args[0]} exited with status {proc.returncode}: {log_tail()}")
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status < 500:
@@ -142,7 +145,7 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"no answer from {url} after {timeout:.0f} s")
+    raise TimeoutError(f"no answer from {url} after {timeout:.0f} s: {log_tail()}")
 
 
 def start_uis(folder: str, which=UI_NAMES, ports: dict[str, int] | None = None, host: str = "127.0.0.1",
@@ -173,7 +176,7 @@ def start_uis(folder: str, which=UI_NAMES, ports: dict[str, int] | None = None, 
         for name, proc in servers.processes.items():
             t = time.perf_counter()
             try:
-                _wait(servers.urls[name] + _HEALTH[name], proc, timeout)
+                wait_for_http(servers.urls[name] + _HEALTH[name], proc, timeout)
             except (RuntimeError, TimeoutError) as exc:
                 with open(servers.logs[name], errors="replace") as f:
                     tail = f.read()[-2000:]

@@ -18,11 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
-from core.ui_servers import free_port
+from core.ui_servers import free_port, wait_for_http
 
 __all__ = ["Stack", "start_stack", "PG_USER", "ROOT"]
 
@@ -56,21 +54,6 @@ def _pg_account() -> tuple[int, int] | None:
                        check=True, capture_output=True)
         pw = pwd.getpwnam(PG_USER)
     return pw.pw_uid, pw.pw_gid
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}): {_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status < 500:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"no answer from {url} after {timeout:.0f} s: {_tail(log)}")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -185,7 +168,7 @@ class Stack:
                           PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))
         proc = self._spawn("prefect-server", [_tool("prefect"), "server", "start", "--host", "127.0.0.1",
                                               "--port", str(port), "--no-ui"], env=server_env)
-        _wait_http(f"{self.prefect_api}/ready", proc, self.logs["prefect-server"], timeout)
+        wait_for_http(f"{self.prefect_api}/ready", proc, timeout, lambda: _tail(self.logs["prefect-server"]))
 
     def start_mlflow(self, timeout: float = 240.0) -> None:
         port = free_port()
@@ -196,7 +179,7 @@ class Stack:
                                              "--port", str(port), "--workers", "1"])
         self.mlflow_uri = f"http://127.0.0.1:{port}"
         self.env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
-        _wait_http(f"{self.mlflow_uri}/health", proc, self.logs["mlflow-server"], timeout)
+        wait_for_http(f"{self.mlflow_uri}/health", proc, timeout, lambda: _tail(self.logs["mlflow-server"]))
 
     def deploy(self) -> None:
         """The ``mixq-pool`` process pool and the ``trial-batch`` deployment (``prefect deploy``
