@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 __all__ = ["UI_NAMES", "prefect_env", "ui_env", "find_results", "ui_commands", "start_uis", "UIServers", "free_port",
-           "wait_for_http"]
+           "wait_for_http", "stop_process_groups"]
 
 UI_NAMES = ("prefect", "mlflow", "netron", "optuna")
 DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "netron": 8081, "optuna": 8082}
@@ -110,18 +110,7 @@ class UIServers:
     logs: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)     # the server and the workers it started
-                except ProcessLookupError:
-                    pass
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_groups(self.processes.values(), timeout=15)
         self.processes.clear()
 
     def __enter__(self) -> UIServers:
@@ -129,6 +118,27 @@ class UIServers:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_process_groups(processes, timeout: float) -> None:
+    """SIGTERM each still-running process's group (a server and the workers it started), in the
+    given order, then wait; a group still alive after ``timeout`` s gets SIGKILL."""
+    processes = list(processes)
+    for proc in processes:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for proc in processes:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
 
 
 def wait_for_http(url: str, proc: subprocess.Popen, timeout: float, log_tail=lambda: "") -> None:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from core.ui_servers import free_port, wait_for_http
+from core.ui_servers import free_port, stop_process_groups, wait_for_http
 
 __all__ = ["Stack", "start_stack", "PG_USER", "ROOT"]
 
@@ -229,21 +229,7 @@ class Stack:
         return pids
 
     def stop(self) -> None:
-        for proc in reversed(list(self.processes.values())):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+        stop_process_groups(reversed(list(self.processes.values())), timeout=20)
         self.stop_postgres()
 
     def __enter__(self) -> Stack:
