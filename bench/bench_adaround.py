@@ -42,6 +42,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.coverage.harness import SampleReader  # noqa: E402
+
 ORT_MEMORY_LIMIT_GB = 14
 TARGET_INT8, TARGET_W4, TARGET_SECONDS, TARGET_GB = 0.92, 0.80, 600, 2.0
 
@@ -130,7 +132,6 @@ def ort_quantized_session(path, calib, method):
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -139,19 +140,6 @@ def ort_quantized_session(path, calib, method):
 
     name = onnx.load(str(path)).graph.input[0].name
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.i = 0
-
-        def get_next(self):
-            if self.i >= len(calib):
-                return None
-            self.i += 1
-            return {name: calib[self.i - 1:self.i]}
-
-        def rewind(self):
-            self.i = 0
-
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="mixq_bench_ada_ort_") as tmp:
         dst = pathlib.Path(tmp) / "qdq.onnx"
@@ -159,7 +147,8 @@ def ort_quantized_session(path, calib, method):
         os.chdir(tmp)      # onnxruntime writes its augmented model to the working directory
         try:
             t = time.perf_counter()
-            quantize_static(str(path), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(path), str(dst), SampleReader([{name: calib[i:i + 1]} for i in range(len(calib))]),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=getattr(CalibrationMethod, method))
             seconds = time.perf_counter() - t

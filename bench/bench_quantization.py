@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench.coverage.harness import SampleReader  # noqa: E402
 from core import QuantizationPrecision, default_quantization, int16_quantization, load_model, onnx_source, zoo  # noqa: E402
 from core.search import rank_nodes_by_output_gain  # noqa: E402
 
@@ -71,31 +72,18 @@ def batch_free(path):
 
 def ort_quantize(src, dst, calib, input_name, method):
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.i = 0
-
-        def get_next(self):
-            if self.i >= len(calib):
-                return None
-            self.i += 1
-            return {input_name: calib[self.i - 1:self.i]}
-
-        def rewind(self):
-            self.i = 0
-
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # one "Axis 1 is out-of-range" warning per 1-D weight, and a pre-processing hint
     try:
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(src), str(dst), SampleReader([{input_name: calib[i:i + 1]} for i in range(len(calib))]),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, method))
     finally:

@@ -88,7 +88,9 @@ def ort_run(sess, feeds: dict[str, np.ndarray], batch: int = 1) -> list[np.ndarr
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
 
-class _Reader:
+class SampleReader:
+    """onnxruntime's CalibrationDataReader protocol over a list of {input name: array} feeds."""
+
     def __init__(self, samples):
         self.samples = list(samples)
         self.i = 0
@@ -130,7 +132,7 @@ def ort_static_int8(model_path: str, calib: list[dict], workdir: str):
             pre = model_path
             note = f"ort pre-process failed ({type(e).__name__}: {str(e)[:80]})"
         out = os.path.join(workdir, "ort_int8.onnx")
-        quantize_static(pre, out, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(pre, out, SampleReader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         try:
