@@ -85,13 +85,18 @@ def test_int8_and_int16_output_sqnr(models, name):
 def test_ranking_and_mixed_precision(models, name):
     m = models[name]
     int8 = m["net"].quantize(m["stats"], default_quantization)
-    ranking = rank_nodes_by_output_gain(m["net"], int8, {"input": m["x"][:4]})
+    # ranked on 16 calibration samples (4 ViT samples are 40 logits: too few to rank 45 nodes by)
+    samples = np.concatenate([c["input"] for c in m["calib"][:16]])
+    ranking = rank_nodes_by_output_gain(m["net"], int8, {"input": samples})
     ops = {n.name: n.op for n in int8.program.graph.nodes}
     assert any(ops[node] in ("LayerNormalization", "Gelu") for node, _ in ranking)   # float islands ranked too
-    # the top-4 nodes the ranking expects to gain from INT16 (ties at gain 0 are not a prediction:
-    # with the 16-bit Softmax output grid, ViT's ranking has two nodes above 0)
-    top = [node for node, gain in ranking[:4] if gain > 0]
-    assert top
+    # every node's probe sees what its INT16 override widens (its inputs, outputs and the layout ops
+    # sharing their grid). Leaving only the node's own output float, the Transpose / Reshape after a
+    # MatMul re-quantized it on the same grid: 12 of ViT's 45 nodes scored exactly 0 (now 1: a
+    # Softmax whose 16-bit output is re-quantized to 8 bits downstream, its measured gain 0.03 dB)
+    zeros = [node for node, gain in ranking if gain == 0.0]
+    assert len(zeros) <= len(ranking) // 10, zeros
+    top = [node for node, gain in ranking[:4]]
     cfg = default_quantization.with_custom_quantization_configs(
         {node: {"quantization_precision": QuantizationPrecision.INT_16} for node in top})
     mixed = m["net"].quantize(m["stats"], cfg)
