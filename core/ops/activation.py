@@ -153,10 +153,10 @@ register(
 register(OpDef("LeakyRelu", _same, _unary(_leaky), doc="alpha"))
 register(OpDef("Sigmoid", _same, _unary(_sigmoid), quant=LogisticRule(), doc="1 / (1 + exp(-x)), overflow-free"))
 register(OpDef("Tanh", _same, _unary(lambda n, x: np.tanh(x)), doc="tanh(x)"))
-register(OpDef("HardSigmoid", _same, _unary(_hard_sigmoid), kind="hard_sigmoid", doc="alpha, beta"))
-register(
-    OpDef("HardSwish", _same, _unary(_hard_swish), kind="hard_swish", doc="x * HardSigmoid(x) with alpha 1/6, beta 0.5")
-)
+register(OpDef("HardSigmoid", _same, _unary(_hard_sigmoid), mla=True, kind="hard_sigmoid", quant=TableRule(),
+               doc="alpha, beta; MLA: a lookup table over every input code"))
+register(OpDef("HardSwish", _same, _unary(_hard_swish), mla=True, kind="hard_swish", quant=TableRule(),
+               doc="x * HardSigmoid(x) with alpha 1/6, beta 0.5; MLA: a lookup table over every input code"))
 
 
 # ---- Elu: the worked example of docs/architecture.md ("Adding an operator"): this block is all of it

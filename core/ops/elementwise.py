@@ -8,7 +8,7 @@ import numpy as np
 from core.errors import ExecutionError, QuantizationConfigError, ShapeInferenceError
 from core.ir.graph import Node, TensorInfo
 from core.ops.common import broadcast_shape, qrange, scale32
-from core.ops.quant_rules import RescaleRule
+from core.ops.quant_rules import RescaleRule, TableRule
 from core.ops.registry import OpDef, register
 from core.quantization.quant_data import NodeQuant
 from core.quantization.requantize import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier
@@ -40,6 +40,17 @@ def _div(a, b):
     return a / b
 
 
+# an elementwise op of one activation and a scalar constant (PP-OCR's learnable affine x * a + b,
+# HardSwish written out as (x + 3) ... / 6) is a lookup table over the activation's codes
+SCALAR_OPERAND = TableRule()
+
+
+def _divides_by_constant(node: Node, graph) -> bool:
+    """Div runs on the MLA when its divisor is a constant (a lookup table when that is a scalar, else
+    a float island); a division by an activation stays on the APU."""
+    return len(node.inputs) == 2 and node.inputs[1] in graph.constants and node.inputs[0] not in graph.constants
+
+
 class ElementwiseRule(RescaleRule):
     """Add / Sub / Mul of two activations: the output's own range, TFLite's integer arithmetic
     (8-bit: a lookup table the kernel builds from that arithmetic). In converted TFLite models one
@@ -51,7 +62,15 @@ class ElementwiseRule(RescaleRule):
     def accepts(self, node, acts):
         return len(acts) == 2
 
+    def quantize(self, node, ctx):
+        acts = ctx.activations(node)
+        if len(acts) == 1 and not node.attrs.get("activation") and TableRule.applies(node, acts, ctx.consts):
+            return SCALAR_OPERAND.quantize(node, ctx)   # x + c, x * c ... with c a scalar constant
+        return super().quantize(node, ctx)
+
     def run_int(self, node, nq, ctx):
+        if nq.table is not None:
+            return SCALAR_OPERAND.run_int(node, nq, ctx)
         acts = ctx.activations(node)
         tq, out = ctx.tensors, node.outputs[0]
         q_out = tq[out]
@@ -92,6 +111,8 @@ class ElementwiseRule(RescaleRule):
 
     # ---- integer ONNX: the kernel's arithmetic in int64 ops, or float64 ops where bounds prove it exact
     def lower_integer_onnx(self, node, nq, L):
+        if nq.table is not None:
+            return SCALAR_OPERAND.lower_integer_onnx(node, nq, L)
         if nq.tflite_kernel:
             return False
         n, out = node, node.outputs[0]
@@ -162,7 +183,8 @@ for _name, _fn, _mla, _kind, _rule, _doc in [
     ("Add", np.add, True, "add", ElementwiseRule("add"), "numpy broadcasting"),
     ("Sub", np.subtract, True, "subtract", ElementwiseRule("sub"), "numpy broadcasting"),
     ("Mul", np.multiply, True, "multiply", ElementwiseRule("mul"), "numpy broadcasting"),
-    ("Div", _div, False, "divide", None, "numpy broadcasting; integer division truncates toward zero"),
+    ("Div", _div, _divides_by_constant, "divide", SCALAR_OPERAND,
+     "numpy broadcasting; integer division truncates toward zero; MLA when the divisor is a constant"),
 ]:
     register(OpDef(_name, _infer, _binary(_fn), mla=_mla, kind=_kind, quant=_rule, doc=_doc))
 

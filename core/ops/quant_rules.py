@@ -353,34 +353,46 @@ class RescaleRule(QuantRule):
 
 
 class TableRule(QuantRule):
-    """An elementwise op of one activation (Elu, ...) as a lookup table over every input code:
-    ``T[q - qmin] = quantize_out(f(dequantize_in(q)))`` with the op's own float kernel ``f`` and the
-    output's own calibrated range. So the integer kernel is, code for code, the op run as a float
-    island (dequantize, float kernel, quantize), at 8 and 16 bits (2**16 entries); the integer ONNX
-    form is one Gather. No TFLite conversion (a converted model keeps the op a float island)."""
+    """An elementwise op of one activation (Elu, HardSwish, ..., or Add / Sub / Mul / Div with a scalar
+    constant operand) as a lookup table over every input code:
+    ``T[q - qmin] = quantize_out(f(dequantize_in(q)))`` with the op's own float kernel ``f`` (the
+    constant operand bound) and the output's own calibrated range. So the integer kernel is, code for
+    code, the op run as a float island (dequantize, float kernel, quantize), at 8 and 16 bits (2**16
+    entries); the integer ONNX form is one Gather. No TFLite conversion (a converted model keeps the
+    op a float island)."""
 
     def quantize(self, node, ctx):
-        ins = ctx.activations(node)
-        if len(ins) != 1 or len([i for i in node.inputs if i]) != 1 or len([o for o in node.outputs if o]) != 1:
+        acts = ctx.activations(node)
+        if not self.applies(node, acts, ctx.consts):
             return None
         out = node.outputs[0]
         ctx.tensors[out] = ctx.own_quant(out)
-        return NodeQuant(table=self.table(node, ctx.tensors[ins[0]], ctx.tensors[out]))
+        return NodeQuant(table=self.table(node, ctx.tensors[acts[0]], ctx.tensors[out], ctx.consts))
 
     @staticmethod
-    def table(node: Node, q_in: TensorQuant, q_out: TensorQuant) -> np.ndarray:
+    def applies(node: Node, acts: list[str], consts) -> bool:
+        """One activation input, every other input a one-element constant, one output."""
+        others = [i for i in node.inputs if i and i not in acts]
+        return (len(acts) == 1 and node.inputs.count(acts[0]) == 1 and len([o for o in node.outputs if o]) == 1
+                and all(np.size(consts[i]) == 1 for i in others))
+
+    @staticmethod
+    def table(node: Node, q_in: TensorQuant, q_out: TensorQuant, consts=None) -> np.ndarray:
         from core.ops.registry import get_op
 
         x = q_in.dequantize(np.arange(q_in.qmin, q_in.qmax + 1, dtype=np.int64))
-        y = get_op(node.op, node).run(node, [x])[0]
+        consts = consts or {}
+        args = [None if not i else np.asarray(consts[i]).reshape(()).astype(x.dtype) if i in consts else x
+                for i in node.inputs]
+        y = get_op(node.op, node).run(node, args)[0]
         return q_out.quantize(y).astype(np.int8 if q_out.bits == 8 else np.int16)
 
     def run_int(self, node, nq, ctx):
-        x = node.inputs[0]
+        x = ctx.activations(node)[0]
         ctx.set_int(node.outputs[0], nq.table[ctx.int(x).astype(np.intp) - ctx.tensors[x].qmin])
 
     def lower_integer_onnx(self, node, nq, L):
-        x, w = node.inputs[0], L.w
+        x, w = next(i for i in node.inputs if i and i not in L.g.constants), L.w
         index = w.op("Sub", [L.int64_of(x), L.ops.i64(L.tq[x].qmin)], node.name)
         L.q[node.outputs[0]] = w.op("Gather", [w.const(f"{node.name}/table", nq.table), index], node.name, axis=0)
         return True

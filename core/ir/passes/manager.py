@@ -11,6 +11,7 @@ from core.ir.passes.fold_batchnorm import fold_batchnorm
 from core.ir.passes.fold_constants import fold_constants
 from core.ir.passes.fuse_bias_activation import fuse_bias_activation
 from core.ir.passes.fuse_gelu import fuse_gelu
+from core.ir.passes.fuse_hard_swish import fuse_hard_swish
 from core.ir.passes.fuse_layer_norm import fuse_layer_norm
 from core.ir.passes.reduce_mean_to_pool import reduce_mean_to_pool
 from core.ir.passes.remove_identity import remove_identity
@@ -28,6 +29,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     fold_constants,
     fuse_layer_norm,
     fuse_gelu,
+    fuse_hard_swish,
     reduce_mean_to_pool,
     fold_batchnorm,
     fuse_bias_activation,
