@@ -5,7 +5,6 @@ an activation stays on the APU."""
 import dataclasses
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
