@@ -33,13 +33,15 @@ def _model(middle, inits, opset=13):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-RELU6_OF_X_PLUS_3 = [helper.make_node("Add", ["c", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["g"])]
+RELU6_OF_X_PLUS_3 = [helper.make_node("Add", ["c", "three"], ["a"]),
+                     helper.make_node("Clip", ["a", "zero", "six"], ["g"])]
 K = {"three": 3.0, "zero": 0.0, "six": 6.0, "sixth": 1 / 6}
 WRITTEN_OUT = {
     "paddle (x*relu6(x+3))/6": (RELU6_OF_X_PLUS_3 + [helper.make_node("Mul", ["c", "g"], ["m"]),
                                                     helper.make_node("Div", ["m", "six"], ["h"])], K),
     "(relu6(x+3)*x)*(1/6)": ([helper.make_node("Add", ["three", "c"], ["a"]), RELU6_OF_X_PLUS_3[1],
-                             helper.make_node("Mul", ["g", "c"], ["m"]), helper.make_node("Mul", ["m", "sixth"], ["h"])], K),
+                             helper.make_node("Mul", ["g", "c"], ["m"]),
+                             helper.make_node("Mul", ["m", "sixth"], ["h"])], K),
     "x*(relu6(x+3)/6)": (RELU6_OF_X_PLUS_3 + [helper.make_node("Div", ["g", "six"], ["d"]),
                                              helper.make_node("Mul", ["c", "d"], ["h"])], K),
     "x*hardsigmoid(x)": ([helper.make_node("HardSigmoid", ["c"], ["g"], alpha=1 / 6, beta=0.5),
