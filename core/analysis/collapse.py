@@ -2,7 +2,8 @@
 
 A node *collapses* when, fed the float model's inputs (local feed), its dequantized output
 
-* became constant while the float output varies, or
+* became constant while the float output varies, and its local SQNR is below 30 dB (a saturated
+  HardSigmoid gate varying by 1e-4 around 1 is constant on the grid and right: 70 dB), or
 * has a local SQNR below an absolute floor (``COLLAPSE_FLOOR_DB``: 8 dB for 8-bit nodes, 15 dB
   for 16-bit ones; a healthy INT8 node sits at 25-50 dB, an INT16 one at 60-95), or
 * has a local SQNR ``COLLAPSE_GAP_DB`` (25 dB) below the median of its quantized neighbours (up
@@ -52,7 +53,7 @@ def find_collapses(entries) -> list[Collapse]:
         near = [e[3] for e in quantized[max(0, k - NEIGHBOURS):k] + quantized[k + 1:k + 1 + NEIGHBOURS]
                 if e[2] == precision and math.isfinite(e[3])]
         median = _statistics.median(near) if near else math.nan
-        if q_constant and float_varies:
+        if q_constant and float_varies and sqnr < _GAP_CEILING_DB:
             reason = f"output became constant (local SQNR {sqnr:.1f} dB)"
         elif sqnr < COLLAPSE_FLOOR_DB[precision]:
             reason = f"local SQNR {sqnr:.1f} dB is below the {COLLAPSE_FLOOR_DB[precision]:.0f} dB floor"

@@ -53,7 +53,14 @@ import numpy as np
 
 from core.errors import CalibrationError, QuantizationConfigError
 from core.ir.graph import Graph, Node
-from core.ops.quant_rules import is_layout_op, quantize_weights, reuses_input_quant, rule_of, weights_on_grid
+from core.ops.quant_rules import (
+    fused_bounds,
+    is_layout_op,
+    quantize_weights,
+    reuses_input_quant,
+    rule_of,
+    weights_on_grid,
+)
 from core.quantization.params import (
     QuantizationParams,
     QuantizationPrecision,
@@ -132,6 +139,7 @@ class QuantizeContext:
         self.bits = bits
         self.tensors: dict[str, TensorQuant] = {}
         self.consumers = graph.consumers()
+        self.producers = graph.producers()
         self.softmax_clipped: set[str] = set()
 
     def activations(self, node: Node) -> list[str]:
@@ -157,8 +165,20 @@ class QuantizeContext:
                 self.softmax_clipped.add(u)
                 pending += [n.outputs[0] for n in self.consumers.get(u, []) if n.op != "Softmax" and n.outputs]
         if b >= 16:   # held-out data exceeds the calibrated range; 16 bits can afford the margin
-            lo, hi = lo * SIXTEEN_BIT_RANGE_MARGIN, hi * SIXTEEN_BIT_RANGE_MARGIN
+            lo, hi = self.margin_within_bounds(t, lo, hi)
         return activation_quant(lo, hi, b, asym)
+
+    def margin_within_bounds(self, t: str, lo: float, hi: float) -> tuple[float, float]:
+        """``(lo, hi)`` widened by SIXTEEN_BIT_RANGE_MARGIN, but not past what the producer's fused
+        activation can output (a ReLU6 conv's output never exceeds 6, so a margin beyond it is
+        only a coarser step: MobileNetV2's calibrated 4.4 would become 8.8)."""
+        lo_m, hi_m = lo * SIXTEEN_BIT_RANGE_MARGIN, hi * SIXTEEN_BIT_RANGE_MARGIN
+        producer = self.producers.get(t)
+        if producer is not None and producer.attrs.get("activation"):
+            act_lo, act_hi = fused_bounds(producer)
+            if np.ndim(act_lo) == 0 and np.ndim(act_hi) == 0:   # per-channel bounds (equalized): no cap
+                lo_m, hi_m = max(lo_m, min(float(act_lo), lo)), min(hi_m, max(float(act_hi), hi))
+        return lo_m, hi_m
 
     def feeds_only_softmax(self, t: str) -> bool:
         """Is every use of ``t`` a Softmax (directly or through layout ops that keep its quantization)?"""

@@ -83,3 +83,13 @@ def test_the_gap_rule_flags_a_node_far_below_its_neighbours():
     assert [c.node for c in find_collapses(entries)] == ["n2"]
     entries[2] = ("n2", "Conv", "int8", 40.0, True, True, False)
     assert find_collapses(entries) == []
+
+
+def test_a_constant_output_that_is_right_is_no_collapse():
+    """A saturated gate (HardSigmoid at 1 +- 1e-4) is constant on its 8-bit grid at 70 dB: fine;
+    the same constant at 5 dB is the collapse."""
+    from core.analysis.collapse import find_collapses
+
+    entries = [(f"n{k}", "HardSigmoid", "int8", db, True, True, True) for k, db in enumerate([70.0, 5.0])]
+    found = find_collapses(entries)
+    assert [c.node for c in found] == ["n1"] and "constant" in found[0].reason
