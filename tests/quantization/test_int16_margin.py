@@ -41,3 +41,25 @@ def test_int16_held_out_data_beyond_the_calibrated_range(onnx_model_file):
     assert SIXTEEN_BIT_RANGE_MARGIN >= 1.5
     assert _sqnr(ref, out16) > 65          # 19 dB without the margin: clipped at the calibrated range
     assert _sqnr(ref, out16) > _sqnr(ref, out8) + 30
+
+
+def test_the_margin_stops_at_a_fused_clip(onnx_model_file):
+    """A Relu6 conv calibrated to 5.7 keeps [0, 6] (not 2 x 5.7): its output cannot exceed 6;
+    an unbounded Relu conv keeps the full 2x margin."""
+    model = conv_net()
+    g = model.graph
+    g.node[1].CopyFrom(helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]))
+    g.initializer.extend([numpy_helper.from_array(np.float32(0.0), "lo"),
+                          numpy_helper.from_array(np.float32(6.0), "hi")])
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    for clipped, proto in ((True, model), (False, conv_net())):
+        net = load_model(onnx_source(onnx_model_file(proto)))
+        stats = net.calibrate(calib)
+        program = net.quantize(stats, int16_quantization).program
+        conv = program.graph.nodes[0]
+        hi = float(stats[conv.outputs[0]].max)
+        scale = program.tensors[conv.outputs[0]].scale
+        assert 3.0 < hi, hi      # 2x the calibrated maximum would pass 6
+        want = min(SIXTEEN_BIT_RANGE_MARGIN * hi, 6.0) if clipped else SIXTEEN_BIT_RANGE_MARGIN * hi
+        assert np.isclose(scale * 32767, want, rtol=1e-6), (clipped, scale * 32767, want)
