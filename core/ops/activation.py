@@ -91,7 +91,23 @@ class TfliteKernelRule(QuantRule):
 
 
 class LogisticRule(TfliteKernelRule):
+    """mixq's quantization: a lookup table over every input code (:class:`TableRule`), so SiLU /
+    Swish gates (EfficientNet, RegNet's squeeze-excite, YOLO heads) stay on the MLA; a converted
+    TFLite model's int8 LOGISTIC runs TFLite's reference kernel (:func:`logistic_int8`)."""
+
     kernel = "logistic_int8"
+    table = TableRule()
+
+    def quantize(self, node, ctx):
+        return self.table.quantize(node, ctx)
+
+    def run_int(self, node, nq, ctx):
+        if nq.table is not None:
+            return self.table.run_int(node, nq, ctx)
+        return super().run_int(node, nq, ctx)
+
+    def lower_integer_onnx(self, node, nq, L):
+        return self.table.lower_integer_onnx(node, nq, L) if nq.table is not None else False
 
     def accepts(self, node, ctx, q_in, q_out):
         return NodeQuant(tflite_kernel=self.kernel)
@@ -151,7 +167,8 @@ register(
     )
 )
 register(OpDef("LeakyRelu", _same, _unary(_leaky), doc="alpha"))
-register(OpDef("Sigmoid", _same, _unary(_sigmoid), quant=LogisticRule(), doc="1 / (1 + exp(-x)), overflow-free"))
+register(OpDef("Sigmoid", _same, _unary(_sigmoid), mla=True, quant=LogisticRule(),
+               doc="1 / (1 + exp(-x)), overflow-free; MLA: a lookup table over every input code"))
 register(OpDef("Tanh", _same, _unary(lambda n, x: np.tanh(x)), doc="tanh(x)"))
 register(OpDef("HardSigmoid", _same, _unary(_hard_sigmoid), mla=True, kind="hard_sigmoid", quant=TableRule(),
                doc="alpha, beta; MLA: a lookup table over every input code"))

@@ -107,7 +107,7 @@ def test_integer_form_int16_mixed_int32_output_and_equalization(mnist, tmp_path)
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("mode", [RequantizationMode.sima, RequantizationMode.tflite])
 def test_integer_form_every_integer_op(onnx_model_file, tmp_path, bits, mode):
-    """Conv, Relu, APU Sigmoid, Add, Pad, AveragePool, Concat (rescaling), nearest Resize, Clip,
+    """Conv, Relu, APU Tanh, Add, Pad, AveragePool, Concat (rescaling), nearest Resize, Clip,
     Mul, GlobalAveragePool, Flatten, Gemm: the logits are bit-identical."""
     import sys
 

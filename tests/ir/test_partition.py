@@ -8,7 +8,7 @@ C = 4
 
 
 def classifier():
-    """conv + bias + relu -> pool -> flatten -> gemm -> softmax, plus a sigmoid head."""
+    """conv + bias + relu -> pool -> flatten -> gemm -> softmax, plus a tanh head (both APU ops)."""
     return make_graph(
         {"x": (1, 3, 8, 8)},
         [
@@ -19,14 +19,14 @@ def classifier():
             node("Flatten", ["g"], "f", name="flatten", axis=1),
             node("Gemm", ["f", "fc.w", "fc.b"], "logits", name="fc", transB=1),
             node("Softmax", ["logits"], "probs", name="softmax", axis=-1),
-            node("Sigmoid", ["logits"], "gate", name="sigmoid"),
+            node("Tanh", ["logits"], "gate", name="tanh"),
         ],
         ["probs", "gate"],
         {"w": rand(C, 3, 3, 3), "b": rand(C, seed=1), "fc.w": rand(10, C, seed=2), "fc.b": rand(10, seed=3)},
     )
 
 
-def test_names_follow_the_spec_and_softmax_sigmoid_run_on_the_apu():
+def test_names_follow_the_spec_and_softmax_tanh_run_on_the_apu():
     g = classifier()
     before = g.copy()
     optimize(g)
@@ -36,9 +36,9 @@ def test_names_follow_the_spec_and_softmax_sigmoid_run_on_the_apu():
     assert [int(s.rsplit("_", 1)[1]) for s in names] == list(range(len(names)))
     for n in g.nodes:
         assert n.name.startswith(n.segment + "/")
-        if n.op in ("Softmax", "Sigmoid"):
+        if n.op in ("Softmax", "Tanh"):
             assert n.segment.startswith("APU_")
-    assert {n.source_name for n in g.nodes if n.op in ("Softmax", "Sigmoid")} == {"softmax", "sigmoid"}
+    assert {n.source_name for n in g.nodes if n.op in ("Softmax", "Tanh")} == {"softmax", "tanh"}
     assert g.nodes[0].source_name == "features.0"
     assert_same_outputs(before, g)
 
@@ -58,9 +58,9 @@ def test_order_prefers_staying_in_the_current_segment():
         {"x": (1, 3, 4, 4)},
         [
             node("Conv", ["x", "w"], "a"),
-            node("Sigmoid", ["a"], "sa"),
+            node("Tanh", ["a"], "sa"),
             node("Conv", ["x", "w"], "b"),
-            node("Sigmoid", ["b"], "sb"),
+            node("Tanh", ["b"], "sb"),
             node("Add", ["sa", "sb"], "y"),
             node("Conv", ["y", "w2"], "z"),
         ],
@@ -72,5 +72,5 @@ def test_order_prefers_staying_in_the_current_segment():
     segments = [n.segment for n in g.nodes]
     assert segments[:2] == ["MLA_0", "MLA_0"] and segments[2:4] == ["APU_0", "APU_0"]
     assert segments[-1] == "MLA_1"
-    assert [n.op for n in g.nodes][:4] == ["Conv", "Conv", "Sigmoid", "Sigmoid"]
+    assert [n.op for n in g.nodes][:4] == ["Conv", "Conv", "Tanh", "Tanh"]
     assert_same_outputs(before, g)

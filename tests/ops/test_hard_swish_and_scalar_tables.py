@@ -1,5 +1,5 @@
 """HardSwish written out (PP-OCR / Paddle2ONNX, Keras) fuses into one HardSwish; HardSwish,
-HardSigmoid and Add / Sub / Mul / Div with a scalar constant run on the MLA as lookup tables equal,
+HardSigmoid, Sigmoid and Add / Sub / Mul / Div with a scalar constant run on the MLA as lookup tables equal,
 code for code, to the float island, and their integer ONNX is bit-identical to execute; a Div by
 an activation stays on the APU."""
 import dataclasses
@@ -74,6 +74,7 @@ def test_not_fused_when_a_part_is_read_elsewhere(onnx_model_file):
 
 TABLE_CASES = {
     "HardSwish": ([helper.make_node("HardSwish", ["c"], ["h"])], {}, 14),
+    "Sigmoid": ([helper.make_node("Sigmoid", ["c"], ["h"])], {}, 13),
     "HardSigmoid": ([helper.make_node("HardSigmoid", ["c"], ["h"], alpha=0.25, beta=0.4)], {}, 13),
     # after a Relu (fused into the Conv), so that the scalar cannot fold into the Conv's weights
     "Mul by scalar": ([helper.make_node("Mul", ["k", "r"], ["h"])], {"k": [-0.7]}, 13),

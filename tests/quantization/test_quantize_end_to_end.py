@@ -210,7 +210,7 @@ def test_mobilenet_v2_int8_agrees_with_fp32():
 
 
 def _mixed_model():
-    """Conv+Relu -> Sigmoid (APU) -> Conv (APU -> MLA), Add, Pad, AveragePool, Concat, nearest
+    """Conv+Relu -> Tanh (APU) -> Conv (APU -> MLA), Add, Pad, AveragePool, Concat, nearest
     Resize, standalone Clip, Mul, GlobalAveragePool, Flatten, Gemm, Softmax (APU)."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -230,7 +230,7 @@ def _mixed_model():
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["a"]),
-        helper.make_node("Sigmoid", ["a"], ["s"]),
+        helper.make_node("Tanh", ["a"], ["s"]),
         helper.make_node("Conv", ["s", "w2", "b2"], ["b"]),
         helper.make_node("Add", ["a", "b"], ["c"]),
         helper.make_node("Pad", ["c", "pads"], ["p"]),
@@ -261,7 +261,7 @@ def test_mixed_mla_apu_graph(onnx_model_file, mode):
     )
     kinds = model.program.kinds
     assert "float" not in kinds.values()                 # every MLA op above has an integer kernel
-    assert sum(k == "apu" for k in kinds.values()) == 2  # Sigmoid, Softmax
+    assert sum(k == "apu" for k in kinds.values()) == 2  # Tanh, Softmax
     (q,) = model.execute({"x": x})
     (f,) = net.execute({"x": x})
     assert np.abs(q - f).max() < 0.05, np.abs(q - f).max()
