@@ -55,6 +55,7 @@ class Row:
     float_rel: float | None = None
     int8: float | None = None
     int16: float | None = None
+    int8_minmax: float | None = None     # mixq INT8 with onnxruntime's calibration (MinMax): same algorithm
     ort_int8: float | None = None
     errors: dict[str, str] = field(default_factory=dict)     # step -> "Type: message"
     warnings: list[str] = field(default_factory=list)
@@ -151,9 +152,13 @@ def _stack(samples: list[dict]) -> dict[str, np.ndarray]:
 
 
 def measure(name: str, kind: str, model_path: str, calib: list[dict], evaluation: list[dict], *,
-            shape_dict=None, peer: bool = True, int16: bool = True, fast: bool = False) -> Row:
-    """Measure one model. ``calib``/``evaluation``: lists of {input name: array with batch 1}."""
-    from core import default_quantization, int16_quantization, load_model, onnx_source
+            shape_dict=None, peer: bool = True, int16: bool = True, fast: bool = False,
+            minmax: bool = False) -> Row:
+    """Measure one model. ``calib``/``evaluation``: lists of {input name: array with batch 1}.
+    ``minmax``: also mixq INT8 calibrated like the peer (MinMax), the same algorithm on both sides."""
+    import dataclasses
+
+    from core import MinMaxMethod, default_quantization, int16_quantization, load_model, onnx_source
 
     row = Row(name, kind)
     t0 = time.perf_counter()
@@ -179,13 +184,17 @@ def measure(name: str, kind: str, model_path: str, calib: list[dict], evaluation
             row.errors["float"] = _err(e)
     baseline = ref if ref is not None else floats
     if net is not None and baseline is not None:
-        for label, cfg, attr in (("int8", default_quantization, "int8"), ("int16", int16_quantization, "int16")):
+        steps = [("int8", default_quantization, "int8"), ("int16", int16_quantization, "int16")]
+        if minmax:
+            steps.append(("int8 minmax", dataclasses.replace(default_quantization, calibration_method=MinMaxMethod()),
+                          "int8_minmax"))
+        for label, cfg, attr in steps:
             if label == "int16" and not int16:
                 continue
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    model = net.quantize(calib, cfg, model_name=f"{name}_{label}")
+                    model = net.quantize(calib, cfg, model_name=f"{name}_{label.replace(' ', '_')}")
                     outs = model.execute(feeds, fast_mode=fast)
                 row.warnings += [f"{label}: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
                 setattr(row, attr, _outputs_sqnr(baseline, outs))
@@ -215,16 +224,18 @@ def _db(v: float | None) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = ("model", "kind", "loads", "float rel", "INT8 dB", "INT16 dB", "ORT INT8 dB", "INT8-ORT", "s", "notes")
+    head = ("model", "kind", "loads", "float rel", "INT8 dB", "INT16 dB", "ORT INT8 dB", "INT8-ORT", "MinMax INT8-ORT",
+            "s", "notes")
     lines = []
     for r in rows:
         delta = "-" if r.int8 is None or r.ort_int8 is None else f"{r.int8 - r.ort_int8:+.1f}"
+        same = "-" if r.int8_minmax is None or r.ort_int8 is None else f"{r.int8_minmax - r.ort_int8:+.1f}"
         notes = "; ".join(f"{k}: {v}" for k, v in r.errors.items())
         if r.warnings:
             notes = "; ".join(filter(None, [notes, f"{len(r.warnings)} warning(s): {r.warnings[0][:120]}"]))
         lines.append((r.name, r.kind, "yes" if r.loads else "NO",
                       "-" if r.float_rel is None else f"{r.float_rel:.1e}",
-                      _db(r.int8), _db(r.int16), _db(r.ort_int8), delta, f"{r.seconds:.0f}", notes[:220]))
+                      _db(r.int8), _db(r.int16), _db(r.ort_int8), delta, same, f"{r.seconds:.0f}", notes[:220]))
     widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head[:-1])]
     out = [" | ".join(h.ljust(w) for h, w in zip(head[:-1], widths)) + " | notes"]
     out.append("-+-".join("-" * w for w in widths) + "-+------")
