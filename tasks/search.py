@@ -445,6 +445,8 @@ def trial_batch_task(session: str, storage: str, model_path: str, statistics_pat
 
     log = _logger()
     sess = optuna.load_study(study_name=session, storage=open_storage(storage))
+    if os.path.exists(model_path):         # loaded (and the FP32 reference computed) while the search prepares
+        scorer_for(model_path, evaluation)
     served, done = [], set()
     idle_since = time.monotonic()
     while True:
