@@ -94,7 +94,7 @@ CAPACITY = ("import time, numpy as np\n"           # the workers' work: float pa
             "from core.search import Evaluator, SimulatedOutputError\n"
             "mp = steps.load_model_task.fn('mobilenet_v2')['path']\n"
             "net = get_net(mp)\n"
-            "stats = steps.load_statistics(steps.calibrate_cached(mp, {'source': 'zoo', 'name': 'natural_images', "
+            "stats = steps.load_statistics(steps.calibrate_task.fn(mp, {'source': 'zoo', 'name': 'natural_images', "
             "'split': 'calibration', 'count': 32}))\n"
             "sc = scorer_for(mp, {'source': 'zoo', 'name': 'natural_images', 'split': 'evaluation', 'count': 48})\n"
             "e = Evaluator(sc.dataset, net.input_names, net.input_shapes(), sc)\n"
@@ -110,7 +110,8 @@ def parallel_capacity() -> tuple[float, float]:
     BLAS thread each, after loading) get done at once compared with one alone: (one alone s, two at
     once s each). Two free cores: about equal; a loaded machine, oversubscribed virtual cores or a
     shared memory bus: two take longer, and no search on 2 workers can beat that ratio."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               MIXQ_RESULTS_DIR=tempfile.mkdtemp(prefix="mixq-bench-capacity-"))     # (no Prefect: task .fn)
 
     def run(n):
         procs = [subprocess.Popen([sys.executable, "-c", CAPACITY], env=env, cwd=ROOT, stdout=subprocess.PIPE,
