@@ -384,8 +384,8 @@ class LoadedNet:
         if ranking is None:
             rank_study = None
             if executor is not None:         # the per-node passes as probe trials on the workers
-                rank_study = (f"{study_name}-ranking" if study_name else "mixq-ranking-" + hashlib.sha256(
-                    repr((self.graph.name, key, repr(params), int(ranking_samples))).encode()).hexdigest()[:16])
+                rank_study = "mixq-ranking-" + hashlib.sha256(repr(
+                    (study_name, self.graph.name, key, repr(params), int(ranking_samples))).encode()).hexdigest()[:16]
             ranking = rank_nodes_by_output_gain(self, int8, error.feeds, error=error, executor=executor,
                                                 storage=storage, study_name=rank_study)
         else:
