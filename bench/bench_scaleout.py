@@ -6,7 +6,9 @@ Prefect server and MLflow server on it, the mixq-pool pool and the trial-batch d
 Printed: wall time of each search, the ratio 2 workers / 1 worker (target <= 0.6x), whether the
 deterministic options grid chose the same configuration and the runs the same INT16 set, and the
 fan-out overhead per evaluated candidate: (1-worker wall - one-process wall) / candidates
-(target <= 2 s). The peer is mixq's own one-process search in the same run.
+(target <= 2 s). The peer is mixq's own one-process search in the same run. First, and again
+at the end, the machine's 2-process throughput on the workers' own work (ranking float passes):
+a 2-worker ratio cannot beat what two processes at once get done (docs/scale-out.md, Amdahl).
 
     python bench/bench_scaleout.py            # 64 calibration, 100 evaluation crops, 12 trials
     python bench/bench_scaleout.py --quick    # 32 calibration, 48 evaluation crops, 8 trials
