@@ -6,7 +6,9 @@ Prefect server and MLflow server on it, the mixq-pool pool and the trial-batch d
 Printed: wall time of each search, the ratio 2 workers / 1 worker (target <= 0.6x), whether the
 deterministic options grid chose the same configuration and the runs the same INT16 set, and the
 fan-out overhead per evaluated candidate: (1-worker wall - one-process wall) / candidates
-(target <= 2 s). The peer is mixq's own one-process search in the same run.
+(target <= 2 s). The peer is mixq's own one-process search in the same run. First, and again
+at the end, the machine's 2-process throughput on the workers' own work (ranking float passes):
+a 2-worker ratio cannot beat what two processes at once get done (docs/scale-out.md, Amdahl).
 
     python bench/bench_scaleout.py            # 64 calibration, 100 evaluation crops, 12 trials
     python bench/bench_scaleout.py --quick    # 32 calibration, 48 evaluation crops, 8 trials
@@ -87,6 +89,40 @@ def workers_seen(storage: str) -> dict:
     return seen
 
 
+CAPACITY = ("import time, numpy as np\n"           # the workers' work: float passes of the ranking
+            "from tasks import steps\n"
+            "from tasks.evaluation import get_net, scorer_for\n"
+            "from tasks.data import build_config\n"
+            "from core.search import Evaluator, SimulatedOutputError\n"
+            "mp = steps.load_model_task.fn('mobilenet_v2')['path']\n"
+            "net = get_net(mp)\n"
+            "stats = steps.load_statistics(steps.calibrate_task.fn(mp, {'source': 'zoo', 'name': 'natural_images', "
+            "'split': 'calibration', 'count': 32}))\n"
+            "sc = scorer_for(mp, {'source': 'zoo', 'name': 'natural_images', 'split': 'evaluation', 'count': 48})\n"
+            "e = Evaluator(sc.dataset, net.input_names, net.input_shapes(), sc)\n"
+            "err = SimulatedOutputError(net, net.quantize(statistics=stats, quantization_config=build_config({})), "
+            "{n: np.concatenate([s[n] for s in e.samples[:8]]) for n in net.input_names})\n"
+            "t = time.perf_counter()\n"
+            "for n in err.nodes[:12]: err((n,))\n"
+            "print(time.perf_counter() - t)\n")
+
+
+def parallel_capacity() -> tuple[float, float]:
+    """How much two processes doing the workers' work (12 ranking float passes on MobileNetV2, 1
+    BLAS thread each, after loading) get done at once compared with one alone: (one alone s, two at
+    once s each). Two free cores: about equal; a loaded machine, oversubscribed virtual cores or a
+    shared memory bus: two take longer, and no search on 2 workers can beat that ratio."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               MIXQ_RESULTS_DIR=tempfile.mkdtemp(prefix="mixq-bench-capacity-"))     # (no Prefect: task .fn)
+
+    def run(n):
+        procs = [subprocess.Popen([sys.executable, "-c", CAPACITY], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True) for _ in range(n)]
+        return max(float(p.communicate()[0].split()[-1]) for p in procs)
+
+    return run(1), run(2)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -97,6 +133,10 @@ def main() -> int:
     out = pathlib.Path(tempfile.mkdtemp(prefix="mixq-bench-scaleout-"))
     print(f"MobileNetV2, {args.calibration} calibration / {args.evaluation} evaluation crops, options grid 6, "
           f"accuracy feedback {args.trials} trials; {os.cpu_count()} cores, load average {load:.2f} at start")
+    alone, both = parallel_capacity()
+    print(f"machine: one CPU-bound process {alone:.2f} s alone, two at once {both:.2f} s each "
+          f"(2-process throughput {2 * alone / both:.2f}x of one; the best a 2-worker ratio can be is "
+          f"{both / alone / 2:.2f}x)", flush=True)
     stack = start_stack(str(out / "stack"), env={"MIXQ_RESULTS_DIR": str(out / "results")})
     results = {}
     try:
@@ -141,6 +181,8 @@ def main() -> int:
     print(f"options grid chose the same configuration in all three runs: {same_options}")
     print(f"same INT16 set with 1 and 2 workers: {same_set} ({one['int16_nodes']} / {two['int16_nodes']})")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (timings are only meaningful on an idle machine)")
+    alone, both = parallel_capacity()
+    print(f"machine at the end: one CPU-bound process {alone:.2f} s alone, two at once {both:.2f} s each")
     return 0 if same_options else 1
 
 

@@ -380,14 +380,19 @@ class LoadedNet:
         int8 = quantize_with(self, calibration, params, None)
         head = evaluator.samples[:max(1, int(ranking_samples))]
         error = SimulatedOutputError(self, int8, {n: np.concatenate([s[n] for s in head]) for n in self.input_names})
+        key = f"{stats.metadata.get('data_sha256', '')}/{evaluator.fingerprint()}"
         if ranking is None:
-            ranking = rank_nodes_by_output_gain(self, int8, error.feeds, error=error)
+            rank_study = None
+            if executor is not None:         # the per-node passes as probe trials on the workers
+                rank_study = "mixq-ranking-" + hashlib.sha256(repr(
+                    (study_name, self.graph.name, key, repr(params), int(ranking_samples))).encode()).hexdigest()[:16]
+            ranking = rank_nodes_by_output_gain(self, int8, error.feeds, error=error, executor=executor,
+                                                storage=storage, study_name=rank_study)
         else:
             ranking = [(r, 0.0) if isinstance(r, str) else (str(r[0]), float(r[1])) for r in ranking]
             unknown = [n for n, _ in ranking if n not in {m.name for m in self.graph.nodes}]
             if unknown:
                 raise QuantizationConfigError(f"ranking names node(s) not in the model: {unknown}")
-        key = f"{stats.metadata.get('data_sha256', '')}/{evaluator.fingerprint()}"
         confirm = None
         if fast_mode and confirm_exact:          # the answer must hold under bit-accurate execution
             import copy

@@ -32,7 +32,7 @@ from flows.quantize import DEFAULT_CALIBRATION, DEFAULT_EVALUATION, flow_run_inf
 from tasks import steps, tracking
 from tasks.data import model_label
 from tasks.fanout import session as fanout_session
-from tasks.fanout import workers_spec
+from tasks.fanout import start_batches, workers_spec
 from tasks.search import (
     DEFAULT_SEARCH_OPTIONS,
     FeedbackResult,
@@ -92,6 +92,8 @@ def search_flow(
     with tracking.parent_run(tracking.experiment_name(label, experiment), f"search {flow_run_name or name}",
                              flow_name=flow_name, flow_run_id=flow_run_id, params=params) as run, \
             fanout_session(fanout, storage):
+        start_batches(fanout, storage, run, model_path=model_path, statistics_path=statistics,
+                      evaluation=evaluation, fast_mode=fast_mode)
         budget = options_grid_size(options) + (1 if target is None else 0) + int(max_trials)
         progress = start_progress(label, budget)
 

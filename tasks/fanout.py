@@ -24,8 +24,7 @@ from typing import Any
 from tasks.tracking import ParentRun
 
 __all__ = ["DEFAULT_DEPLOYMENT", "CURRENT", "RUNS", "workers_spec", "open_session", "close_session", "session",
-           "worker_pool",
-           "SessionLauncher"]
+           "worker_pool", "start_batches", "SessionLauncher"]
 
 DEFAULT_DEPLOYMENT = "mixq-trial-batch/trial-batch"
 CURRENT = "mixq_current"
@@ -131,12 +130,17 @@ class SessionLauncher:
         return sum(1 for s in _states(self._runs()).values() if s is None or not s.is_final())
 
     def launch(self, study_name: str, count: int) -> None:
-        from prefect.deployments import run_deployment
-
         sess = _session(self.workers, self.storage)
         sess.set_user_attr(CURRENT, dict(self.stage, study_name=study_name))
         new = int(count) if study_name in self.studies else max(0, int(count) - self.alive())
         self.studies.add(study_name)
+        self.start(new, sess)
+
+    def start(self, new: int, sess=None) -> None:
+        """Submit ``new`` trial-batch flow runs of the session (they wait for a stage)."""
+        from prefect.deployments import run_deployment
+
+        sess = sess or _session(self.workers, self.storage)
         runs = self._runs()
         for _ in range(new):
             fr = run_deployment(self.workers.get("deployment") or DEFAULT_DEPLOYMENT,
@@ -157,11 +161,29 @@ def worker_pool(workers: dict, stage: str, storage: str, run: ParentRun | None, 
     from core.search.parallel import TrialPool
 
     open_session(workers, storage)
-    params = {"storage": storage, "model_path": model_path, "statistics_path": statistics_path,
-              "evaluation": evaluation, "fast_mode": fast_mode,
-              "experiment_id": None if run is None else run.experiment_id,
-              "parent_run_id": None if run is None else run.run_id,
-              "idle_timeout": float(workers.get("idle_timeout", 900.0))}
+    params = _batch_parameters(workers, storage, run, model_path, statistics_path, evaluation, fast_mode)
     launcher = SessionLauncher(workers, storage, {"stage": stage, "base_config": base_config, "options": options,
                                                   "model_name": model_name}, params)
     return TrialPool(int(workers["count"]), launcher.launch, launcher.alive, progress=log.info)
+
+
+def _batch_parameters(workers: dict, storage: str, run: ParentRun | None, model_path: str, statistics_path: str,
+                      evaluation: dict, fast_mode: bool) -> dict:
+    return {"storage": storage, "model_path": model_path, "statistics_path": statistics_path,
+            "evaluation": evaluation, "fast_mode": fast_mode,
+            "experiment_id": None if run is None else run.experiment_id,
+            "parent_run_id": None if run is None else run.run_id,
+            "idle_timeout": float(workers.get("idle_timeout", 900.0))}
+
+
+def start_batches(workers: dict | None, storage: str, run: ParentRun | None, *, model_path: str,
+                  statistics_path: str, evaluation: dict, fast_mode: bool = True) -> None:
+    """Submit the session's ``workers["count"]`` trial-batch flow runs now, before the first stage
+    fans out: their start (a process, imports, the model and data loaded) overlaps the search's
+    own preparation; the stages then find them alive and launch none."""
+    if not workers:
+        return
+    open_session(workers, storage)
+    params = _batch_parameters(workers, storage, run, model_path, statistics_path, evaluation, fast_mode)
+    launcher = SessionLauncher(workers, storage, {}, params)
+    launcher.start(max(0, int(workers["count"]) - launcher.alive()))

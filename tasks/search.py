@@ -26,6 +26,7 @@ from typing import Any
 
 from prefect import task
 
+from core.search.ranking import RANKING_KIND
 from tasks.data import build_config, config_spec_of, spec_json
 from tasks.evaluation import file_stamp, get_net, int16_node_count, model_sha256, scorer_for
 from tasks.steps import load_statistics
@@ -444,6 +445,8 @@ def trial_batch_task(session: str, storage: str, model_path: str, statistics_pat
 
     log = _logger()
     sess = optuna.load_study(study_name=session, storage=open_storage(storage))
+    if os.path.exists(model_path):         # loaded (and the FP32 reference computed) while the search prepares
+        scorer_for(model_path, evaluation)
     served, done = [], set()
     idle_since = time.monotonic()
     while True:
@@ -524,6 +527,34 @@ def serve_stage(stage: str, study_name: str, storage: str, model_path: str, stat
 
         def tpe_objective(space):
             return objective
+    elif stage == "feedback" and study.user_attrs.get("mixq_kind") == RANKING_KIND:
+        # the sensitivity ranking's probes: float passes of the INT8 program with node sets in float
+        from core.search.accuracy_feedback import quantize_with
+        from core.search.ranking import SimulatedOutputError, ranking_trial_objective
+
+        built: dict = {}
+
+        def error_for(st):
+            if "error" not in built:
+                import numpy as np
+
+                int8 = quantize_with(net, stats, build_config(base_spec), None)
+                head = evaluator.samples[:int(st.user_attrs["mixq_samples"])]
+                built["error"] = SimulatedOutputError(
+                    net, int8, {n: np.concatenate([x[n] for x in head]) for n in net.input_names})
+            return built["error"]
+
+        def on_probe(trial) -> None:
+            ran.append(trial.number)
+
+        probe = ranking_trial_objective(error_for)
+
+        def objective(trial):
+            value = probe(trial)
+            on_probe(trial)
+            return value
+
+        tpe_objective = None
     elif stage == "feedback":
         order = list(study.user_attrs["mixq_order"])
         target = float(study.user_attrs["mixq_target"])

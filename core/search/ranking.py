@@ -35,7 +35,12 @@ import numpy as np
 
 from core.ops.common import weight_output_axis
 
-__all__ = ["SimulatedOutputError", "rank_nodes_by_int8_noise", "rank_nodes_by_output_gain"]
+__all__ = ["SimulatedOutputError", "rank_nodes_by_int8_noise", "rank_nodes_by_output_gain", "RANKING_KIND",
+           "PROBE_CHUNK", "output_errors_on_workers", "ranking_trial_objective"]
+
+RANKING_KIND = "ranking"      # study user attribute ``mixq_kind`` of a ranking study (its trials are probes)
+PROBE_CHUNK = 4               # node sets per probe trial (fewer trials, same answers: each set is its own pass)
+_PROBE = "mixq_probe"
 
 
 def _owned_tensors(prog) -> dict[str, list[str]]:
@@ -117,6 +122,14 @@ class SimulatedOutputError:
             self._cache[key] = self._error(key)
         return self._cache[key]
 
+    def known(self, float_nodes) -> bool:
+        """Whether the error of ``float_nodes`` is cached (computed or :meth:`remember`-ed)."""
+        return frozenset(float_nodes) in self._cache
+
+    def remember(self, float_nodes, value: float) -> None:
+        """Cache the error of ``float_nodes`` computed elsewhere (a worker's identical pass)."""
+        self._cache.setdefault(frozenset(float_nodes), float(value))
+
     def _error(self, float_nodes: frozenset) -> float:
         prog, graph = self.prog, self.graph
         g = graph.copy()
@@ -142,12 +155,18 @@ class SimulatedOutputError:
 
 
 def rank_nodes_by_output_gain(net, int8_model, samples: Mapping[str, np.ndarray], *,
-                              error: SimulatedOutputError | None = None) -> list[tuple[str, float]]:
+                              error: SimulatedOutputError | None = None, executor=None, storage=None,
+                              study_name: str | None = None) -> list[tuple[str, float]]:
     """``[(node name, gain), ...]``, largest gain first (module docstring), except that a node adding
     nothing to the nodes above it (its widened tensors all widened already) comes after the rest. ``samples``: one
     batch ``{input name: array}``; ``int8_model``: ``net`` quantized at INT8. ``error``: a
-    :class:`SimulatedOutputError` to use (and fill) instead of a new one on ``samples``."""
+    :class:`SimulatedOutputError` to use (and fill) instead of a new one on ``samples``.
+    ``executor`` (:class:`core.search.parallel.TrialPool`, with ``storage`` and ``study_name``):
+    the per-node passes are probe trials that workers evaluate (:func:`output_errors_on_workers`);
+    the same errors, so the same ranking."""
     error = error or SimulatedOutputError(net, int8_model, samples)
+    if executor is not None:
+        output_errors_on_workers(error, [()] + [(n,) for n in error.nodes], executor, storage, study_name)
     base = error(())
     gains = {node: base - error((node,)) for node in error.nodes}
     return _redundant_last(sorted(gains.items(), key=lambda kv: -kv[1]), error)
@@ -200,3 +219,61 @@ def rank_nodes_by_int8_noise(net, int8_model, samples: Mapping[str, np.ndarray])
             w = np.asarray(prog.graph.constants[const], np.float64)
             scores[node] += float(((w - dq) ** 2).sum() / max((w ** 2).sum(), 1e-30))
     return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def output_errors_on_workers(error: SimulatedOutputError, node_sets, executor, storage, study_name: str) -> None:
+    """Fill ``error``'s cache with the errors of ``node_sets`` computed by workers: a study
+    ``study_name`` in ``storage`` (user attributes ``mixq_kind="ranking"``, ``mixq_probes``: the
+    node sets, ``mixq_samples``: how many evaluation samples make the batch) whose enqueued trials
+    are chunks of :data:`PROBE_CHUNK` sets (:func:`ranking_trial_objective`); the errors come back
+    as the trials' ``errors`` user attribute. Sets already known (cached, or in a resumed study)
+    are not probed again."""
+    import optuna
+
+    from core.search.parallel import open_storage
+
+    sets = [tuple(s) for s in node_sets]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name, storage=open_storage(storage), load_if_exists=True)
+    study.set_user_attr("mixq_kind", RANKING_KIND)
+    study.set_user_attr("mixq_probes", [list(s) for s in sets])
+    study.set_user_attr("mixq_samples", int(len(next(iter(error.feeds.values())))))
+    try:
+        def harvest() -> None:
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                for nodes, value in t.user_attrs.get("errors") or []:
+                    error.remember(nodes, value)
+
+        harvest()
+        todo = [i for i in range(0, len(sets), PROBE_CHUNK)
+                if not all(error.known(s) for s in sets[i:i + PROBE_CHUNK])]
+        for i in todo:
+            study.enqueue_trial({_PROBE: i}, skip_if_exists=True)
+        if todo:
+            executor(study, len(todo), "enqueued", None)
+        harvest()
+    finally:
+        if hasattr(executor, "close"):
+            executor.close(study)
+    missing = [s for s in sets if not error.known(s)]
+    for s in missing:          # (a probe the workers could not finish: computed here)
+        error(s)
+
+
+def ranking_trial_objective(error_for):
+    """The objective a worker runs on a ranking study (:func:`output_errors_on_workers`):
+    ``error_for(study)`` gives the :class:`SimulatedOutputError` on the study's samples (built once
+    by the caller); a trial evaluates its chunk of the study's node sets."""
+    from core.search.parallel import fixed_params
+
+    def objective(trial) -> float:
+        start = int(fixed_params(trial)[_PROBE])
+        study = trial.study
+        sets = [tuple(s) for s in study.user_attrs["mixq_probes"][start:start + PROBE_CHUNK]]
+        err = error_for(study)
+        values = [[list(s), float(err(s))] for s in sets]
+        trial.set_user_attr("errors", values)
+        trial.set_user_attr("source", "ranking")
+        return float(len(values))
+
+    return objective

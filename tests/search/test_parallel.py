@@ -6,12 +6,14 @@ import threading
 
 import optuna
 import pytest
+from threadpoolctl import threadpool_limits
 
 from core import default_quantization
 from core.search import Evaluator
 from core.search.accuracy_feedback import int16_trial_objective
 from core.search.options import options_trial_objective
 from core.search.parallel import CLOSED, DUPLICATE, SPARE, TrialPool, open_storage, serve_study
+from core.search.ranking import RANKING_KIND, SimulatedOutputError, ranking_trial_objective
 from tests.search.test_accuracy_feedback import SETUP, ends
 
 
@@ -23,6 +25,18 @@ def env():
     ns["stats"] = net.calibrate(ns["calib"])
     ns["evaluator"] = Evaluator(ns["dataset"], net.input_names, net.input_shapes(), ns["closeness"])
     return ns
+
+
+def probe_error(env, study):
+    """What a worker builds for a ranking study: the simulated output error of the INT8 program
+    on the study's first evaluation samples (a new one per call: nothing cached is shared with
+    the parent)."""
+    import numpy as np
+
+    net = env["net"]
+    head = env["evaluator"].samples[:int(study.user_attrs["mixq_samples"])]
+    return SimulatedOutputError(net, net.quantize(statistics=env["stats"], quantization_config=default_quantization),
+                                {n: np.concatenate([x[n] for x in head]) for n in net.input_names})
 
 
 def thread_pool(url, make_objective, width=2, tpe=None):
@@ -68,12 +82,17 @@ def test_accuracy_feedback_on_two_workers(env, tmp_path):
     net, stats, ev = env["net"], env["stats"], env["evaluator"]
     int8, all16 = ends(env)
     target = (int8 + all16) / 2
+    # one BLAS thread here and in the worker threads, as on the workers of a real fan-out: OpenBLAS
+    # sums in another order with more threads (float passes differ in the last digits)
+    limit = threadpool_limits(limits=1)
     serial = env["net"].quantize_with_accuracy_feedback(stats, env["dataset"], default_quantization,
                                                         env["closeness"], target, storage=None,
                                                         max_trials=10).accuracy_feedback
     url = f"sqlite:///{tmp_path}/optuna.db"
 
     def objective(study):
+        if study.user_attrs.get("mixq_kind") == RANKING_KIND:       # the ranking's probes
+            return ranking_trial_objective(lambda st: probe_error(env, st))
         return int16_trial_objective(net, stats, ev, default_quantization, study.user_attrs["mixq_target"],
                                      study.user_attrs["mixq_order"])
 
@@ -87,6 +106,17 @@ def test_accuracy_feedback_on_two_workers(env, tmp_path):
                                                      executor=pool).accuracy_feedback
     for t in threads:
         t.join(30)
+    limit.restore_original_limits()
+    assert not any(t.is_alive() for t in threads)
+    # the ranking's per-node passes ran as probe trials on the workers: the same ranking, scores equal
+    assert par.ranking == serial.ranking
+    names = optuna.get_all_study_names(open_storage(url))
+    ranking_study = optuna.load_study(study_name=next(n for n in names if n.startswith("mixq-ranking-")),
+                                      storage=open_storage(url))
+    probes = [t for t in ranking_study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert probes and all(t.user_attrs.get("worker") for t in probes)
+    assert sum(len(t.user_attrs["errors"]) for t in probes) == len(serial.ranking) + 1    # INT8 + one per node
+    assert ranking_study.user_attrs[CLOSED] is True
     assert par.accuracy >= target
     assert len(par.int16_nodes) <= len(serial.int16_nodes) + 1
     study = optuna.load_study(study_name=par.study_name, storage=open_storage(url))
