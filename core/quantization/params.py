@@ -256,7 +256,7 @@ class RangeSearchMethod:
 
     factors: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.25)
     samples: int = 32
-    downstream: str = "float"
+    downstream: str = "quantized"
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -34,7 +34,8 @@ from core.progress import progress_bar
 from core.quantization.params import RangeSearchMethod
 
 __all__ = ["RANGE_SEARCH_FORMAT_VERSION", "search_ranges", "range_digest", "load_ranges", "save_ranges",
-           "fake_quant_constants", "searchable_tensors"]
+           "fake_quant_constants", "fake_quant_outputs", "searchable_tensors",
+           "pick_samples"]
 
 log = logging.getLogger("mixq")
 
@@ -94,7 +95,7 @@ def _mse(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
     return float(sum(np.mean((np.asarray(a[k], np.float64) - b[k]) ** 2) for k in b))
 
 
-def _pick_samples(samples: Iterable[Mapping[str, np.ndarray]], method: RangeSearchMethod) -> dict[str, np.ndarray]:
+def pick_samples(samples: Iterable[Mapping[str, np.ndarray]], method: RangeSearchMethod) -> dict[str, np.ndarray]:
     """``method.samples`` samples of a seeded random choice among all of them, stacked (two passes
     over ``samples``: count, then keep only the chosen ones)."""
     samples = list(samples)
@@ -123,7 +124,7 @@ def search_ranges(program, float_graph, samples: Iterable[Mapping[str, np.ndarra
     from core.runtime.float_interpreter import run_graph
 
     graph = program.graph
-    feeds = _pick_samples(samples, method)
+    feeds = pick_samples(samples, method)
     act = program.params.activation_quantization_scheme
     candidates = set(searchable_tensors(program, act.bits))
     reference = run_graph(float_graph, feeds)
@@ -249,3 +250,20 @@ def load_ranges(path, digest: str) -> dict[str, tuple[float, float]] | None:
         if os.path.exists(path):
             log.warning("ignoring unreadable output-aware range cache %s: %s", path, e)
         return None
+
+
+def fake_quant_outputs(program, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float graph run with ``program``'s quantization simulated in float (the dense nodes'
+    weights and biases as the integer program holds them, every integer tensor rounded to its
+    grid): the model the search scores."""
+    from core.runtime.float_interpreter import run_graph
+
+    graph = program.graph.copy()
+    graph.constants = {**graph.constants, **fake_quant_constants(program)}
+    tq = program.tensors
+
+    def on_tensor(name, value):
+        return _fq(tq[name], value) if name in tq and tq[name].bits <= 16 else None
+
+    return run_graph(graph, {k: _fq(tq[k], np.asarray(v)) if k in tq else v for k, v in feeds.items()},
+                     on_tensor=on_tensor)
