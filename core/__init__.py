@@ -39,6 +39,7 @@ from core.quantization.params import (
     QuantizationParams,
     QuantizationPrecision,
     QuantizationScheme,
+    RangeSearchMethod,
     RequantizationMode,
     default_quantization,
     int16_quantization,
@@ -50,6 +51,7 @@ from core.version import __version__  # noqa: F401  (core.__version__)
 __all__ = [
     "AccuracyTargetError",
     "AdaRoundMethod",
+    "RangeSearchMethod",
     "CalibrationError",
     "CalibrationMethod",
     "CalibrationStatistics",

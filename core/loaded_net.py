@@ -228,8 +228,8 @@ class LoadedNet:
         elif statistics is None:
             if calibration_data is None:
                 raise CalibrationError("quantize needs calibration_data (or statistics=)")
-            if (params.bias_correction or params.adaround) and isinstance(calibration_data, Iterable) and \
-                    iter(calibration_data) is calibration_data:
+            needs_samples = params.bias_correction or params.adaround or params.output_aware_ranges
+            if needs_samples and isinstance(calibration_data, Iterable) and iter(calibration_data) is calibration_data:
                 calibration_data = list(calibration_data)     # a one-shot iterator: read it twice
             samples = calibration_data
             statistics = self._cached_statistics(calibration_data)
@@ -244,12 +244,20 @@ class LoadedNet:
                 f"but channel_equalization={params.channel_equalization}: pass calibration data instead "
                 "(equalization changes every range)")
         program = quantize_graph(self.graph, statistics, params)
+        ranges = None
+        if params.output_aware_ranges is not None:
+            if samples is None:
+                raise CalibrationError("output_aware_ranges needs calibration samples (calibration_data=...), "
+                                       "not only calibration statistics")
+            ranges = self._searched_ranges(program, samples, params.output_aware_ranges)
+            program = quantize_graph(self.graph, statistics, params, activation_ranges=ranges)
         if params.adaround is not None:
             if samples is None:
                 raise CalibrationError("adaround needs calibration samples (calibration_data=...), "
                                        "not only calibration statistics")
             learned = self._learned_rounding(program, samples, params.adaround)
-            program = quantize_graph(self.graph, statistics, params, learned_weights=learned)
+            program = quantize_graph(self.graph, statistics, params, learned_weights=learned,
+                                     activation_ranges=ranges)
         if params.bias_correction:
             if samples is None:
                 raise CalibrationError("bias_correction needs calibration samples (calibration_data=...), "
@@ -263,6 +271,35 @@ class LoadedNet:
         model = Model(name, program, self.graph)
         _warn_collapses(model, statistics.example_inputs)
         return model
+
+    def _searched_ranges(self, program, samples, method):
+        """Output-aware activation ranges for ``program`` (core/quantization/range_search.py):
+        cached in memory and on disk (``$MIXQ_CACHE_DIR/ranges``) like learned rounding."""
+        import os
+
+        from core.quantization import range_search
+        from core.zoo import cache_dir
+
+        fingerprint = hashlib.sha256()
+        limited = list(_fingerprinted(self._calibration_samples(samples), fingerprint))
+        digest = range_search.range_digest(program, fingerprint.hexdigest(), method)
+        if digest in self._rounding_cache:
+            log.info("reusing output-aware ranges (in memory, %s)", digest[:12])
+            return self._rounding_cache[digest]
+        path = os.path.join(cache_dir(), "ranges", f"{digest}.npz")
+        ranges = range_search.load_ranges(path, digest)
+        if ranges is not None:
+            log.info("reusing output-aware ranges from %s", path)
+        else:
+            ranges = range_search.search_ranges(program, self.graph, limited, method)
+            try:
+                range_search.save_ranges(path, digest, ranges)
+            except MixqError as e:   # the cache is an optimisation
+                log.warning("cannot cache output-aware ranges: %s", e)
+        self._rounding_cache[digest] = ranges
+        while len(self._rounding_cache) > self._STATS_CACHE_SIZE:
+            self._rounding_cache.pop(next(iter(self._rounding_cache)))
+        return ranges
 
     def _learned_rounding(self, program, samples, method):
         """AdaRound's integer weights for ``program`` (core/quantization/adaround.py): from the
@@ -372,7 +409,8 @@ class LoadedNet:
             stats = owner._cached_statistics(calibration_data)
             # learned rounding and bias correction need the samples: each candidate learns its own
             # (an INT16 node changes its successors' inputs), cached by digest
-            calibration = calibration_data if (params.adaround or params.bias_correction) else stats
+            learns = params.adaround or params.bias_correction or params.output_aware_ranges
+            calibration = calibration_data if learns else stats
         # the simulated output error of node sets, on a few evaluation samples: it ranks the nodes
         # and models accuracy along the ranking (no evaluation spent on either)
         from core.search.accuracy_feedback import quantize_with

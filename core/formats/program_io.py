@@ -82,6 +82,7 @@ from core.quantization.params import (
     QuantizationParams,
     QuantizationPrecision,
     QuantizationScheme,
+    RangeSearchMethod,
     RequantizationMode,
 )
 from core.quantization.quantizer import NodeQuant, QuantizedProgram, TensorQuant
@@ -95,7 +96,8 @@ PROGRAM_FORMAT_VERSION = 2
 # The only classes and enums a saved program may name.
 CLASSES: dict[str, type] = {c.__name__: c for c in (
     QuantizationParams, QuantizationScheme, MinMaxMethod, MovingAverageMinMaxMethod, HistogramMSEMethod,
-    HistogramEntropyMethod, HistogramPercentileMethod, TensorQuant, NodeQuant, AdaRoundMethod)}
+    HistogramEntropyMethod, HistogramPercentileMethod, TensorQuant, NodeQuant, AdaRoundMethod,
+    RangeSearchMethod)}
 
 
 def known_classes() -> dict[str, type]:

@@ -16,6 +16,7 @@ from core.quantization.params import (
     QuantizationParams,
     QuantizationPrecision,
     QuantizationScheme,
+    RangeSearchMethod,
     RequantizationMode,
     check_custom_config_nodes,
     default_quantization,
@@ -37,6 +38,7 @@ from core.quantization.requantize import (
 
 __all__ = [
     "AdaRoundMethod",
+    "RangeSearchMethod",
     "CalibrationMethod",
     "HistogramEntropyMethod",
     "HistogramMSEMethod",

@@ -54,6 +54,7 @@ from core.errors import QuantizationConfigError
 
 __all__ = [
     "AdaRoundMethod",
+    "RangeSearchMethod",
     "CalibrationMethod",
     "HistogramEntropyMethod",
     "HistogramMSEMethod",
@@ -242,6 +243,48 @@ class AdaRoundMethod:
         if self.beta_end > self.beta_start:
             raise QuantizationConfigError(
                 f"AdaRoundMethod.beta_end ({self.beta_end}) must be <= beta_start ({self.beta_start})")
+
+
+@dataclass(frozen=True)
+class RangeSearchMethod:
+    """Output-aware activation ranges (see :mod:`core.quantization.range_search`): per 8-bit
+    activation tensor, in graph order, the clip factor in ``factors`` (times the calibrated range)
+    that minimises the network outputs' squared error against float, with the tensors before it
+    quantized and the network after it in float (``downstream="float"``) or fake-quantized with
+    the calibrated ranges (``"quantized"``). ``samples``: calibration samples scored (a seeded
+    random choice); ``seed``. Every tensor keeps one ordinary per-tensor scale."""
+
+    factors: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.25)
+    samples: int = 32
+    downstream: str = "quantized"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        fs = self.factors
+        if isinstance(fs, (str, bytes)) or not hasattr(fs, "__iter__"):
+            raise QuantizationConfigError(f"RangeSearchMethod.factors must be a sequence of numbers, got {fs!r}")
+        fs = tuple(_check_real(f, "RangeSearchMethod.factors") for f in fs)
+        if not fs or any(not (0.0 < f < math.inf) for f in fs):
+            raise QuantizationConfigError(f"RangeSearchMethod.factors must be positive numbers, got {self.factors!r}")
+        _set(self, "factors", fs)
+        v = _check_int(self.samples, "RangeSearchMethod.samples")
+        if v < 1:
+            raise QuantizationConfigError(f"RangeSearchMethod.samples must be >= 1, got {v}")
+        _set(self, "samples", v)
+        _set(self, "seed", _check_int(self.seed, "RangeSearchMethod.seed"))
+        if self.downstream not in ("float", "quantized"):
+            raise QuantizationConfigError(
+                f"RangeSearchMethod.downstream must be 'float' or 'quantized', got {self.downstream!r}")
+
+
+def _check_range_search(value: Any) -> RangeSearchMethod | None:
+    if value is None or value is False or (isinstance(value, np.bool_) and not value):
+        return None
+    if value is True or isinstance(value, np.bool_):
+        return RangeSearchMethod()
+    if isinstance(value, RangeSearchMethod):
+        return value
+    raise QuantizationConfigError(f"output_aware_ranges must be a bool or a RangeSearchMethod, got {value!r}")
 
 
 def _check_adaround(value: Any) -> AdaRoundMethod | None:
@@ -509,6 +552,7 @@ class QuantizationParams:
     bias_correction: bool = False
     custom_quantization_configs: Mapping[str, Mapping[str, Any]] | None = field(default=None)
     adaround: AdaRoundMethod | None = None
+    output_aware_ranges: RangeSearchMethod | None = None
 
     def __post_init__(self) -> None:
         w = self.weight_quantization_scheme
@@ -537,6 +581,7 @@ class QuantizationParams:
             raise QuantizationConfigError(
                 f"activation_quantization_scheme: activations are 8 or 16 bits (4 is for weights), got {a!r}")
         _set(self, "adaround", _check_adaround(self.adaround))
+        _set(self, "output_aware_ranges", _check_range_search(self.output_aware_ranges))
         if w.bits == 4 and self.adaround is None:
             raise QuantizationConfigError(
                 "weight_quantization_scheme: 4-bit weights need learned rounding (with_adaround(True)); "
@@ -580,6 +625,11 @@ class QuantizationParams:
         """Learned weight rounding: ``True`` (``AdaRoundMethod()``), an ``AdaRoundMethod``, or
         ``False`` (round to nearest)."""
         return dataclasses.replace(self, adaround=method)
+
+    def with_output_aware_ranges(self, method: bool | RangeSearchMethod = True) -> QuantizationParams:
+        """Output-aware activation ranges (:mod:`core.quantization.range_search`): ``True``
+        (``RangeSearchMethod()``), a ``RangeSearchMethod``, or ``False`` (the calibrated ranges)."""
+        return dataclasses.replace(self, output_aware_ranges=method)
 
     def with_custom_quantization_configs(
         self, custom_quantization_configs: Mapping[str, Mapping[str, Any]] | None

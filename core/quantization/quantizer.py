@@ -129,9 +129,12 @@ class QuantizeContext:
     calibrated quantization (``own_quant``)."""
 
     def __init__(self, graph: Graph, stats, params: QuantizationParams, bits: dict[str, int],
-                 learned_weights: Mapping[str, np.ndarray] | None = None):
+                 learned_weights: Mapping[str, np.ndarray] | None = None,
+                 activation_ranges: Mapping[str, tuple[float, float]] | None = None):
         self.graph = graph
         self.learned_weights = dict(learned_weights or {})   # node -> integer weights (AdaRound's)
+        # tensor -> (lo, hi) replacing its calibrated range (output-aware ranges, core/quantization/range_search.py)
+        self.activation_ranges = dict(activation_ranges or {})
         self.consts = graph.constants
         self.params = params
         self.mode = params.requantization_mode
@@ -154,7 +157,10 @@ class QuantizeContext:
         # the scheme's own width keeps its symmetry; a per-node INT16 override is symmetric
         asym = act_scheme.asymmetric if b == act_scheme.bits else False
         scheme = quantization_scheme(asymmetric=asym, per_channel=False, bits=b)
-        lo, hi = self.stats.compute_range(t, self.params.calibration_method, scheme)
+        if t in self.activation_ranges:
+            lo, hi = (float(v) for v in self.activation_ranges[t])
+        else:
+            lo, hi = self.stats.compute_range(t, self.params.calibration_method, scheme)
         if lo < hi - SOFTMAX_INPUT_SPAN and self.feeds_only_softmax(t):
             # logits more than SOFTMAX_INPUT_SPAN below the maximum are 0 after Softmax: an attention
             # mask's -100 would otherwise set the step (Swin: local SQNR 20 -> 33 dB at INT8)
@@ -201,16 +207,20 @@ class QuantizeContext:
 # --------------------------------------------------------------------------- main entry
 
 def quantize_graph(graph: Graph, stats, params: QuantizationParams,
-                   learned_weights: Mapping[str, np.ndarray] | None = None) -> QuantizedProgram:
+                   learned_weights: Mapping[str, np.ndarray] | None = None,
+                   activation_ranges: Mapping[str, tuple[float, float]] | None = None) -> QuantizedProgram:
     """Quantize ``graph`` with ``stats`` (CalibrationStatistics) under ``params``: tensor widths,
     then each MLA node through its op's quantization rule (``OpDef.quant``), in order.
     ``learned_weights``: node name -> integer weights (e.g. AdaRound's, on the scales
-    ``quantize_weights`` computes) used instead of round-to-nearest on those dense nodes."""
+    ``quantize_weights`` computes) used instead of round-to-nearest on those dense nodes;
+    ``activation_ranges``: tensor -> (lo, hi) used instead of its calibrated range (e.g. the
+    output-aware ranges of :mod:`core.quantization.range_search`; still one per-tensor scale)."""
     if not isinstance(params, QuantizationParams):
         raise QuantizationConfigError(f"quantization_config must be QuantizationParams, got {type(params).__name__}")
     check_custom_config_nodes(params, [n.name for n in graph.nodes])
     graph = graph.copy()   # the program owns its node list (constant arrays are shared, immutable)
-    ctx = QuantizeContext(graph, stats, params, tensor_widths(graph, params), learned_weights)
+    ctx = QuantizeContext(graph, stats, params, tensor_widths(graph, params), learned_weights,
+                          activation_ranges)
     node_quant: dict[str, NodeQuant] = {}
     kinds: dict[str, str] = {}
     for n in graph.nodes:

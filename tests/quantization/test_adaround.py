@@ -1,5 +1,7 @@
 """AdaRound on the zoo MNIST CNN: learned weights are valid integer weights on round-to-nearest's
-scales, differ from it, and save/load keeps execution bit-identical; the cache reuses them."""
+scales, differ from it, and save/load keeps execution bit-identical; the cache reuses them.
+Output-aware activation ranges: plain per-tensor scales, a lower scored error, bit-identical
+save/load/export with AdaRound, cached."""
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from core import (
     AdaRoundMethod,
     CalibrationError,
     Model,
+    RangeSearchMethod,
     default_quantization,
     load_model,
     onnx_source,
@@ -183,3 +186,87 @@ def test_4bit_weight_scales_minimise_the_weight_error():
     assert np.all(err <= err_max + 1e-12) and err.sum() < 0.9 * err_max.sum()
     q8, s8 = quantize_weights(w, 0, 8)            # 8 and 16 bits keep the largest weight's scale
     assert np.allclose(s8, amax / 127)
+
+
+# --------------------------------------------------------------------------- output-aware activation ranges
+
+RANGES = RangeSearchMethod(samples=8)
+
+
+def test_output_aware_ranges_are_plain_scales_and_lower_the_scored_error(setup):
+    """The searched ranges replace calibrated ones as ordinary per-tensor (scale, zero point);
+    greedy with the factor 1 among the candidates, the simulated output error on the scored
+    samples never rises above the calibrated ranges' (downstream quantized: each step starts
+    where the last ended)."""
+    from core.quantization import range_search
+    from core.quantization.quantizer import activation_quant
+    from core.runtime.float_interpreter import run_graph
+
+    net, calib, _ = setup
+    base = net.quantize(calib, default_quantization)
+    model = net.quantize(calib, default_quantization.with_output_aware_ranges(RANGES))
+    ranges = range_search.search_ranges(base.program, net.graph, calib, RANGES, progress=False)
+    assert ranges, "the search must move some range on this model"
+    own = set(range_search.searchable_tensors(base.program))
+    assert set(ranges) <= own
+    for t, q in model.program.tensors.items():
+        assert isinstance(q.scale, float) and isinstance(q.zero_point, int)
+        if t in ranges:
+            assert q == activation_quant(*ranges[t], q.bits, True), t
+        elif t in own:
+            assert q == base.program.tensors[t], t
+    feeds = range_search.pick_samples(calib, RANGES)
+    ref = run_graph(net.graph, feeds)
+    err = lambda m: sum(float(np.mean((range_search.fake_quant_outputs(m.program, feeds)[k] - v) ** 2))  # noqa: E731
+                        for k, v in ref.items())
+    assert err(model) <= err(base)
+
+
+def test_output_aware_ranges_with_adaround_save_load_and_export_bit_identical(setup, tmp_path):
+    import onnxruntime as ort
+
+    net, calib, x = setup
+    cfg = default_quantization.with_output_aware_ranges(RANGES).with_adaround(TINY).with_bias_correction(True)
+    model = net.quantize(calib, cfg)
+    assert check_learned(model, net.graph, _container_qmax) > 0
+    out = model.execute({"input": x}, fast_mode=False)[0]
+    path = model.export_onnx(str(tmp_path / "oar_int.onnx"), form="integer")
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert np.array_equal(sess.run(None, {"input": x})[0], out)
+    model.save("oar", str(tmp_path))
+    again = Model.load("oar", str(tmp_path))
+    assert again.program.params.output_aware_ranges == RANGES
+    assert again.program.tensors == model.program.tensors
+    assert np.array_equal(again.execute({"input": x}, fast_mode=False)[0], out)
+
+
+def test_output_aware_ranges_cache_and_needs_samples(setup, tmp_path, monkeypatch):
+    from core.quantization import range_search
+
+    monkeypatch.setenv("MIXQ_CACHE_DIR", str(tmp_path))
+    _, calib, _ = setup
+    calls = []
+    real = range_search.search_ranges
+    monkeypatch.setattr(range_search, "search_ranges", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = default_quantization.with_output_aware_ranges(RANGES)
+    first = load_model(onnx_source(zoo.build("mnist_cnn")))
+    a = first.quantize(calib, cfg)
+    first.quantize(calib, cfg)                   # in memory
+    assert len(calls) == 1 and list((tmp_path / "ranges").glob("*.npz"))
+    second = load_model(onnx_source(zoo.build("mnist_cnn")))
+    b = second.quantize(calib, cfg)              # from the file
+    assert len(calls) == 1 and b.program.tensors == a.program.tensors
+    second.quantize(calib, default_quantization.with_output_aware_ranges(RangeSearchMethod(samples=4)))
+    assert len(calls) == 2
+    with pytest.raises(CalibrationError, match="output_aware_ranges"):
+        second.quantize(second.calibrate(calib), cfg)
+
+
+def test_range_search_method_is_validated():
+    from core import QuantizationConfigError
+
+    assert default_quantization.with_output_aware_ranges(True).output_aware_ranges == RangeSearchMethod()
+    assert default_quantization.with_output_aware_ranges(False).output_aware_ranges is None
+    for bad in ({"factors": ()}, {"factors": (0.0,)}, {"samples": 0}, {"downstream": "both"}):
+        with pytest.raises(QuantizationConfigError):
+            RangeSearchMethod(**bad)
