@@ -12,31 +12,13 @@ it is one lookup table. The matched nodes whose values nobody else reads are the
 from __future__ import annotations
 
 from core.ir.graph import Graph, Node
-from core.ir.passes.patterns import scalar, sole_consumer
+from core.ir.passes.patterns import near_scalar as _near
+from core.ir.passes.patterns import other_input as _other
+from core.ir.passes.patterns import replace_matches, scalar, sole_consumer
 
 
 def fuse_hard_swish(graph: Graph) -> bool:
-    producers, consumers = graph.producers(), graph.consumers()
-    replaced: dict[int, Node] = {}
-    for n in graph.nodes:
-        if n.op in ("Clip", "HardSigmoid"):
-            match = _match(graph, n, producers, consumers)
-            if match is not None:
-                tail, fused = match
-                replaced.setdefault(id(tail), fused)
-    if not replaced:
-        return False
-    graph.nodes = [replaced.get(id(n), n) for n in graph.nodes]
-    return True
-
-
-def _near(graph: Graph, name: str, value: float) -> bool:
-    v = scalar(graph, name)
-    return v is not None and abs(v - value) <= 1e-6 * abs(value)
-
-
-def _other(n: Node, x: str) -> str:
-    return n.inputs[1] if n.inputs[0] == x else n.inputs[0]
+    return replace_matches(graph, ("Clip", "HardSigmoid"), _match)
 
 
 def _gate_input(graph: Graph, gate: Node, producers) -> str | None:

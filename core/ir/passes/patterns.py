@@ -25,6 +25,35 @@ def scalar(graph: Graph, name: str) -> float | None:
     return float(v.reshape(()))
 
 
+def near_scalar(graph: Graph, name: str, value: float) -> bool:
+    """``name`` is a one-element constant within 1e-6 (relative) of ``value``."""
+    v = scalar(graph, name)
+    return v is not None and abs(v - value) <= 1e-6 * abs(value)
+
+
+def other_input(node: Node, x: str) -> str:
+    """The input of a two-input ``node`` that is not ``x``."""
+    return node.inputs[1] if node.inputs[0] == x else node.inputs[0]
+
+
+def replace_matches(graph: Graph, anchor_ops: tuple[str, ...], match) -> bool:
+    """For every node of an ``anchor_ops`` op, ``match(graph, node, producers, consumers)`` gives
+    ``(tail, fused)`` or None; each matched tail node is replaced by its fused node (the matched
+    nodes nobody else reads are pruned by the pass manager). Returns whether anything matched."""
+    producers, consumers = graph.producers(), graph.consumers()
+    replaced: dict[int, Node] = {}
+    for n in graph.nodes:
+        if n.op in anchor_ops:
+            found = match(graph, n, producers, consumers)
+            if found is not None:
+                tail, fused = found
+                replaced.setdefault(id(tail), fused)
+    if not replaced:
+        return False
+    graph.nodes = [replaced.get(id(n), n) for n in graph.nodes]
+    return True
+
+
 def per_channel(value: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray | None:
     """``value`` as a float64 vector of length shape[axis] if, broadcast against a tensor of
     ``shape``, it varies only along ``axis`` and does not enlarge the tensor; else None."""
