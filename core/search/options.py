@@ -2,7 +2,9 @@
 
 Calibration method x weight scheme x activation scheme x channel equalization x bias
 correction x learned rounding (``adaround``: None/False for round-to-nearest, True or an
-``AdaRoundMethod``; candidates with it need calibration samples, not only statistics), each
+``AdaRoundMethod``) x output-aware activation ranges (``output_aware_ranges``: None/False for
+the calibrated ranges, True or a ``RangeSearchMethod``; candidates with either need calibration
+samples, not only statistics), each
 candidate quantized from one shared calibration pass and scored by an evaluator. A combination
 mixq rejects (e.g. 4-bit weights without learned rounding) is a candidate with an error.
 Optuna runs it: a ``GridSampler`` visits every combination when the grid fits the trial
@@ -51,6 +53,7 @@ DEFAULT_OPTIONS: dict[str, list] = {
     "channel_equalization": [False],
     "bias_correction": [False],
     "adaround": [None],
+    "output_aware_ranges": [None],
 }
 
 

@@ -270,3 +270,32 @@ def test_range_search_method_is_validated():
     for bad in ({"factors": ()}, {"factors": (0.0,)}, {"samples": 0}, {"downstream": "both"}):
         with pytest.raises(QuantizationConfigError):
             RangeSearchMethod(**bad)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_4bit_ranges_are_searched_on_the_learned_weights(setup, bits, tmp_path, monkeypatch):
+    """4-bit round-to-nearest weights break the network, so with 4-bit weights the ranges are
+    searched on the program with the learned rounding (and the final model keeps those weights);
+    at 8 bits the ranges come first and the rounding is learned on them."""
+    from core.quantization import range_search
+
+    monkeypatch.setenv("MIXQ_CACHE_DIR", str(tmp_path))
+    _, calib, _ = setup
+    seen = []
+    real = range_search.search_ranges
+    monkeypatch.setattr(range_search, "search_ranges", lambda p, *a, **k: seen.append(p) or real(p, *a, **k))
+    net = load_model(onnx_source(zoo.build("mnist_cnn")))
+    cfg = default_quantization.with_output_aware_ranges(RangeSearchMethod(samples=4)).with_adaround(TINY) \
+        .with_weight_quantization(quantization_scheme(False, True, bits))
+    model = net.quantize(calib, cfg)
+    learned_alone = net.quantize(calib, default_quantization.with_adaround(TINY).with_weight_quantization(
+        quantization_scheme(False, True, bits)))
+    assert len(seen) == 1
+    dense = [n for n, c in model.program.constants.items() if c is not None and c.w_q is not None]
+    searched_on = seen[0].constants
+    same_as_final = all(np.array_equal(searched_on[n].w_q, model.program.constants[n].w_q) for n in dense)
+    assert same_as_final == (bits == 4)
+    assert check_learned(model, net.graph, lambda n, w_q: (1 << (bits - 1)) - 1) > 0
+    if bits == 4:   # the learned weights are the ones learned on the calibrated ranges
+        alone = learned_alone.program.constants
+        assert all(np.array_equal(alone[n].w_q, model.program.constants[n].w_q) for n in dense)

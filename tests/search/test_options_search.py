@@ -123,3 +123,26 @@ def test_adaround_is_an_option_dimension(setup):
     a, b = net.quantize(calib, rtn), net.quantize(calib, learned)
     assert any(not np.array_equal(a.program.constants[n].w_q, c.w_q)
                for n, c in b.program.constants.items() if c is not None and c.w_q is not None)
+
+
+def test_output_aware_ranges_are_an_option_dimension(setup):
+    """Output-aware ranges on/off as an option: the searched candidate's activation scales differ
+    from the calibrated ones, and its configuration is what the search reports."""
+    from core import RangeSearchMethod
+
+    net, calib, dataset = setup
+    oar = RangeSearchMethod(factors=(0.5, 0.8), samples=4)
+    r = net.search_quantization_options(calib, dataset, top1, {
+        "calibration_method": [MinMaxMethod()],
+        "weight_quantization_scheme": [quantization_scheme(False, True)],
+        "activation_quantization_scheme": [quantization_scheme(True, False)],
+        "output_aware_ranges": [False, oar]})
+    assert len(r.candidates) == 2 and not any(c.error for c in r.candidates)
+    by = {c.options["output_aware_ranges"]: c for c in r.candidates}
+    assert set(by) == {"off", repr(oar)}
+    assert by["off"].config.output_aware_ranges is None and by[repr(oar)].config.output_aware_ranges == oar
+    a, b = net.quantize(calib, by["off"].config), net.quantize(calib, by[repr(oar)].config)
+    changed = [t for t, q in b.program.tensors.items()
+               if t in a.program.tensors and getattr(q, "scale", None) is not None
+               and not np.array_equal(np.asarray(q.scale), np.asarray(a.program.tensors[t].scale))]
+    assert changed, "output-aware ranges changed no activation scale"
