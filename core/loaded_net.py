@@ -280,40 +280,20 @@ class LoadedNet:
     def _searched_ranges(self, program, samples, method):
         """Output-aware activation ranges for ``program`` (core/quantization/range_search.py):
         cached in memory and on disk (``$MIXQ_CACHE_DIR/ranges``) like learned rounding."""
-        import os
-
         from core.quantization import range_search
-        from core.zoo import cache_dir
 
         fingerprint = hashlib.sha256()
         limited = list(_fingerprinted(self._calibration_samples(samples), fingerprint))
         digest = range_search.range_digest(program, fingerprint.hexdigest(), method)
-        if digest in self._rounding_cache:
-            log.info("reusing output-aware ranges (in memory, %s)", digest[:12])
-            return self._rounding_cache[digest]
-        path = os.path.join(cache_dir(), "ranges", f"{digest}.npz")
-        ranges = range_search.load_ranges(path, digest)
-        if ranges is not None:
-            log.info("reusing output-aware ranges from %s", path)
-        else:
-            ranges = range_search.search_ranges(program, self.graph, limited, method)
-            try:
-                range_search.save_ranges(path, digest, ranges)
-            except MixqError as e:   # the cache is an optimisation
-                log.warning("cannot cache output-aware ranges: %s", e)
-        self._rounding_cache[digest] = ranges
-        while len(self._rounding_cache) > self._STATS_CACHE_SIZE:
-            self._rounding_cache.pop(next(iter(self._rounding_cache)))
-        return ranges
+        return self._cached("output-aware ranges", "ranges", digest, range_search.load_ranges,
+                            range_search.save_ranges,
+                            lambda: range_search.search_ranges(program, self.graph, limited, method))
 
     def _learned_rounding(self, program, samples, method):
         """AdaRound's integer weights for ``program`` (core/quantization/adaround.py): from the
         in-memory or on-disk cache (``$MIXQ_CACHE_DIR/adaround``) when the same data, method,
         scales and weights were learned before, else learned and cached."""
-        import os
-
         from core.quantization import adaround
-        from core.zoo import cache_dir
 
         fingerprint = hashlib.sha256()
         limited = []
@@ -324,23 +304,33 @@ class LoadedNet:
             limited.append(feeds)
             count += len(next(iter(feeds.values())))
         digest = adaround.rounding_digest(program, fingerprint.hexdigest(), method)
+        return self._cached("learned rounding", "adaround", digest, adaround.load_rounding, adaround.save_rounding,
+                            lambda: adaround.learn_rounding(program, self.graph, limited, method))
+
+    def _cached(self, what: str, folder: str, digest: str, load, save, compute):
+        """``compute()``'s result for ``digest``: from memory, else ``$MIXQ_CACHE_DIR/<folder>``
+        (``load(path, digest)``), else computed and written there (``save(path, digest, value)``)."""
+        import os
+
+        from core.zoo import cache_dir
+
         if digest in self._rounding_cache:
-            log.info("reusing learned rounding (in memory, %s)", digest[:12])
+            log.info("reusing %s (in memory, %s)", what, digest[:12])
             return self._rounding_cache[digest]
-        path = os.path.join(cache_dir(), "adaround", f"{digest}.npz")
-        learned = adaround.load_rounding(path, digest)
-        if learned is not None:
-            log.info("reusing learned rounding from %s", path)
+        path = os.path.join(cache_dir(), folder, f"{digest}.npz")
+        value = load(path, digest)
+        if value is not None:
+            log.info("reusing %s from %s", what, path)
         else:
-            learned = adaround.learn_rounding(program, self.graph, limited, method)
+            value = compute()
             try:
-                adaround.save_rounding(path, digest, learned)
+                save(path, digest, value)
             except MixqError as e:   # the cache is an optimisation: a read-only cache dir is not an error
-                log.warning("cannot cache learned rounding: %s", e)
-        self._rounding_cache[digest] = learned
+                log.warning("cannot cache %s: %s", what, e)
+        self._rounding_cache[digest] = value
         while len(self._rounding_cache) > self._STATS_CACHE_SIZE:
             self._rounding_cache.pop(next(iter(self._rounding_cache)))
-        return learned
+        return value
 
     def convert_to_sima_quantization(self, *, requantization_mode: Any = None, model_name: str | None = None,
                                      log_level: int | None = logging.NOTSET) -> Model:

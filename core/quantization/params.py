@@ -277,24 +277,15 @@ class RangeSearchMethod:
                 f"RangeSearchMethod.downstream must be 'float' or 'quantized', got {self.downstream!r}")
 
 
-def _check_range_search(value: Any) -> RangeSearchMethod | None:
+def _method_or_none(value: Any, method_type: type, field: str):
+    """A bool-or-method field: None when off, ``method_type()`` for True, the method itself."""
     if value is None or value is False or (isinstance(value, np.bool_) and not value):
         return None
     if value is True or isinstance(value, np.bool_):
-        return RangeSearchMethod()
-    if isinstance(value, RangeSearchMethod):
+        return method_type()
+    if isinstance(value, method_type):
         return value
-    raise QuantizationConfigError(f"output_aware_ranges must be a bool or a RangeSearchMethod, got {value!r}")
-
-
-def _check_adaround(value: Any) -> AdaRoundMethod | None:
-    if value is None or value is False or (isinstance(value, np.bool_) and not value):
-        return None
-    if value is True or isinstance(value, np.bool_):
-        return AdaRoundMethod()
-    if isinstance(value, AdaRoundMethod):
-        return value
-    raise QuantizationConfigError(f"adaround must be a bool or an AdaRoundMethod, got {value!r}")
+    raise QuantizationConfigError(f"{field} must be a bool or a {method_type.__name__}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- calibration
@@ -580,8 +571,9 @@ class QuantizationParams:
         if a.bits == 4:
             raise QuantizationConfigError(
                 f"activation_quantization_scheme: activations are 8 or 16 bits (4 is for weights), got {a!r}")
-        _set(self, "adaround", _check_adaround(self.adaround))
-        _set(self, "output_aware_ranges", _check_range_search(self.output_aware_ranges))
+        _set(self, "adaround", _method_or_none(self.adaround, AdaRoundMethod, "adaround"))
+        _set(self, "output_aware_ranges", _method_or_none(self.output_aware_ranges, RangeSearchMethod,
+                                                         "output_aware_ranges"))
         if w.bits == 4 and self.adaround is None:
             raise QuantizationConfigError(
                 "weight_quantization_scheme: 4-bit weights need learned rounding (with_adaround(True)); "
