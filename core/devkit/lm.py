@@ -55,7 +55,7 @@ import numpy as np
 from core.devkit.planner import CompileReport, MemoryPlan, Target, plan_memory
 from core.errors import ModelFileError
 from core.formats.atomic import atomic_write
-from core.formats.sima import read_checked_header
+from core.formats.sima import parse_versioned_header, read_checked_header
 from core.ops.quant_rules import rule_of
 
 __all__ = ["LM_MAGIC", "LM_FORMAT_NAME", "LM_FORMAT_VERSION", "CODECS", "write_lm", "read_lm", "read_lm_header"]
@@ -219,23 +219,8 @@ def write_lm(path: str | os.PathLike, program, model_name: str, *, batch_size: i
 
 def _read_header(spath: str, f: BinaryIO, file_size: int) -> tuple[dict, int]:
     raw = read_checked_header(spath, f, file_size, LM_MAGIC, _MAX_HEADER_LEN, _bad, ".lm")
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _bad(spath, f"header is not valid UTF-8 JSON ({type(e).__name__})") from None
-    if not isinstance(header, dict):
-        raise _bad(spath, "header is not a JSON object")
-    if header.get("format") != LM_FORMAT_NAME:
-        raise _bad(spath, f"header names format {header.get('format')!r}, expected {LM_FORMAT_NAME!r}")
-    version = header.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise _bad(spath, f"header has invalid version {version!r}")
-    if version > LM_FORMAT_VERSION:
-        raise ModelFileError(f"{spath!r} is a .lm file of format version {version}, but this mixq reads only up to "
-                             f"version {LM_FORMAT_VERSION}; recompile the model or upgrade mixq on this machine")
-    if header.get("file_size") != file_size:
-        raise _bad(spath, f"file is {file_size} bytes but its header says {header.get('file_size')!r} "
-                          "(truncated or has trailing data)")
+    header = parse_versioned_header(spath, raw, file_size, _bad, ".lm", LM_FORMAT_NAME, LM_FORMAT_VERSION,
+                                    "recompile the model or upgrade mixq on this machine")
     for key, typ in (("model_name", str), ("program", dict), ("plan", dict), ("meta", dict), ("blobs", list)):
         if not isinstance(header.get(key), typ):
             raise _bad(spath, f"header {key!r} is missing or not a {typ.__name__}")

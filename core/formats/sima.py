@@ -204,27 +204,36 @@ def _bad(path: str, what: str) -> ModelFileError:
     return ModelFileError(f"{path!r} is not a valid .sima file: {what}")
 
 
-def _parse_header(path: str, raw: bytes, file_size: int) -> dict:
+def parse_versioned_header(path: str, raw: bytes, file_size: int, bad, kind: str, format_name: str,
+                           max_version: int, too_new_hint: str) -> dict:
+    """The JSON header of a mixq container, checked: a JSON object naming ``format_name``, a
+    version in 1..``max_version`` (a newer one: ``too_new_hint`` says what to do) and the file's
+    own size."""
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _bad(path, f"header is not valid UTF-8 JSON ({e})") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise bad(path, f"header is not valid UTF-8 JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
-        raise _bad(path, "header is not a JSON object")
-    if header.get("format") != FORMAT_NAME:
-        raise _bad(path, f"header names format {header.get('format')!r}, expected {FORMAT_NAME!r}")
+        raise bad(path, "header is not a JSON object")
+    if header.get("format") != format_name:
+        raise bad(path, f"header names format {header.get('format')!r}, expected {format_name!r}")
     version = header.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise _bad(path, f"header has invalid version {version!r}")
-    if version > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path!r} is a .sima file of format version {version}, but this mixq reads only up to "
-            f"version {FORMAT_VERSION}; upgrade mixq to load it")
+        raise bad(path, f"header has invalid version {version!r}")
+    if version > max_version:
+        raise ModelFileError(f"{path!r} is a {kind} file of format version {version}, but this mixq reads only up "
+                             f"to version {max_version}; {too_new_hint}")
+    if header.get("file_size") != file_size:
+        raise bad(path, f"file is {file_size} bytes but its header says {header.get('file_size')!r} "
+                        "(truncated or has trailing data)")
+    return header
+
+
+def _parse_header(path: str, raw: bytes, file_size: int) -> dict:
+    header = parse_versioned_header(path, raw, file_size, _bad, ".sima", FORMAT_NAME, FORMAT_VERSION,
+                                    "upgrade mixq to load it")
     if not isinstance(header.get("metadata"), dict):
         raise _bad(path, "header 'metadata' is not an object")
-    if header.get("file_size") != file_size:
-        raise _bad(path, f"file is {file_size} bytes but its header says {header.get('file_size')!r} "
-                         "(truncated or has trailing data)")
     if not isinstance(header.get("arrays"), list):
         raise _bad(path, "header 'arrays' is not a list")
     return header
