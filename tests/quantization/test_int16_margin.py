@@ -63,3 +63,30 @@ def test_the_margin_stops_at_a_fused_clip(onnx_model_file):
         assert 3.0 < hi, hi      # 2x the calibrated maximum would pass 6
         want = min(SIXTEEN_BIT_RANGE_MARGIN * hi, 6.0) if clipped else SIXTEEN_BIT_RANGE_MARGIN * hi
         assert np.isclose(scale * 32767, want, rtol=1e-6), (clipped, scale * 32767, want)
+
+
+def test_a_layer_norm_input_keeps_a_smaller_margin(onnx_model_file):
+    """A tensor a LayerNormalization reads gets LAYER_NORM_INPUT_MARGIN (LayerNorm amplifies a
+    narrow token's rounding error); the MatMul output beside it keeps the full 16-bit margin."""
+    from core import MinMaxMethod
+    from core.quantization.quantizer import LAYER_NORM_INPUT_MARGIN
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((16, 16)) * 0.3).astype(np.float32)
+    gamma, beta = np.ones(16, np.float32), np.zeros(16, np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Add", ["m", "x"], ["r"]),
+             helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["ln"], axis=-1),
+             helper.make_node("Add", ["r", "ln"], ["y"])]
+    g = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 16])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(gamma, "gamma"),
+                           numpy_helper.from_array(beta, "beta")])
+    net = load_model(onnx_source(onnx_model_file(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))))
+    calib = [{"x": rng.standard_normal((1, 5, 16)).astype(np.float32)} for _ in range(8)]
+    stats = net.calibrate(calib)
+    program = net.quantize(stats, int16_quantization.with_calibration(MinMaxMethod())).program
+    assert LAYER_NORM_INPUT_MARGIN < SIXTEEN_BIT_RANGE_MARGIN
+    for t, margin in (("r", LAYER_NORM_INPUT_MARGIN), ("m", SIXTEEN_BIT_RANGE_MARGIN)):
+        amax = max(abs(float(stats[t].min)), abs(float(stats[t].max)))
+        assert np.isclose(program.tensors[t].scale * 32767, margin * amax, rtol=1e-6), t
