@@ -70,7 +70,8 @@ ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 def model_path(model: str) -> pathlib.Path:
     from core import zoo
 
-    return zoo.build(model) if model in zoo.list_models() else pathlib.Path(model)
+    # absolute: onnxruntime's quantizer runs in a temporary working directory
+    return zoo.build(model) if model in zoo.list_models() else pathlib.Path(model).resolve()
 
 
 def crops(n_calib: int, n_eval: int):
