@@ -246,11 +246,14 @@ def optimize_rounding(x: np.ndarray, target: np.ndarray, w: np.ndarray, scale: n
 
 # --------------------------------------------------------------------------- the pass
 
-def _float_targets(float_graph, feeds: dict[str, np.ndarray], dense: list[Node], method: AdaRoundMethod):
-    """One streaming float pass: per dense node, [(sample, positions)] and the (P, O) targets."""
+def _float_targets(float_graph, feeds: dict[str, np.ndarray], dense: list[Node], method: AdaRoundMethod,
+                   only: set[str] | None = None):
+    """One streaming float pass: per dense node (of ``only`` if given), [(sample, positions)] and
+    the (P, O) targets."""
     from core.runtime.float_interpreter import run_graph
 
-    index = {n.outputs[0]: (k, n) for k, n in enumerate(dense)}
+    index = {n.outputs[0]: (k, n) for k, n in enumerate(dense) if only is None or n.name in only}
+    dense = [n for _, n in index.values()]
     rows: dict[str, list] = {n.name: [] for n in dense}
     targets: dict[str, list] = {n.name: [] for n in dense}
     N = len(next(iter(feeds.values())))
@@ -291,8 +294,19 @@ def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarr
     dense = _dense_nodes(program)
     if not dense:
         return {}
-    dense_set = {n.name for n in dense}
-    rows, targets = _float_targets(float_graph, feeds, dense, method)
+    blocks = {}
+    if method.granularity == "block":
+        from core.quantization import block_reconstruction as br
+
+        for b in br.reconstruction_blocks(program, method.block_size):
+            if b.learnable:
+                blocks[b.start] = b
+            else:
+                log.info("block reconstruction: per-node AdaRound for %s: %s",
+                         ", ".join(n.name for n in b.dense), b.unsupported)
+    in_block = {n.name for b in blocks.values() for n in b.dense}
+    dense_set = {n.name for n in dense} - in_block
+    rows, targets = _float_targets(float_graph, feeds, dense, method, dense_set) if dense_set else ({}, {})
     g = program.graph
     consts = g.constants
     tq = program.tensors
@@ -309,7 +323,23 @@ def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarr
     bar = progress_bar(len(dense), "adaround", "node") if progress else None
     rng = np.random.default_rng(method.seed & 0xFFFFFFFF)
     try:
+        float_at, float_live = 0, dict(feeds)      # block mode: the float model's live tensors at node float_at
         for k, n in enumerate(g.nodes):
+            b = blocks.get(k)
+            if b is not None:
+                if float_at < k:
+                    float_live = br.float_block_output(float_graph, g.nodes[float_at:k], float_live, b.inputs, _BATCH)
+                float_live = br.float_block_output(float_graph, b.nodes, float_live, b.outputs, _BATCH)
+                float_at = b.stop
+                x = b.inputs[0]
+                new = br.learn_block(b, scratch, qstore[x] if x in qstore else fstore[x], x in qstore,
+                                     float_live[b.outputs[0]], method,
+                                     np.random.default_rng([method.seed & 0xFFFFFFFF, 1 << 20, k]))
+                for name, w_q in new.items():
+                    learned[name] = w_q
+                    scratch.constants[name].w_q = w_q
+                if bar is not None:
+                    bar.update(len(b.dense))
             if n.name in dense_set:
                 learned[n.name] = _learn_node(n, scratch, qstore, fstore, rows[n.name], targets[n.name], method,
                                               DenseRule.weight_bits(n, program.params), fused_bounds(n), rng)
