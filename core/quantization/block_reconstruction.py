@@ -340,6 +340,17 @@ def learn_block(block: Block, program, x_codes: np.ndarray, x_is_int: bool, targ
     B = min(method.block_batch, N)
     channels = target.shape[1] if target.ndim > 1 else 1
     rows = B * (target[0].size // channels)
+    names = [st.node.name for st in state]
+
+    @tf.function
+    def gradients(xb, yb, ws):
+        """d loss / d (dequantized integer weights), traced once per block."""
+        with tf.GradientTape() as tape:
+            tape.watch(ws)
+            y = fwd(xb, dict(zip(names, ws)))
+            loss = tf.reduce_sum(tf.square(y - yb)) / rows
+        return tape.gradient(loss, ws)
+
     for t in range(method.iterations):
         idx = np.sort(rng.choice(N, B, replace=False)) if B < N else np.arange(N)
         xb = x_codes[idx]
@@ -351,12 +362,7 @@ def learn_block(block: Block, program, x_codes: np.ndarray, x_is_int: bool, targ
             q = st.floor.astype(np.float32) + h
             inside = (q >= -st.qmax) & (q <= st.qmax)
             steps.append((h, dh, inside, tf.constant(np.clip(q, -st.qmax, st.qmax) * st.scale)))
-        with tf.GradientTape() as tape:
-            ws = [s[3] for s in steps]
-            tape.watch(ws)
-            y = fwd(tf.constant(xb), {st.node.name: wt for st, wt in zip(state, ws)})
-            loss = tf.reduce_sum(tf.square(y - yb)) / rows
-        grads = tape.gradient(loss, ws)
+        grads = gradients(tf.constant(xb), yb, [s[3] for s in steps])
         for st, (h, dh, inside, _), gw in zip(state, steps, grads):
             grad = gw.numpy() * st.scale * inside                     # d loss / d h
             st.adam.step(regularized(grad, h, t, method) * dh)
