@@ -12,7 +12,8 @@ round-to-nearest's scales.
 
 Blocks: a *cut* is a tensor that is, after its producer runs, the only live activation (every
 path passes through it). Cuts that fork (more than one consumer) or are produced by a merge
-(a node with several activation inputs) -- the residual stream -- delimit segments; a segment
+(a node with several activation inputs) -- the residual stream -- and cuts read by a global
+pooling or Flatten (the classifier head) delimit segments; a segment
 with more than ``block_size`` dense nodes is split at its inner cuts into the fewest pieces of
 balanced dense counts. A block whose ops the reconstruction cannot differentiate (see
 :data:`SUPPORTED_OPS`), with more than ``block_size`` dense nodes between two cuts, or not on
@@ -33,6 +34,9 @@ from core.ir.graph import Graph, Node
 
 __all__ = ["SUPPORTED_OPS", "Block", "reconstruction_blocks", "float_block_output", "learn_block"]
 
+# ops that collapse the positions (the classifier head starts there: its own block, whose few
+# output rows per sample get more samples per step)
+_HEAD_OPS = ("GlobalAveragePool", "Flatten")
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Relu", "MaxPool", "GlobalAveragePool", "Flatten")
 
 
@@ -106,7 +110,8 @@ def reconstruction_blocks(program, max_dense: int = 4) -> list[Block]:
             t = after[k][0]
             cuts.append(k)
             acts = {i for i in n.inputs if i and i not in consts}
-            if len({c.name for c in consumers.get(t, [])}) > 1 or len(acts) > 1:
+            users = {c.name: c.op for c in consumers.get(t, [])}
+            if len(users) > 1 or len(acts) > 1 or set(users.values()) & set(_HEAD_OPS):
                 boundaries.append(k)
     ends = sorted(set(boundaries) | {len(nodes) - 1})
     blocks = []
@@ -337,9 +342,11 @@ def learn_block(block: Block, program, x_codes: np.ndarray, x_is_int: bool, targ
         state.append(_NodeState(n, floor, scale.astype(np.float32), v, qmax, Adam(v, method.learning_rate), c.w_q))
     fwd = _Forward(tf, program, block)
     N = len(x_codes)
-    B = min(method.block_batch, N)
     channels = target.shape[1] if target.ndim > 1 else 1
-    rows = B * (target[0].size // channels)
+    positions = target[0].size // channels
+    # at least block_batch samples a step, more while the output has fewer than batch rows
+    B = min(N, max(method.block_batch, math.ceil(method.batch / positions)))
+    rows = B * positions
     names = [st.node.name for st in state]
 
     @tf.function

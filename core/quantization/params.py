@@ -221,7 +221,7 @@ class AdaRoundMethod:
     ``"block"`` (BRECQ, Li et al. 2021: the dense nodes of a block, at most ``block_size`` of
     them, learned jointly against the float output of the block; see
     :mod:`core.quantization.block_reconstruction`); ``block_batch``: calibration samples per Adam
-    step in block mode (``batch`` and ``rows`` are per-node settings).
+    step in block mode, at least (more while they give fewer than ``batch`` output rows).
     """
 
     iterations: int = 600

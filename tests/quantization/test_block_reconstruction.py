@@ -27,7 +27,7 @@ from core.runtime.integer_interpreter import run_program
 
 LAYER = AdaRoundMethod(iterations=100, rows=1024, batch=128, max_samples=16)
 BLOCK = AdaRoundMethod(iterations=100, rows=1024, batch=128, max_samples=16, granularity="block",
-                       block_size=2, block_batch=8)
+                       block_batch=8)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +49,13 @@ def learned(setup):
 
 def test_blocks_of_the_mnist_cnn(setup):
     _, _, _, program = setup
-    (whole,) = br.reconstruction_blocks(program, 4)
-    assert whole.learnable and len(whole.dense) == 4 and whole.inputs == ("input",) and whole.outputs == ("output",)
-    first, second = br.reconstruction_blocks(program, 2)
-    assert [len(b.dense) for b in (first, second)] == [2, 2] and first.stop == second.start
-    assert first.outputs == second.inputs and first.learnable and second.learnable
+    first, head = br.reconstruction_blocks(program, 4)
+    assert first.inputs == ("input",) and head.outputs == ("output",) and first.outputs == head.inputs
+    assert [len(b.dense) for b in (first, head)] == [2, 2] and head.nodes[0].op == "Flatten"
+    assert first.learnable and head.learnable and first.stop == head.start
+    singles = br.reconstruction_blocks(program, 1)
+    assert [len(b.dense) for b in singles] == [1, 1, 1, 1] and all(b.learnable for b in singles)
+    assert [b.nodes[-1].op for b in singles] == ["MaxPool", "MaxPool", "Gemm", "Gemm"]
 
 
 def test_block_weights_are_valid_integers_and_differ_from_per_layer(setup, learned):
@@ -119,19 +121,20 @@ def test_4bit_block_weights(setup):
 
 
 def test_unsupported_op_falls_back_to_per_layer(setup, monkeypatch):
-    """Without MaxPool among the differentiable ops, the MNIST CNN's block falls back: every node
-    gets exactly per-layer AdaRound's rounding."""
+    """Without MaxPool among the differentiable ops, the MNIST CNN's conv block falls back: its
+    nodes get exactly per-layer AdaRound's rounding; the dense head is still learned as a block."""
     net, calib, _, program = setup
     monkeypatch.setattr(br, "SUPPORTED_OPS", tuple(op for op in br.SUPPORTED_OPS if op != "MaxPool"))
-    blocks = br.reconstruction_blocks(program, 4)
-    assert blocks and not any(b.learnable for b in blocks) and "MaxPool" in blocks[0].unsupported
+    convs, head = br.reconstruction_blocks(program, 4)
+    assert not convs.learnable and "MaxPool" in convs.unsupported and head.learnable
     method = AdaRoundMethod(iterations=30, rows=256, batch=64, max_samples=8, granularity="block")
     got = adaround.learn_rounding(program, net.graph, calib, method, progress=False)
     want = adaround.learn_rounding(program, net.graph, calib,
                                    AdaRoundMethod(iterations=30, rows=256, batch=64, max_samples=8), progress=False)
     assert set(got) == set(want)
-    for k in want:
-        assert np.array_equal(got[k], want[k]), k
+    for n in convs.dense:
+        assert np.array_equal(got[n.name], want[n.name]), n.name
+    assert any(not np.array_equal(got[n.name], want[n.name]) for n in head.dense)
 
 
 def test_granularity_is_validated_and_in_the_digest(setup):
