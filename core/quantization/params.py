@@ -236,7 +236,7 @@ class AdaRoundMethod:
     seed: int = 0
     granularity: str = "layer"
     block_size: int = 4
-    block_batch: int = 4
+    block_batch: int = 8
 
     def __post_init__(self) -> None:
         if self.granularity not in GRANULARITIES:
