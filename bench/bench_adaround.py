@@ -14,6 +14,9 @@ and data included; with an empty ``MIXQ_CACHE_DIR``, so AdaRound learns). Rows:
   correction;
 * mixq W4A8: 4-bit weights (learned rounding, int8 containers) with INT8 activations, alone and
   with output-aware ranges and bias correction;
+* block reconstruction (``AdaRoundMethod(granularity="block")``, BRECQ,
+  core/quantization/block_reconstruction.py) with ``--rows block,w4a8_block,oar_block_bc``: INT8,
+  W4A8, and INT8 with output-aware ranges and bias correction (not in the default run);
 * two diagnostic rows that split the INT8 error: INT8 weights with INT16 activations
   (weights-only error) and INT16 weights with INT8 activations (activations-only error) --
   learned rounding can only remove (part of) the first;
@@ -67,6 +70,7 @@ MIXQ_ROWS = {
     "w8a16": "diag: INT8 weights, INT16 activations (RTN)",
     "w16a8": "diag: INT16 weights, INT8 activations (RTN)",
 }
+NOT_DEFAULT = ("ada_bc", "oar", "block", "oar_block_bc", "w4a8_block")   # rows only with --rows
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 
 
@@ -197,7 +201,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="16 calibration, 64 evaluation crops, 200 AdaRound steps")
     ap.add_argument("--model", default="mobilenet_v2", help="a zoo model name or an .onnx path (3x224x224 input)")
-    ap.add_argument("--rows", default=",".join([k for k in MIXQ_ROWS if k not in ("ada_bc", "oar", "block", "oar_block_bc", "w4a8_block")] + ["ort"]),
+    ap.add_argument("--rows", default=",".join([k for k in MIXQ_ROWS if k not in NOT_DEFAULT] + ["ort"]),
                     help="comma-separated subset of: " + ", ".join(list(MIXQ_ROWS) + ["ort"]))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
