@@ -170,4 +170,7 @@ def test_blocks_of_mobilenet_v2():
     producers = program.graph.producers()
     ends = {producers[b.outputs[0]].op for b in blocks}
     assert "Add" in ends
-    assert [len(b.dense) for b in blocks[:2]] == [3, 3]      # stem + first two inverted residuals, split 3 + 3
+    # stem + first two inverted residuals split 3 + 3, then one block per inverted residual, the
+    # last one with the 1x1 conv after it, the classifier head alone
+    assert [len(b.dense) for b in blocks] == [3] * 16 + [4, 1]
+    assert [b.nodes[0].op for b in blocks[-1:]] == ["GlobalAveragePool"]
