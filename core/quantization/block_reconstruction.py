@@ -111,7 +111,8 @@ def reconstruction_blocks(program, max_dense: int = 4) -> list[Block]:
             cuts.append(k)
             acts = {i for i in n.inputs if i and i not in consts}
             users = {c.name: c.op for c in consumers.get(t, [])}
-            if len(users) > 1 or len(acts) > 1 or set(users.values()) & set(_HEAD_OPS):
+            head = n.op not in _HEAD_OPS and set(users.values()) & set(_HEAD_OPS)
+            if len(users) > 1 or len(acts) > 1 or head:
                 boundaries.append(k)
     ends = sorted(set(boundaries) | {len(nodes) - 1})
     blocks = []
