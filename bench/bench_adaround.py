@@ -14,6 +14,9 @@ and data included; with an empty ``MIXQ_CACHE_DIR``, so AdaRound learns). Rows:
   correction;
 * mixq W4A8: 4-bit weights (learned rounding, int8 containers) with INT8 activations, alone and
   with output-aware ranges and bias correction;
+* block reconstruction (``AdaRoundMethod(granularity="block")``, BRECQ,
+  core/quantization/block_reconstruction.py) with ``--rows block,w4a8_block,oar_block_bc``: INT8,
+  W4A8, and INT8 with output-aware ranges and bias correction (not in the default run);
 * two diagnostic rows that split the INT8 error: INT8 weights with INT16 activations
   (weights-only error) and INT16 weights with INT8 activations (activations-only error) --
   learned rounding can only remove (part of) the first;
@@ -61,9 +64,13 @@ MIXQ_ROWS = {
     "oar_ada_bc": "mixq INT8 + out.-aware ranges + AdaRound + b.c.",
     "w4a8": "mixq W4A8 (AdaRound)",
     "w4a8_oar_bc": "mixq W4A8 (AdaRound) + out.-aware ranges + b.c.",
+    "block": "mixq INT8 + block reconstruction",
+    "oar_block_bc": "mixq INT8 + out.-aware ranges + block rec. + b.c.",
+    "w4a8_block": "mixq W4A8 (block reconstruction)",
     "w8a16": "diag: INT8 weights, INT16 activations (RTN)",
     "w16a8": "diag: INT16 weights, INT8 activations (RTN)",
 }
+NOT_DEFAULT = ("ada_bc", "oar", "block", "oar_block_bc", "w4a8_block")   # rows only with --rows
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 
 
@@ -86,10 +93,10 @@ def top1(run, x, batch=32):
                            for i in range(0, len(x), batch)])
 
 
-def adaround_method(n_calib: int, quick: bool):
+def adaround_method(n_calib: int, quick: bool, granularity: str = "layer"):
     from core import AdaRoundMethod
 
-    return AdaRoundMethod(max_samples=n_calib, **({"iterations": 200} if quick else {}))
+    return AdaRoundMethod(max_samples=n_calib, granularity=granularity, **({"iterations": 200} if quick else {}))
 
 
 def mixq_config(key: str, n_calib: int, quick: bool):
@@ -97,6 +104,7 @@ def mixq_config(key: str, n_calib: int, quick: bool):
 
     cfg = default_quantization
     ada = adaround_method(n_calib, quick)
+    block = adaround_method(n_calib, quick, "block")
     if key == "bc":
         cfg = cfg.with_bias_correction(True)
     elif key == "ada":
@@ -114,6 +122,12 @@ def mixq_config(key: str, n_calib: int, quick: bool):
     elif key == "w4a8_oar_bc":
         cfg = cfg.with_adaround(ada).with_weight_quantization(quantization_scheme(False, True, 4)) \
             .with_output_aware_ranges(True).with_bias_correction(True)
+    elif key == "block":
+        cfg = cfg.with_adaround(block)
+    elif key == "oar_block_bc":
+        cfg = cfg.with_output_aware_ranges(True).with_adaround(block).with_bias_correction(True)
+    elif key == "w4a8_block":
+        cfg = cfg.with_adaround(block).with_weight_quantization(quantization_scheme(False, True, 4))
     elif key == "w8a16":
         cfg = cfg.with_activation_quantization(quantization_scheme(True, False, 16))
     elif key == "w16a8":
@@ -188,7 +202,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="16 calibration, 64 evaluation crops, 200 AdaRound steps")
     ap.add_argument("--model", default="mobilenet_v2", help="a zoo model name or an .onnx path (3x224x224 input)")
-    ap.add_argument("--rows", default=",".join([k for k in MIXQ_ROWS if k not in ("ada_bc", "oar")] + ["ort"]),
+    ap.add_argument("--rows", default=",".join([k for k in MIXQ_ROWS if k not in NOT_DEFAULT] + ["ort"]),
                     help="comma-separated subset of: " + ", ".join(list(MIXQ_ROWS) + ["ort"]))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -213,6 +227,8 @@ def main() -> int:
           f"crops; top-1 agreement with FP32; mixq exact integer execution; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} (timings on a shared machine scale with its load)", flush=True)
     print(f"AdaRound: {adaround_method(args.calib, args.quick)!r}")
+    if any("block" in r for r in wanted):
+        print(f"block reconstruction: {adaround_method(args.calib, args.quick, 'block')!r}")
     print(f"\n{'configuration':<46} {'agreement':>9} {'quantize s':>10} {'peak MiB':>9}", flush=True)
     results = {}
 

@@ -173,28 +173,62 @@ def _h(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return h, dh
 
 
+def init_rounding(w_scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(floor(w / s), V)`` with ``V`` (float32) such that ``h(V)`` is the fractional part of
+    ``w / s``: round-to-nearest's starting point."""
+    floor = np.floor(w_scaled)
+    rest = np.clip(w_scaled - floor, 0.0, 1.0)
+    frac = np.clip((rest - _GAMMA) / (_ZETA - _GAMMA), 1e-4, 1 - 1e-4)
+    return floor, np.log(frac / (1 - frac)).astype(np.float32)
+
+
+def regularized(grad: np.ndarray, h: np.ndarray, t: int, method: AdaRoundMethod) -> np.ndarray:
+    """``grad`` (d loss / d h at step ``t``) plus the rounding regulariser's gradient
+    ``lambda * d/dh sum (1 - |2h - 1|^beta)``, ``beta`` annealed after the warm-up."""
+    T = method.iterations
+    warm = int(method.warmup * T)
+    if t >= warm and method.regularization > 0:
+        rel = (t - warm) / max(1, T - warm)
+        beta = method.beta_end + (method.beta_start - method.beta_end) * (1.0 - rel)
+        u = 2.0 * h - 1.0
+        grad = grad - method.regularization * beta * 2.0 * np.sign(u) * np.abs(u) ** (beta - 1.0)
+    return grad
+
+
+class Adam:
+    """Adam on the rounding variables ``v`` (updated in place by :meth:`step`)."""
+
+    b1, b2, eps = 0.9, 0.999, 1e-8
+
+    def __init__(self, v: np.ndarray, learning_rate: float):
+        self.v, self.lr, self.t = v, learning_rate, 0
+        self.m = np.zeros_like(v)
+        self.s2 = np.zeros_like(v)
+
+    def step(self, g: np.ndarray) -> None:
+        b1, b2 = self.b1, self.b2
+        self.t += 1
+        self.m = b1 * self.m + (1 - b1) * g
+        self.s2 = b2 * self.s2 + (1 - b2) * g * g
+        mh = self.m / (1 - b1 ** self.t)
+        vh = self.s2 / (1 - b2 ** self.t)
+        self.v -= self.lr * mh / (np.sqrt(vh) + self.eps)
+
+
 def optimize_rounding(x: np.ndarray, target: np.ndarray, w: np.ndarray, scale: np.ndarray, bias: np.ndarray,
                       lo, hi, qmax: int, method: AdaRoundMethod, rng: np.random.Generator) -> np.ndarray:
     """Learn ``h`` for one node. ``x`` (G, P, K) inputs, ``target`` (G, P, O) float outputs,
     ``w`` (G, O, K) float weights, ``scale`` (G, O, 1), ``bias`` (G, 1, O), ``lo``/``hi`` the
     fused activation's bounds (scalars or (G, 1, O)). Returns the integer weights (G, O, K)."""
-    ws = w / scale
-    floor = np.floor(ws)
-    rest = np.clip(ws - floor, 0.0, 1.0)
-    frac = np.clip((rest - _GAMMA) / (_ZETA - _GAMMA), 1e-4, 1 - 1e-4)
-    v = np.log(frac / (1 - frac)).astype(np.float32)
+    floor, v = init_rounding(w / scale)
     floor32, scale32 = floor.astype(np.float32), scale.astype(np.float32)
     x = x.astype(np.float32, copy=False)
     target = target.astype(np.float32, copy=False)
     bias = bias.astype(np.float32)
-    m = np.zeros_like(v)
-    s2 = np.zeros_like(v)
-    b1, b2, eps = 0.9, 0.999, 1e-8
+    adam = Adam(v, method.learning_rate)
     P = x.shape[1]
     batch = min(method.batch, P)
-    T = method.iterations
-    warm = int(method.warmup * T)
-    for t in range(T):
+    for t in range(method.iterations):
         idx = rng.choice(P, batch, replace=False) if batch < P else slice(None)
         xb, yb = x[:, idx], target[:, idx]
         h, dh = _h(v)
@@ -206,27 +240,20 @@ def optimize_rounding(x: np.ndarray, target: np.ndarray, w: np.ndarray, scale: n
         diff = np.clip(y, lo, hi) - yb
         dy = (2.0 / batch) * diff * pass_
         grad = np.matmul(dy.transpose(0, 2, 1), xb) * scale32 * inside   # d loss / d h
-        if t >= warm and method.regularization > 0:
-            rel = (t - warm) / max(1, T - warm)
-            beta = method.beta_end + (method.beta_start - method.beta_end) * (1.0 - rel)
-            u = 2.0 * h - 1.0
-            grad = grad - method.regularization * beta * 2.0 * np.sign(u) * np.abs(u) ** (beta - 1.0)
-        g = grad * dh
-        m = b1 * m + (1 - b1) * g
-        s2 = b2 * s2 + (1 - b2) * g * g
-        mh = m / (1 - b1 ** (t + 1))
-        vh = s2 / (1 - b2 ** (t + 1))
-        v -= method.learning_rate * mh / (np.sqrt(vh) + eps)
+        adam.step(regularized(grad, h, t, method) * dh)
     return np.clip(floor + (v >= 0), -qmax, qmax)
 
 
 # --------------------------------------------------------------------------- the pass
 
-def _float_targets(float_graph, feeds: dict[str, np.ndarray], dense: list[Node], method: AdaRoundMethod):
-    """One streaming float pass: per dense node, [(sample, positions)] and the (P, O) targets."""
+def _float_targets(float_graph, feeds: dict[str, np.ndarray], dense: list[Node], method: AdaRoundMethod,
+                   only: set[str] | None = None):
+    """One streaming float pass: per dense node (of ``only`` if given), [(sample, positions)] and
+    the (P, O) targets."""
     from core.runtime.float_interpreter import run_graph
 
-    index = {n.outputs[0]: (k, n) for k, n in enumerate(dense)}
+    index = {n.outputs[0]: (k, n) for k, n in enumerate(dense) if only is None or n.name in only}
+    dense = [n for _, n in index.values()]
     rows: dict[str, list] = {n.name: [] for n in dense}
     targets: dict[str, list] = {n.name: [] for n in dense}
     N = len(next(iter(feeds.values())))
@@ -267,8 +294,19 @@ def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarr
     dense = _dense_nodes(program)
     if not dense:
         return {}
-    dense_set = {n.name for n in dense}
-    rows, targets = _float_targets(float_graph, feeds, dense, method)
+    blocks = {}
+    if method.granularity == "block":
+        from core.quantization import block_reconstruction as br
+
+        for b in br.reconstruction_blocks(program, method.block_size):
+            if b.learnable:
+                blocks[b.start] = b
+            else:
+                log.info("block reconstruction: per-node AdaRound for %s: %s",
+                         ", ".join(n.name for n in b.dense), b.unsupported)
+    in_block = {n.name for b in blocks.values() for n in b.dense}
+    dense_set = {n.name for n in dense} - in_block
+    rows, targets = _float_targets(float_graph, feeds, dense, method, dense_set) if dense_set else ({}, {})
     g = program.graph
     consts = g.constants
     tq = program.tensors
@@ -285,7 +323,23 @@ def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarr
     bar = progress_bar(len(dense), "adaround", "node") if progress else None
     rng = np.random.default_rng(method.seed & 0xFFFFFFFF)
     try:
+        float_at, float_live = 0, dict(feeds)      # block mode: the float model's live tensors at node float_at
         for k, n in enumerate(g.nodes):
+            b = blocks.get(k)
+            if b is not None:
+                if float_at < k:
+                    float_live = br.float_block_output(float_graph, g.nodes[float_at:k], float_live, b.inputs, _BATCH)
+                float_live = br.float_block_output(float_graph, b.nodes, float_live, b.outputs, _BATCH)
+                float_at = b.stop
+                x = b.inputs[0]
+                new = br.learn_block(b, scratch, qstore[x] if x in qstore else fstore[x], x in qstore,
+                                     float_live[b.outputs[0]], method,
+                                     np.random.default_rng([method.seed & 0xFFFFFFFF, 1 << 20, k]))
+                for name, w_q in new.items():
+                    learned[name] = w_q
+                    scratch.constants[name].w_q = w_q
+                if bar is not None:
+                    bar.update(len(b.dense))
             if n.name in dense_set:
                 learned[n.name] = _learn_node(n, scratch, qstore, fstore, rows[n.name], targets[n.name], method,
                                               DenseRule.weight_bits(n, program.params), fused_bounds(n), rng)

@@ -203,7 +203,10 @@ def quantization_scheme(asymmetric: bool, per_channel: bool, bits: int = 8) -> Q
 
 # --------------------------------------------------------------------------- learned rounding
 
-@dataclass(frozen=True)
+GRANULARITIES = ("layer", "block")
+
+
+@dataclass(frozen=True, repr=False)
 class AdaRoundMethod:
     """Learned weight rounding (AdaRound, Nagel et al. 2020) for every integer Conv/Gemm/MatMul:
     see :mod:`core.quantization.adaround`.
@@ -213,6 +216,12 @@ class AdaRoundMethod:
     rows); ``regularization``: lambda of the rounding regulariser; ``beta_start``/``beta_end``:
     its annealed exponent; ``warmup``: fraction of the iterations without the regulariser;
     ``learning_rate``: Adam's on V; ``max_samples``: calibration samples used; ``seed``.
+
+    ``granularity``: ``"layer"`` (AdaRound: each node against its own float output) or
+    ``"block"`` (BRECQ, Li et al. 2021: the dense nodes of a block, at most ``block_size`` of
+    them, learned jointly against the float output of the block; see
+    :mod:`core.quantization.block_reconstruction`); ``block_batch``: calibration samples per Adam
+    step in block mode, at least (more while they give fewer than ``batch`` output rows).
     """
 
     iterations: int = 600
@@ -225,9 +234,16 @@ class AdaRoundMethod:
     learning_rate: float = 0.01
     max_samples: int = 128
     seed: int = 0
+    granularity: str = "layer"
+    block_size: int = 4
+    block_batch: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch", "rows", "max_samples"):
+        if self.granularity not in GRANULARITIES:
+            raise QuantizationConfigError(
+                f"AdaRoundMethod.granularity must be one of {', '.join(map(repr, GRANULARITIES))}; "
+                f"got {self.granularity!r}")
+        for name in ("iterations", "batch", "rows", "max_samples", "block_size", "block_batch"):
             v = _check_int(getattr(self, name), f"AdaRoundMethod.{name}")
             if v < 1:
                 raise QuantizationConfigError(f"AdaRoundMethod.{name} must be >= 1, got {v}")
@@ -243,6 +259,14 @@ class AdaRoundMethod:
         if self.beta_end > self.beta_start:
             raise QuantizationConfigError(
                 f"AdaRoundMethod.beta_end ({self.beta_end}) must be <= beta_start ({self.beta_start})")
+
+    def __repr__(self) -> str:
+        # the block fields only when they matter: a per-layer method keeps the repr (and so the
+        # learned-rounding cache digest) it had before block reconstruction existed
+        skip = () if self.granularity == "block" else ("granularity", "block_size", "block_batch")
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                           if f.name not in skip)
+        return f"AdaRoundMethod({fields})"
 
 
 @dataclass(frozen=True)
