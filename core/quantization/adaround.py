@@ -43,6 +43,7 @@ from core.errors import CalibrationError
 from core.ir.graph import Node
 from core.progress import progress_bar
 from core.quantization.params import AdaRoundMethod
+from core.quantization.soft_rounding import Adam, init_rounding, learnable_dense_nodes, rectified_sigmoid, regularized
 
 __all__ = ["ADAROUND_FORMAT_VERSION", "learn_rounding", "rounding_digest", "load_rounding", "save_rounding"]
 
@@ -50,7 +51,6 @@ log = logging.getLogger("mixq")
 
 ADAROUND_FORMAT_VERSION = 1
 _BATCH = 16            # samples per integer / float pass step
-_ZETA, _GAMMA = 1.1, -0.1
 
 
 # --------------------------------------------------------------------------- data
@@ -72,21 +72,6 @@ def _stack_samples(samples: Iterable[Mapping[str, np.ndarray]], limit: int) -> d
     if any(len(s) > 1 for s in shapes.values()):
         raise CalibrationError("AdaRound needs calibration samples of one shape per input")
     return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def _dense_nodes(program) -> list[Node]:
-    out = []
-    for n in program.graph.nodes:
-        c = program.constants.get(n.name)
-        if program.kinds[n.name] != "int" or n.op not in ("Conv", "Gemm", "MatMul") or c is None or c.w_q is None:
-            continue
-        w = c.w_q
-        if n.op == "Gemm" and n.attrs.get("transA", 0):
-            continue
-        if n.op == "MatMul" and w.ndim != 2:
-            continue
-        out.append(n)
-    return out
 
 
 def _rows_per_sample(method: AdaRoundMethod, n_samples: int) -> int:
@@ -165,56 +150,6 @@ def _one_blas_thread():
     return threadpool_limits(1, user_api="blas")
 
 
-def _h(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sig = 1.0 / (1.0 + np.exp(-v))
-    raw = sig * (_ZETA - _GAMMA) + _GAMMA
-    h = np.clip(raw, 0.0, 1.0)
-    dh = np.where((raw > 0) & (raw < 1), (_ZETA - _GAMMA) * sig * (1 - sig), 0.0).astype(v.dtype)
-    return h, dh
-
-
-def init_rounding(w_scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(floor(w / s), V)`` with ``V`` (float32) such that ``h(V)`` is the fractional part of
-    ``w / s``: round-to-nearest's starting point."""
-    floor = np.floor(w_scaled)
-    rest = np.clip(w_scaled - floor, 0.0, 1.0)
-    frac = np.clip((rest - _GAMMA) / (_ZETA - _GAMMA), 1e-4, 1 - 1e-4)
-    return floor, np.log(frac / (1 - frac)).astype(np.float32)
-
-
-def regularized(grad: np.ndarray, h: np.ndarray, t: int, method: AdaRoundMethod) -> np.ndarray:
-    """``grad`` (d loss / d h at step ``t``) plus the rounding regulariser's gradient
-    ``lambda * d/dh sum (1 - |2h - 1|^beta)``, ``beta`` annealed after the warm-up."""
-    T = method.iterations
-    warm = int(method.warmup * T)
-    if t >= warm and method.regularization > 0:
-        rel = (t - warm) / max(1, T - warm)
-        beta = method.beta_end + (method.beta_start - method.beta_end) * (1.0 - rel)
-        u = 2.0 * h - 1.0
-        grad = grad - method.regularization * beta * 2.0 * np.sign(u) * np.abs(u) ** (beta - 1.0)
-    return grad
-
-
-class Adam:
-    """Adam on the rounding variables ``v`` (updated in place by :meth:`step`)."""
-
-    b1, b2, eps = 0.9, 0.999, 1e-8
-
-    def __init__(self, v: np.ndarray, learning_rate: float):
-        self.v, self.lr, self.t = v, learning_rate, 0
-        self.m = np.zeros_like(v)
-        self.s2 = np.zeros_like(v)
-
-    def step(self, g: np.ndarray) -> None:
-        b1, b2 = self.b1, self.b2
-        self.t += 1
-        self.m = b1 * self.m + (1 - b1) * g
-        self.s2 = b2 * self.s2 + (1 - b2) * g * g
-        mh = self.m / (1 - b1 ** self.t)
-        vh = self.s2 / (1 - b2 ** self.t)
-        self.v -= self.lr * mh / (np.sqrt(vh) + self.eps)
-
-
 def optimize_rounding(x: np.ndarray, target: np.ndarray, w: np.ndarray, scale: np.ndarray, bias: np.ndarray,
                       lo, hi, qmax: int, method: AdaRoundMethod, rng: np.random.Generator) -> np.ndarray:
     """Learn ``h`` for one node. ``x`` (G, P, K) inputs, ``target`` (G, P, O) float outputs,
@@ -231,7 +166,7 @@ def optimize_rounding(x: np.ndarray, target: np.ndarray, w: np.ndarray, scale: n
     for t in range(method.iterations):
         idx = rng.choice(P, batch, replace=False) if batch < P else slice(None)
         xb, yb = x[:, idx], target[:, idx]
-        h, dh = _h(v)
+        h, dh = rectified_sigmoid(v)
         q = floor32 + h
         inside = (q >= -qmax) & (q <= qmax)
         wq = np.clip(q, -qmax, qmax) * scale32
@@ -291,7 +226,7 @@ def learn_rounding(program, float_graph, samples: Iterable[Mapping[str, np.ndarr
 
     feeds = _stack_samples(samples, method.max_samples)
     N = len(next(iter(feeds.values())))
-    dense = _dense_nodes(program)
+    dense = learnable_dense_nodes(program)
     if not dense:
         return {}
     blocks = {}
@@ -413,7 +348,7 @@ def rounding_digest(program, data_digest: str, method: AdaRoundMethod) -> str:
     h.update(repr(program.requantization_mode).encode())
     h.update(repr(sorted((k, repr(v)) for k, v in program.tensors.items())).encode())
     consts = program.graph.constants
-    for n in _dense_nodes(program):
+    for n in learnable_dense_nodes(program):
         c = program.constants[n.name]
         h.update(f"|{n.name}|{n.op}|{sorted(n.attrs.items())!r}|".encode())
         for a in (consts[n.inputs[1]], c.w_scale, c.w_q, c.bias_q):

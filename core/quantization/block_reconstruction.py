@@ -96,11 +96,11 @@ def _group(regions: list[tuple[int, int, int]], max_dense: int) -> list[tuple[in
 def reconstruction_blocks(program, max_dense: int = 4) -> list[Block]:
     """The blocks of ``program``'s graph holding >= 1 dense node, in graph order (see the module
     docstring); ``Block.unsupported`` says why one falls back to per-node AdaRound."""
-    from core.quantization.adaround import _dense_nodes
+    from core.quantization.soft_rounding import learnable_dense_nodes
 
     g = program.graph
     consts = g.constants
-    dense = {n.name for n in _dense_nodes(program)}
+    dense = {n.name for n in learnable_dense_nodes(program)}
     before, after = _live_sets(g)
     consumers = g.consumers()
     nodes = g.nodes
@@ -327,7 +327,7 @@ def learn_block(block: Block, program, x_codes: np.ndarray, x_is_int: bool, targ
 
     from core.ops.common import weight_output_axis
     from core.ops.quant_rules import DenseRule
-    from core.quantization.adaround import Adam, _h, init_rounding, regularized
+    from core.quantization.soft_rounding import Adam, init_rounding, rectified_sigmoid, regularized
 
     q_in = program.tensors[block.inputs[0]]
     consts = program.graph.constants
@@ -366,7 +366,7 @@ def learn_block(block: Block, program, x_codes: np.ndarray, x_is_int: bool, targ
         yb = tf.constant(target[idx])
         steps = []
         for st in state:
-            h, dh = _h(st.v)
+            h, dh = rectified_sigmoid(st.v)
             q = st.floor.astype(np.float32) + h
             inside = (q >= -st.qmax) & (q <= st.qmax)
             steps.append((h, dh, inside, tf.constant(np.clip(q, -st.qmax, st.qmax) * st.scale)))

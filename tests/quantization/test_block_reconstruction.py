@@ -19,7 +19,7 @@ from core import (
     zoo,
 )
 from core.ops.common import weight_output_axis
-from core.quantization import adaround
+from core.quantization import adaround, soft_rounding
 from core.quantization import block_reconstruction as br
 from core.quantization.quantizer import quantize_graph, quantize_weights
 from core.runtime.float_interpreter import run_graph
@@ -164,7 +164,7 @@ def test_blocks_of_mobilenet_v2():
     x = zoo.datasets.natural_images("calibration", 2).inputs
     program = quantize_graph(net.graph, net.calibrate([{net.input_names[0]: x}]), default_quantization)
     blocks = br.reconstruction_blocks(program, 4)
-    dense = [n.name for n in adaround._dense_nodes(program)]
+    dense = [n.name for n in soft_rounding.learnable_dense_nodes(program)]
     assert [n.name for b in blocks for n in b.dense] == dense
     assert all(b.learnable and 1 <= len(b.dense) <= 4 for b in blocks), [b.unsupported for b in blocks]
     producers = program.graph.producers()
