@@ -67,10 +67,12 @@ MIXQ_ROWS = {
     "block": "mixq INT8 + block reconstruction",
     "oar_block_bc": "mixq INT8 + out.-aware ranges + block rec. + b.c.",
     "w4a8_block": "mixq W4A8 (block reconstruction)",
+    "w4a8_oar_block_bc": "mixq W4A8 (block rec.) + out.-aware r. + b.c.",
+    "w4a16_block": "diag: W4 weights (block rec.), INT16 activations",
     "w8a16": "diag: INT8 weights, INT16 activations (RTN)",
     "w16a8": "diag: INT16 weights, INT8 activations (RTN)",
 }
-NOT_DEFAULT = ("ada_bc", "oar", "block", "oar_block_bc", "w4a8_block")   # rows only with --rows
+NOT_DEFAULT = ("ada_bc", "oar", "block", "oar_block_bc", "w4a8_block", "w4a8_oar_block_bc", "w4a16_block")   # rows only with --rows
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 
 
@@ -128,6 +130,12 @@ def mixq_config(key: str, n_calib: int, quick: bool):
         cfg = cfg.with_output_aware_ranges(True).with_adaround(block).with_bias_correction(True)
     elif key == "w4a8_block":
         cfg = cfg.with_adaround(block).with_weight_quantization(quantization_scheme(False, True, 4))
+    elif key == "w4a8_oar_block_bc":
+        cfg = cfg.with_adaround(block).with_weight_quantization(quantization_scheme(False, True, 4)) \
+            .with_output_aware_ranges(True).with_bias_correction(True)
+    elif key == "w4a16_block":
+        cfg = cfg.with_adaround(block).with_weight_quantization(quantization_scheme(False, True, 4)) \
+            .with_activation_quantization(quantization_scheme(True, False, 16))
     elif key == "w8a16":
         cfg = cfg.with_activation_quantization(quantization_scheme(True, False, 16))
     elif key == "w16a8":
@@ -263,7 +271,7 @@ def main() -> int:
 
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     lines = []
-    int8 = [k for k in ("ada", "oar", "oar_bc", "oar_ada_bc") if k in results]
+    int8 = [k for k in ("ada", "ada_bc", "oar", "oar_bc", "oar_ada_bc", "block", "oar_block_bc") if k in results]
     if int8:   # the best learned INT8 configuration is the one held to the targets
         best = max(int8, key=lambda k: results[k][0])
         a, s, p = results[best]
@@ -272,7 +280,7 @@ def main() -> int:
         lines.append(f"its peak {p / 2**30:.2f} GB <= {TARGET_GB:g} GB -> {verdict(p / 2**30 <= TARGET_GB)}")
         if "rtn" in results:
             lines.append(f"vs round-to-nearest {a - results['rtn'][0]:+.1%}")
-    w4 = [k for k in ("w4a8", "w4a8_oar_bc") if k in results]
+    w4 = [k for k in MIXQ_ROWS if k.startswith("w4a8") and k in results]
     if w4:
         best = max(w4, key=lambda k: results[k][0])
         a = results[best][0]
