@@ -72,7 +72,8 @@ MIXQ_ROWS = {
     "w8a16": "diag: INT8 weights, INT16 activations (RTN)",
     "w16a8": "diag: INT16 weights, INT8 activations (RTN)",
 }
-NOT_DEFAULT = ("ada_bc", "oar", "block", "oar_block_bc", "w4a8_block", "w4a8_oar_block_bc", "w4a16_block")   # rows only with --rows
+# rows only with --rows
+NOT_DEFAULT = ("ada_bc", "oar", "block", "oar_block_bc", "w4a8_block", "w4a8_oar_block_bc", "w4a16_block")
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 
 

@@ -57,6 +57,7 @@ class Row:
     int16: float | None = None
     int8_minmax: float | None = None     # mixq INT8 with onnxruntime's calibration (MinMax): same algorithm
     ort_int8: float | None = None
+    ort_int16: float | None = None        # onnxruntime's 16-bit QDQ (QInt16 activations and weights)
     errors: dict[str, str] = field(default_factory=dict)     # step -> "Type: message"
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -106,8 +107,9 @@ class SampleReader:
         self.i = 0
 
 
-def ort_static_int8(model_path: str, calib: list[dict], workdir: str):
-    """onnxruntime's static INT8 QDQ (per-channel MinMax, QUInt8 activations, QInt8 weights) after
+def ort_static_int8(model_path: str, calib: list[dict], workdir: str, bits: int = 8):
+    """onnxruntime's static INT8 QDQ (per-channel MinMax, QUInt8 activations, QInt8 weights;
+    ``bits=16``: QInt16 activations and weights, its 16-bit form) after
     ``quant_pre_process`` (skipped, with a note, if pre-processing itself fails; without its graph
     optimization when the quantized model of the optimized graph does not load). Returns
     (session, note)."""
@@ -133,9 +135,10 @@ def ort_static_int8(model_path: str, calib: list[dict], workdir: str):
             pre = model_path
             note = f"ort pre-process failed ({type(e).__name__}: {str(e)[:80]})"
         out = os.path.join(workdir, "ort_int8.onnx")
+        act, wt = (QuantType.QUInt8, QuantType.QInt8) if bits == 8 else (QuantType.QInt16, QuantType.QInt16)
         quantize_static(pre, out, SampleReader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        activation_type=act, weight_type=wt, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"UseQDQContribOps": bits == 16})
         try:
             return ort_session(out), note
         except Exception as e:
@@ -153,9 +156,10 @@ def _stack(samples: list[dict]) -> dict[str, np.ndarray]:
 
 def measure(name: str, kind: str, model_path: str, calib: list[dict], evaluation: list[dict], *,
             shape_dict=None, peer: bool = True, int16: bool = True, fast: bool = False,
-            minmax: bool = False) -> Row:
+            minmax: bool = False, peer_int16: bool = False) -> Row:
     """Measure one model. ``calib``/``evaluation``: lists of {input name: array with batch 1}.
-    ``minmax``: also mixq INT8 calibrated like the peer (MinMax), the same algorithm on both sides."""
+    ``minmax``: also mixq INT8 calibrated like the peer (MinMax), the same algorithm on both sides;
+    ``peer_int16``: also onnxruntime's 16-bit QDQ, the peer of mixq's INT16."""
     import dataclasses
 
     from core import MinMaxMethod, default_quantization, int16_quantization, load_model, onnx_source
@@ -211,6 +215,13 @@ def measure(name: str, kind: str, model_path: str, calib: list[dict], evaluation
                     row.warnings.append(note)
         except Exception as e:
             row.errors["onnxruntime int8"] = _err(e)
+    if peer and peer_int16 and int16 and ref is not None:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                sess, _ = ort_static_int8(model_path, calib, tmp, bits=16)
+                row.ort_int16 = _outputs_sqnr(ref, ort_run(sess, feeds))
+        except Exception as e:
+            row.errors["onnxruntime int16"] = _err(e)
     row.seconds = time.perf_counter() - t0
     return row
 
@@ -225,7 +236,7 @@ def _db(v: float | None) -> str:
 
 def format_table(rows: list[Row]) -> str:
     head = ("model", "kind", "loads", "float rel", "INT8 dB", "INT16 dB", "ORT INT8 dB", "INT8-ORT", "MinMax INT8-ORT",
-            "s", "notes")
+            "ORT INT16 dB", "s", "notes")
     lines = []
     for r in rows:
         delta = "-" if r.int8 is None or r.ort_int8 is None else f"{r.int8 - r.ort_int8:+.1f}"
@@ -235,7 +246,8 @@ def format_table(rows: list[Row]) -> str:
             notes = "; ".join(filter(None, [notes, f"{len(r.warnings)} warning(s): {r.warnings[0][:120]}"]))
         lines.append((r.name, r.kind, "yes" if r.loads else "NO",
                       "-" if r.float_rel is None else f"{r.float_rel:.1e}",
-                      _db(r.int8), _db(r.int16), _db(r.ort_int8), delta, same, f"{r.seconds:.0f}", notes[:220]))
+                      _db(r.int8), _db(r.int16), _db(r.ort_int8), delta, same, _db(r.ort_int16), f"{r.seconds:.0f}",
+                      notes[:220]))
     widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head[:-1])]
     out = [" | ".join(h.ljust(w) for h, w in zip(head[:-1], widths)) + " | notes"]
     out.append("-+-".join("-" * w for w in widths) + "-+------")
