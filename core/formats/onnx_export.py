@@ -4,8 +4,9 @@ Two forms, ``Model.export_onnx(path, form=...)``:
 
 ``form="qdq"`` (default): the interchange format of onnxruntime's and TensorRT's quantizers.
 Every integer tensor is ``QuantizeLinear`` -> ``DequantizeLinear`` with its scale and zero point
-(int8, or int16 at opset 21); weights are stored quantized (int8/int16, per output channel on
-``axis``) behind a ``DequantizeLinear``, int32 biases likewise; the float op runs on dequantized
+(8-bit as uint8 with zero point + 128, or int16 at opset 21); weights are stored quantized (int8
+ones as uint8 with zero point 128, int16, per output channel on ``axis``) behind a
+``DequantizeLinear``, int32 biases likewise; the float op runs on dequantized
 inputs, a fused activation becomes an explicit Relu/Clip. A runtime fuses the patterns into its
 own integer kernels (onnxruntime: QLinearConv, QLinearAdd, ...) with its own requantization
 (a float multiplier, round half to even), so outputs differ from mixq's by an LSB where a
@@ -16,8 +17,9 @@ docs/saved_models.md). To keep the gap small, a weight's exported scale is its *
 
 ``form="integer"``: bit-exact with ``Model.execute(fast_mode=False)``, in standard ONNX ops.
 Integer tensors are int8/int16 tensors; Conv/Gemm/MatMul accumulate in ``ConvInteger`` /
-``MatMulInteger`` (16-bit operands as two bytes: ``x = 256 * hi + lo``, four exact int32 partial
-products), and requantization, Add/Sub/Mul, GlobalAveragePool, Concat rescaling, graph-input
+``MatMulInteger`` on unsigned bytes (16-bit operands as two bytes: ``x = 256 * hi + lo``, four
+exact int32 partial products; uint8 because onnxruntime's int8 kernels saturate on AVX2 CPUs
+without VNNI), and requantization, Add/Sub/Mul, GlobalAveragePool, Concat rescaling, graph-input
 quantization and output dequantization are written out in int64 / float64 element-wise ops that
 compute mixq's arithmetic step by step (sima and TFLite fixed point, double/single/int64
 rounding). Ops without an integer lowering here (TFLite MEAN/LOGISTIC/SOFTMAX kernels, pooling
@@ -323,9 +325,12 @@ class _Lowering:
         return self.dq[t]
 
     def qdq_params(self, t: str) -> tuple[str, str]:
+        """Scale and zero point of ``t``'s QuantizeLinear/DequantizeLinear pair; 8-bit tensors as
+        uint8 (the same grid, zero point + 128) so that onnxruntime fuses them into its exact
+        uint8 x uint8 kernels (see :meth:`dequantized_weights`)."""
         tq = self.tq[t]
-        return (self.w.const(f"{t}__scale", np.array(tq.scale, np.float32)),
-                self.w.const(f"{t}__zp", np.array(tq.zero_point, {8: np.int8, 16: np.int16}[tq.bits])))
+        zp = np.array(tq.zero_point + 128, np.uint8) if tq.bits == 8 else np.array(tq.zero_point, np.int16)
+        return self.w.const(f"{t}__scale", np.array(tq.scale, np.float32)), self.w.const(f"{t}__zp", zp)
 
     def int64_of(self, t: str) -> str:
         return self.ops.cast(self.int_of(t), "INT64", f"{t}/int64")
@@ -351,33 +356,38 @@ class _Lowering:
         return {k: _attr(v, n) for k, v in n.attrs.items() if k not in ("activation", "broadcast_batch")}
 
     def byte_parts(self, x: str, bits: int, zero_point: int, base: str) -> list[tuple[str, int, int]]:
-        """(tensor, its zero point, its weight) parts of an integer input: 16-bit ones as the signed
-        high byte and the unsigned low byte, so ConvInteger/MatMulInteger (8-bit only) stay exact."""
-        if bits == 8:
-            return [(x, zero_point, 1)]
+        """(uint8 tensor, its zero point, its weight) parts of an integer input: ``x - zero_point``
+        as ``sum(weight * (part - part_zero_point))``. Unsigned bytes only: onnxruntime's x86 kernels
+        for int8 operands saturate pairwise products to int16 on AVX2 CPUs without VNNI, uint8 x
+        uint8 is exact on every CPU. 8-bit inputs shift by 128; 16-bit ones split into two bytes of
+        ``x + 2**15``."""
         ops, w = self.ops, self.w
+        if bits == 8:
+            u = ops.cast(w.op("Add", [ops.cast(x, "INT32", base), w.value(128, np.int32)], base), "UINT8", base)
+            return [(u, zero_point + 128, 1)]
         off = w.op("Add", [ops.cast(x, "INT32", base), w.value(1 << 15, np.int32)], base)      # in [0, 2**16)
         hi = w.op("Div", [off, w.value(256, np.int32)], base)
         lo = ops.cast(w.op("Sub", [off, w.op("Mul", [hi, w.value(256, np.int32)], base)], base), "UINT8", base)
-        hi = ops.cast(w.op("Sub", [hi, w.value(128, np.int32)], base), "INT8", base)
-        zp_hi = zero_point // 256
-        return [(hi, zp_hi, 256), (lo, zero_point - 256 * zp_hi, 1)]
+        zp_hi, zp_lo = divmod(zero_point + (1 << 15), 256)
+        return [(ops.cast(hi, "UINT8", base), zp_hi, 256), (lo, zp_lo, 1)]
 
     def integer_product(self, op: str, x: str, bits: int, zero_point: int, weights: np.ndarray, attrs: dict,
                         base: str) -> str:
-        """int64 sum over k of w[k] * (x[k] - zero_point): ``op`` (ConvInteger or MatMulInteger) per byte pair."""
+        """int64 sum over k of w[k] * (x[k] - zero_point): ``op`` (ConvInteger or MatMulInteger) per
+        byte pair, every operand uint8 (see :meth:`byte_parts`)."""
         w, ops = self.w, self.ops
+        wi = weights.astype(np.int32)
         if weights.dtype == np.int8:
-            w_parts = [(weights, 1)]
-        else:
-            w_hi = (weights.astype(np.int32) >> 8).astype(np.int8)
-            w_parts = [(w_hi, 256), ((weights.astype(np.int32) - 256 * w_hi.astype(np.int32)).astype(np.uint8), 1)]
+            w_parts = [((wi + 128).astype(np.uint8), 128, 1)]
+        else:   # w = 256 * (hi - 128) + lo
+            hi = wi >> 8
+            w_parts = [((hi + 128).astype(np.uint8), 128, 256), ((wi - 256 * hi).astype(np.uint8), 0, 1)]
         terms = []
         for xp, zp, fx in self.byte_parts(x, bits, zero_point, f"{base}/bytes"):
-            zp_name = w.value(zp, np.int8 if fx > 1 or bits == 8 else np.uint8)
-            for k, (wp, fw) in enumerate(w_parts):
+            zp_name = w.value(zp, np.uint8)
+            for k, (wp, wzp, fw) in enumerate(w_parts):
                 wn = w.const(f"{base}/w_q" + ("" if len(w_parts) == 1 else f"_{'hi' if k == 0 else 'lo'}"), wp)
-                part = ops.cast(w.op(op, [xp, wn, zp_name], base, **attrs), "INT64", base)
+                part = ops.cast(w.op(op, [xp, wn, zp_name, w.value(wzp, np.uint8)], base, **attrs), "INT64", base)
                 if fx * fw != 1:
                     part = w.op("Mul", [part, ops.i64(fx * fw)], base)
                 terms.append(part)
@@ -472,8 +482,16 @@ class _Lowering:
         w_scale = _effective_weight_scale(c, self.tq[n.inputs[0]], self.tq.get(n.outputs[0]),
                                           self.p.requantization_mode)
         ws = w.const(f"{n.name}/w_scale", w_scale.astype(np.float32))
-        wz = w.const(f"{n.name}/w_zp", np.zeros(w_scale.shape, c.w_q.dtype))
-        ins[1] = w.op("DequantizeLinear", [w.const(f"{n.name}/w_q", c.w_q), ws, wz], f"{n.name}/dequantize_w",
+        if c.w_q.dtype == np.int8:
+            # int8 weights as uint8 with zero point 128 (the same values): onnxruntime's x86 U8S8 /
+            # S8S8 kernels add pairs of products in saturating int16 on AVX2 CPUs without VNNI
+            # (its quantization docs), silently changing outputs; its U8U8 kernels are exact.
+            w_q = (c.w_q.astype(np.int16) + 128).astype(np.uint8)
+            wz = w.const(f"{n.name}/w_zp", np.full(w_scale.shape, 128, np.uint8))
+        else:
+            w_q = c.w_q
+            wz = w.const(f"{n.name}/w_zp", np.zeros(w_scale.shape, c.w_q.dtype))
+        ins[1] = w.op("DequantizeLinear", [w.const(f"{n.name}/w_q", w_q), ws, wz], f"{n.name}/dequantize_w",
                       out=f"{n.name}/w", axis=int(axis))
         if c.bias_q is not None:
             if not rule_of(n).onnx_bias_input:

@@ -39,7 +39,11 @@ def test_int8_qdq_within_one_lsb(mnist, tmp_path, mode):
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "MaxPool"} <= ops
     w_inits = [i for i in proto.graph.initializer if i.name.endswith("/w_q")]
-    assert w_inits and all(i.data_type == onnx.TensorProto.INT8 for i in w_inits)
+    # uint8 weights with zero point 128 (int8 values + 128): onnxruntime's U8U8 kernels are exact on
+    # every x86 CPU, its U8S8/S8S8 ones saturate on AVX2 without VNNI (off by many LSB)
+    assert w_inits and all(i.data_type == onnx.TensorProto.UINT8 for i in w_inits)
+    zps = [onnx.numpy_helper.to_array(i) for i in proto.graph.initializer if i.name.endswith("/w_zp")]
+    assert zps and all((z == 128).all() for z in zps)
     q = model.execute({"input": x})[0]
     o = run_ort(path, x)                           # batch 400: the batch dimension is free
     lsb = np.abs(o - q) / model.program.tensors[net.output_names[0]].scale
@@ -100,8 +104,31 @@ def test_integer_form_int16_mixed_int32_output_and_equalization(mnist, tmp_path)
     for name, cfg in configs.items():
         model = net.quantize(calib, cfg)
         path = model.export_onnx(str(tmp_path / f"{name}.onnx"), form="integer")
-        assert "run as float" not in onnx.load(path).doc_string, name
+        proto = onnx.load(path)
+        assert "run as float" not in proto.doc_string, name
+        assert _integer_operand_types(proto) == {onnx.TensorProto.UINT8}, name
         assert np.array_equal(run_ort(path, x), model.execute({"input": x})[0]), name
+
+
+def _integer_operand_types(proto) -> set[int]:
+    """Element types of every ConvInteger/MatMulInteger operand and zero point (inferred)."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    types.update({i.name: i.data_type for i in proto.graph.initializer})
+    return {types[i] for n in proto.graph.node if n.op_type in ("ConvInteger", "MatMulInteger") for i in n.input if i}
+
+
+def test_integer_form_survives_products_that_saturate_int16(mnist, tmp_path):
+    """Inputs at the top of their range times weights at +-127: pairs of such products overflow
+    int16, where onnxruntime's int8 kernels on AVX2-without-VNNI CPUs saturate; the uint8 operands
+    of the export keep the logits bit-identical on any CPU."""
+    net, calib, _ = mnist
+    model = net.quantize(calib, int16_quantization.with_custom_quantization_configs(
+        {"MLA_0/conv2d_add_relu_0": {"quantization_precision": QuantizationPrecision.INT_8}}))
+    path = model.export_onnx(str(tmp_path / "sat.onnx"), form="integer")
+    x = np.full((2, 1, 28, 28), 3.0, np.float32)    # saturates the input grid: every code at its top
+    x[1, :, ::2] = -3.0
+    assert np.array_equal(run_ort(path, x), model.execute({"input": x})[0])
 
 
 @pytest.mark.parametrize("bits", [8, 16])
