@@ -68,12 +68,14 @@ MIXQ_ROWS = {
     "oar_block_bc": "mixq INT8 + out.-aware ranges + block rec. + b.c.",
     "w4a8_block": "mixq W4A8 (block reconstruction)",
     "w4a8_oar_block_bc": "mixq W4A8 (block rec.) + out.-aware r. + b.c.",
+    "w4a8_block_ends8": "mixq W4A8 (block rec.), first/last layer W8",
     "w4a16_block": "diag: W4 weights (block rec.), INT16 activations",
     "w8a16": "diag: INT8 weights, INT16 activations (RTN)",
     "w16a8": "diag: INT16 weights, INT8 activations (RTN)",
 }
 # rows only with --rows
-NOT_DEFAULT = ("ada_bc", "oar", "block", "oar_block_bc", "w4a8_block", "w4a8_oar_block_bc", "w4a16_block")
+NOT_DEFAULT = ("ada_bc", "oar", "block", "oar_block_bc", "w4a8_block", "w4a8_oar_block_bc", "w4a8_block_ends8",
+               "w4a16_block")
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 
 
@@ -102,8 +104,14 @@ def adaround_method(n_calib: int, quick: bool, granularity: str = "layer"):
     return AdaRoundMethod(max_samples=n_calib, granularity=granularity, **({"iterations": 200} if quick else {}))
 
 
-def mixq_config(key: str, n_calib: int, quick: bool):
-    from core import default_quantization, quantization_scheme
+def first_last_dense(net) -> list[str]:
+    """The first and the last Conv/Gemm/MatMul: the layers AdaRound's and BRECQ's W4 results keep at 8 bits."""
+    dense = [n.name for n in net.graph.nodes if n.op in ("Conv", "Gemm", "MatMul")]
+    return [dense[0], dense[-1]]
+
+
+def mixq_config(key: str, n_calib: int, quick: bool, net=None):
+    from core import QuantizationPrecision, default_quantization, quantization_scheme
 
     cfg = default_quantization
     ada = adaround_method(n_calib, quick)
@@ -134,6 +142,10 @@ def mixq_config(key: str, n_calib: int, quick: bool):
     elif key == "w4a8_oar_block_bc":
         cfg = cfg.with_adaround(block).with_weight_quantization(quantization_scheme(False, True, 4)) \
             .with_output_aware_ranges(True).with_bias_correction(True)
+    elif key == "w4a8_block_ends8":
+        cfg = cfg.with_adaround(block).with_weight_quantization(quantization_scheme(False, True, 4)) \
+            .with_custom_quantization_configs({n: {"quantization_precision": QuantizationPrecision.INT_8}
+                                               for n in first_last_dense(net)})
     elif key == "w4a16_block":
         cfg = cfg.with_adaround(block).with_weight_quantization(quantization_scheme(False, True, 4)) \
             .with_activation_quantization(quantization_scheme(True, False, 16))
@@ -159,7 +171,7 @@ def run_one(args) -> int:
     else:
         net = load_model(onnx_source(path))
         name = net.input_names[0]
-        cfg = mixq_config(args.one, args.calib, args.quick)
+        cfg = mixq_config(args.one, args.calib, args.quick, net)
         t = time.perf_counter()
         model = net.quantize([{name: calib[i:i + 1]} for i in range(len(calib))], cfg)
         seconds = time.perf_counter() - t
