@@ -58,6 +58,7 @@ class Row:
     int8_minmax: float | None = None     # mixq INT8 with onnxruntime's calibration (MinMax): same algorithm
     ort_int8: float | None = None
     ort_int16: float | None = None        # onnxruntime's 16-bit QDQ (QInt16 activations and weights)
+    ort_int8_fused: float | None = None   # ort_int8's model through onnxruntime's fused integer kernels
     errors: dict[str, str] = field(default_factory=dict)     # step -> "Type: message"
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -71,10 +72,15 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[:300]}"
 
 
-def ort_session(path_or_bytes, threads: int = 1):
+def ort_session(path_or_bytes, threads: int = 1, fused: bool = True):
+    """``fused=False``: no graph optimizations, so a QDQ model runs as written (dequantize, float op,
+    quantize) instead of through onnxruntime's fused integer kernels, whose U8S8 products saturate
+    int16 pair sums on AVX2 CPUs without VNNI (see docs/quantization.md)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not fused:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -112,7 +118,7 @@ def ort_static_int8(model_path: str, calib: list[dict], workdir: str, bits: int 
     ``bits=16``: QInt16 activations and weights, its 16-bit form) after
     ``quant_pre_process`` (skipped, with a note, if pre-processing itself fails; without its graph
     optimization when the quantized model of the optimized graph does not load). Returns
-    (session, note)."""
+    (session with onnxruntime's fused kernels, the same model unfused, note)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -140,7 +146,7 @@ def ort_static_int8(model_path: str, calib: list[dict], workdir: str, bits: int 
                         activation_type=act, weight_type=wt, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"UseQDQContribOps": bits == 16})
         try:
-            return ort_session(out), note
+            return ort_session(out), ort_session(out, fused=False), note
         except Exception as e:
             if skip_optimization:
                 raise
@@ -209,8 +215,9 @@ def measure(name: str, kind: str, model_path: str, calib: list[dict], evaluation
     if peer and ref is not None:
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                sess, note = ort_static_int8(model_path, calib, tmp)
-                row.ort_int8 = _outputs_sqnr(ref, ort_run(sess, feeds))
+                fused, unfused, note = ort_static_int8(model_path, calib, tmp)
+                row.ort_int8 = _outputs_sqnr(ref, ort_run(unfused, feeds))
+                row.ort_int8_fused = _outputs_sqnr(ref, ort_run(fused, feeds))
                 if note:
                     row.warnings.append(note)
         except Exception as e:
@@ -218,8 +225,8 @@ def measure(name: str, kind: str, model_path: str, calib: list[dict], evaluation
     if peer and peer_int16 and int16 and ref is not None:
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                sess, _ = ort_static_int8(model_path, calib, tmp, bits=16)
-                row.ort_int16 = _outputs_sqnr(ref, ort_run(sess, feeds))
+                _, unfused, _ = ort_static_int8(model_path, calib, tmp, bits=16)
+                row.ort_int16 = _outputs_sqnr(ref, ort_run(unfused, feeds))
         except Exception as e:
             row.errors["onnxruntime int16"] = _err(e)
     row.seconds = time.perf_counter() - t0
@@ -235,8 +242,8 @@ def _db(v: float | None) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = ("model", "kind", "loads", "float rel", "INT8 dB", "INT16 dB", "ORT INT8 dB", "INT8-ORT", "MinMax INT8-ORT",
-            "ORT INT16 dB", "s", "notes")
+    head = ("model", "kind", "loads", "float rel", "INT8 dB", "INT16 dB", "ORT INT8 dB", "ORT fused", "INT8-ORT",
+            "MinMax INT8-ORT", "ORT INT16 dB", "s", "notes")
     lines = []
     for r in rows:
         delta = "-" if r.int8 is None or r.ort_int8 is None else f"{r.int8 - r.ort_int8:+.1f}"
@@ -246,7 +253,8 @@ def format_table(rows: list[Row]) -> str:
             notes = "; ".join(filter(None, [notes, f"{len(r.warnings)} warning(s): {r.warnings[0][:120]}"]))
         lines.append((r.name, r.kind, "yes" if r.loads else "NO",
                       "-" if r.float_rel is None else f"{r.float_rel:.1e}",
-                      _db(r.int8), _db(r.int16), _db(r.ort_int8), delta, same, _db(r.ort_int16), f"{r.seconds:.0f}",
+                      _db(r.int8), _db(r.int16), _db(r.ort_int8), _db(r.ort_int8_fused), delta, same, _db(r.ort_int16),
+                      f"{r.seconds:.0f}",
                       notes[:220]))
     widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head[:-1])]
     out = [" | ".join(h.ljust(w) for h, w in zip(head[:-1], widths)) + " | notes"]
