@@ -98,10 +98,16 @@ def top1(run, x, batch=32):
                            for i in range(0, len(x), batch)])
 
 
+ITERATIONS = None   # --iterations: AdaRound/block steps per node or block (None: AdaRoundMethod's default)
+
+
 def adaround_method(n_calib: int, quick: bool, granularity: str = "layer"):
     from core import AdaRoundMethod
 
-    return AdaRoundMethod(max_samples=n_calib, granularity=granularity, **({"iterations": 200} if quick else {}))
+    steps = {"iterations": 200} if quick else {}
+    if ITERATIONS:
+        steps = {"iterations": ITERATIONS}
+    return AdaRoundMethod(max_samples=n_calib, granularity=granularity, **steps)
 
 
 def first_last_dense(net) -> list[str]:
@@ -237,6 +243,7 @@ def main() -> int:
     ap.add_argument("--model", default="mobilenet_v2", help="a zoo model name or an .onnx path (3x224x224 input)")
     ap.add_argument("--rows", default=",".join([k for k in MIXQ_ROWS if k not in NOT_DEFAULT] + ["ort"]),
                     help="comma-separated subset of: " + ", ".join(list(MIXQ_ROWS) + ["ort"]))
+    ap.add_argument("--iterations", type=int, help="AdaRound / block-reconstruction steps (default: the method's)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--calib", type=int, help=argparse.SUPPRESS)
@@ -244,6 +251,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.calib is None:
         args.calib, args.eval = (16, 64) if args.quick else (128, 200)
+    global ITERATIONS
+    ITERATIONS = args.iterations
     if args.one:
         return run_one(args)
 
@@ -269,7 +278,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="mixq_bench_ada_") as tmp:
             out = pathlib.Path(tmp) / "result.json"
             cmd = [sys.executable, __file__, "--one", key, "--out", str(out), "--model", str(path),
-                   "--calib", str(args.calib), "--eval", str(args.eval)] + (["--quick"] if args.quick else [])
+                   "--calib", str(args.calib), "--eval", str(args.eval)] + (["--quick"] if args.quick else []) \
+                + ([f"--iterations={args.iterations}"] if args.iterations else [])
             # an empty cache directory: AdaRound learns (its cache would make the time that of a file read)
             env = dict(os.environ, MIXQ_CACHE_DIR=str(pathlib.Path(tmp) / "cache"))
             proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
