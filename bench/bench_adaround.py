@@ -49,7 +49,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.coverage.harness import SampleReader  # noqa: E402
+from bench.coverage.harness import SampleReader, ort_session  # noqa: E402
 
 ORT_MEMORY_LIMIT_GB = 14
 TARGET_INT8, TARGET_W4, TARGET_SECONDS, TARGET_GB = 0.92, 0.80, 600, 2.0
@@ -98,15 +98,11 @@ def top1(run, x, batch=32):
                            for i in range(0, len(x), batch)])
 
 
-ITERATIONS = None   # --iterations: AdaRound/block steps per node or block (None: AdaRoundMethod's default)
-
-
-def adaround_method(n_calib: int, quick: bool, granularity: str = "layer"):
+def adaround_method(n_calib: int, quick: bool, granularity: str = "layer", iterations: int | None = None):
+    """``iterations``: --iterations (steps per node or block), else 200 with --quick, else the method's default."""
     from core import AdaRoundMethod
 
-    steps = {"iterations": 200} if quick else {}
-    if ITERATIONS:
-        steps = {"iterations": ITERATIONS}
+    steps = {"iterations": iterations or 200} if iterations or quick else {}
     return AdaRoundMethod(max_samples=n_calib, granularity=granularity, **steps)
 
 
@@ -116,12 +112,12 @@ def first_last_dense(net) -> list[str]:
     return [dense[0], dense[-1]]
 
 
-def mixq_config(key: str, n_calib: int, quick: bool, net=None):
+def mixq_config(key: str, n_calib: int, quick: bool, net=None, iterations: int | None = None):
     from core import QuantizationPrecision, default_quantization, quantization_scheme
 
     cfg = default_quantization
-    ada = adaround_method(n_calib, quick)
-    block = adaround_method(n_calib, quick, "block")
+    ada = adaround_method(n_calib, quick, iterations=iterations)
+    block = adaround_method(n_calib, quick, "block", iterations)
     if key == "bc":
         cfg = cfg.with_bias_correction(True)
     elif key == "ada":
@@ -180,7 +176,7 @@ def run_one(args) -> int:
     else:
         net = load_model(onnx_source(path))
         name = net.input_names[0]
-        cfg = mixq_config(args.one, args.calib, args.quick, net)
+        cfg = mixq_config(args.one, args.calib, args.quick, net, args.iterations)
         t = time.perf_counter()
         model = net.quantize([{name: calib[i:i + 1]} for i in range(len(calib))], cfg)
         seconds = time.perf_counter() - t
@@ -198,7 +194,6 @@ def ort_quantized_sessions(path, calib, method):
     itself (MobileNetV2, 32 calibration crops: 48.5% fused vs 61.5% unfused); the unfused column
     is the peer's quantization algorithm."""
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -226,13 +221,8 @@ def ort_quantized_sessions(path, calib, method):
     for v in (model.graph.input[0], model.graph.output[0]):
         v.type.tensor_type.shape.dim[0].dim_param = "N"
     del model.graph.value_info[:]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.inter_op_num_threads = 1
-    sessions = [ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])]
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sessions.append(ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]))
-    return sessions, name, seconds
+    proto = model.SerializeToString()
+    return [ort_session(proto, threads=2, fused=fused) for fused in (True, False)], name, seconds
 
 
 # --------------------------------------------------------------------------- the table
@@ -251,8 +241,6 @@ def main() -> int:
     args = ap.parse_args()
     if args.calib is None:
         args.calib, args.eval = (16, 64) if args.quick else (128, 200)
-    global ITERATIONS
-    ITERATIONS = args.iterations
     if args.one:
         return run_one(args)
 
@@ -268,9 +256,9 @@ def main() -> int:
     print(f"{path.name}{' [QUICK]' if args.quick else ''}: {args.calib} calibration crops, {args.eval} evaluation "
           f"crops; top-1 agreement with FP32; mixq exact integer execution; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} (timings on a shared machine scale with its load)", flush=True)
-    print(f"AdaRound: {adaround_method(args.calib, args.quick)!r}")
+    print(f"AdaRound: {adaround_method(args.calib, args.quick, iterations=args.iterations)!r}")
     if any("block" in r for r in wanted):
-        print(f"block reconstruction: {adaround_method(args.calib, args.quick, 'block')!r}")
+        print(f"block reconstruction: {adaround_method(args.calib, args.quick, 'block', args.iterations)!r}")
     print(f"\n{'configuration':<46} {'agreement':>9} {'quantize s':>10} {'peak MiB':>9}", flush=True)
     results = {}
 
@@ -296,16 +284,15 @@ def main() -> int:
             results[key + ":unfused"] = (unfused, r["seconds"], r["peak"])
             print(f"{label + ', unfused':<46} {unfused:>9.1%} {r['seconds']:>10.0f} {r['peak'] / 2**20:>9.0f}",
                   flush=True)
-            agree = max(agree, unfused)
         return agree
 
     for key, label in MIXQ_ROWS.items():
         if key in wanted:
             measure(key, label)
     if "ort" in wanted:
-        ort = {m: measure(f"ort:{m}", f"onnxruntime QDQ {m}") for m in ORT_METHODS}
-        ok = {m: a for m, a in ort.items() if a is not None}
-        if ok:
+        for m in ORT_METHODS:
+            measure(f"ort:{m}", f"onnxruntime QDQ {m}")
+        if any(k.startswith("ort:") for k in results):
             best = max((k for k in results if k.startswith("ort:")), key=lambda k: results[k][0])
             a, s, p = results[best]
             print(f"{'onnxruntime best: ' + best[4:]:<46} {a:>9.1%} {s:>10.0f} {p / 2**20:>9.0f}")

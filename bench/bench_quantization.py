@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.coverage.harness import SampleReader  # noqa: E402
+from bench.coverage.harness import ort_session as harness_ort_session  # noqa: E402
 from core import QuantizationPrecision, default_quantization, int16_quantization, load_model, onnx_source, zoo  # noqa: E402
 from core.search import rank_nodes_by_output_gain  # noqa: E402
 
@@ -55,16 +56,8 @@ TIMING_CALIB = 8  # --timing-only: calibration crops for both quantizers (timing
 
 
 def ort_session(model_proto, fused: bool = True):
-    """``fused=False``: graph optimizations off, the QDQ model as written (dequantize, float op,
-    quantize), not onnxruntime's fused integer kernels (which saturate on AVX2 CPUs without VNNI)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if not fused:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = ORT_THREADS
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model_proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    """``fused=False``: the QDQ model as written (see ``bench.coverage.harness.ort_session``)."""
+    return harness_ort_session(model_proto.SerializeToString(), threads=ORT_THREADS, fused=fused)
 
 
 def batch_free(path):
@@ -145,7 +138,7 @@ def main() -> int:
             (label, {k: top1(lambda b, m=m: m.execute({name: b}, fast_mode=False)[0], x) for k, x in sets.items()})
         )
 
-    ort_rows, ort_sessions = [], {}
+    ort_rows = []   # (label, predictions, name, method, its fused session: what section 2 times)
     with tempfile.TemporaryDirectory(prefix="mixq_bench_ort_") as tmp:
         for method in ("MinMax", "Entropy", "Percentile"):
             dst = pathlib.Path(tmp) / f"mobilenet_v2_qdq_{method.lower()}.onnx"
@@ -158,17 +151,11 @@ def main() -> int:
                 os.chdir(cwd)
             t_q = time.perf_counter() - t
             sess = ort_session(batch_free(dst))
-            ort_sessions[method] = sess
             unfused = ort_session(batch_free(dst), fused=False)
-            for label, runner in ((f"onnxruntime QDQ {method} ({t_q:.0f} s to quantize)", sess),
-                                  (f"onnxruntime QDQ {method}, unfused", unfused)):
-                ort_rows.append(
-                    (
-                        label,
-                        {k: top1(lambda b, s=runner: s.run(None, {name: b})[0], x) for k, x in sets.items()},
-                        method if runner is sess else f"{method} (unfused)",
-                    )
-                )
+            for label, runner, shown in ((f"onnxruntime QDQ {method} ({t_q:.0f} s to quantize)", sess, method),
+                                         (f"onnxruntime QDQ {method}, unfused", unfused, f"{method} (unfused)")):
+                preds = {k: top1(lambda b, s=runner: s.run(None, {name: b})[0], x) for k, x in sets.items()}
+                ort_rows.append((label, preds, shown, method, sess))
 
     def agree(pred, k):
         return float((pred[k] == fp32[k]).mean())
@@ -180,13 +167,13 @@ def main() -> int:
           f"{RANK_SAMPLES} calibration crops): " + ", ".join(f"{n} ({s:.2e})" for n, s in ranked[:MIXED_NODES]))
     print(f"\n{'model':<48}  {'eval crops':>10}  {'labelled':>8}  {'all':>6}  {'label acc':>9}")
     print(f"{'FP32 (mixq float)':<48}  {'-':>10}  {'-':>8}  {'-':>6}  {fp32_acc:>9.0%}")
-    all_rows = [(l, p) for l, p in rows] + [(l, p) for l, p, _ in ort_rows]
+    all_rows = [(l, p) for l, p in rows] + [(l, p) for l, p, *_ in ort_rows]
     for label, pred in all_rows:
         acc = float((pred["labelled"] == labelled.labels).mean())
         print(f"{label:<48}  {agree(pred, 'eval crops'):>10.1%}  {agree(pred, 'labelled'):>8.0%}  "
               f"{overall(pred):>6.1%}  {acc:>9.0%}")
-    best_label, best_pred, best_method = max(ort_rows, key=lambda r: agree(r[1], "eval crops"))
-    print(f"{'onnxruntime best: ' + best_method:<48}  {agree(best_pred, 'eval crops'):>10.1%}  "
+    best_label, best_pred, best_shown, best_method, best_fused = max(ort_rows, key=lambda r: agree(r[1], "eval crops"))
+    print(f"{'onnxruntime best: ' + best_shown:<48}  {agree(best_pred, 'eval crops'):>10.1%}  "
           f"{agree(best_pred, 'labelled'):>8.0%}  {overall(best_pred):>6.1%}")
 
     a8, a16, amix = (agree(p, "eval crops") for _, p in rows)
@@ -196,8 +183,8 @@ def main() -> int:
           f"INT16 {a16:.1%} >= 99% -> {verdict(a16 >= 0.99)}; mixed {amix:.1%} > INT8 {a8:.1%} -> {verdict(amix > a8)}")
 
     # ---- 2. time at batch 32
-    timed = best_method.replace(" (unfused)", "")   # timed with its fused kernels, as users run it
-    time_batch(int8, ort_sessions[timed], f"QDQ {timed}", name, evalset, repeats)
+    # the best calibration's model, timed with onnxruntime's fused kernels, as users run it
+    time_batch(int8, best_fused, f"QDQ {best_method}", name, evalset, repeats)
     print(f"load average now {os.getloadavg()[0]:.1f}; total {time.perf_counter() - t_start:.0f} s")
     return 0
 
